@@ -1,0 +1,248 @@
+"""The small interface through which the engine touches a device, with a CPU and a CUDA implementation.
+
+Everything above this module (modes, rounds, statistics, comparison) is shared and tested on CPU; the CUDA
+backend stays thin and follows the CUDA semantics notes of PyTorch, because only a GPU machine checks it.
+A run goes: the controlling thread calls ``begin`` right before dispatching work; worker threads call
+``fork`` once per lane, then take ``stamp``s around each repetition inside ``lane_scope``; when all
+workers are done the controlling thread calls ``finish``, which joins the streams and turns the stamps
+into seconds since the origin.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .timeline import Interval
+from .trees import iter_tensors
+
+Stamps = list[tuple[Any, Any]]
+
+#: Interpreter switch interval during concurrent CPU runs. With the default 5 ms, two lanes that hold the
+#: GIL in Python code are time-sliced: both appear busy for the whole run and their envelopes overlap
+#: although nothing ran at once. A long interval makes GIL-bound work show as what it is, serialization,
+#: while torch operators (which release the GIL) switch as freely as before.
+GIL_SLICE_SECONDS = 0.5
+
+
+@dataclass
+class Timing:
+    elapsed: float
+    wall: float
+    intervals: list[list[Interval]]
+
+
+class Backend:
+    """What the engine needs from a device; the CPU flavour, with the CUDA one overriding."""
+
+    kind = "cpu"
+    concurrent_modes: tuple[str, ...] = ("threads",)
+    default_settle = 0.01
+
+    def __init__(self, device: torch.device, lane_count: int) -> None:
+        self.device = device
+        self.lane_count = lane_count
+        self.process_threads = torch.get_num_threads()
+        self.lane_threads = max(1, self.process_threads // lane_count)
+
+    def worker_setup(self, lane: int | None) -> Callable[[], None]:
+        """Thread set-up: the baseline thread keeps the process's intra-op threads, lanes split them."""
+        threads = self.process_threads if lane is None else self.lane_threads
+
+        def setup() -> None:
+            # torch sets up a thread's intra-op pool lazily from a process-wide value on first use; trigger
+            # that now, or a later first use would undo this setting with whatever another thread set.
+            torch.get_num_threads()
+            torch.set_num_threads(threads)
+
+        return setup
+
+    def restore(self) -> None:
+        """Undo process-wide side effects of the workers' set-up (torch's default for new threads)."""
+        torch.set_num_threads(self.process_threads)
+
+    def begin(self) -> Any:
+        return time.perf_counter()
+
+    def fork(self, lane: int, origin: Any) -> None:
+        """Make the lane's stream wait for work issued before ``origin`` (nothing to do on CPU)."""
+
+    def lane_scope(self, lane: int | None) -> AbstractContextManager[Any]:
+        """Issue work for ``lane`` (or, with None, on the caller's stream)."""
+        return nullcontext()
+
+    def stamp(self) -> Any:
+        return time.perf_counter()
+
+    def finish(self, origin: Any, lanes: Sequence[int], stamps: Sequence[Stamps]) -> Timing:
+        intervals = [[(start - origin, end - origin) for start, end in lane] for lane in stamps]
+        elapsed = max((end for lane in intervals for _, end in lane), default=0.0)
+        return Timing(elapsed=elapsed, wall=elapsed, intervals=intervals)
+
+    def synchronize(self) -> None:
+        """Wait for everything issued on the device."""
+
+    @contextmanager
+    def concurrent_scope(self) -> Iterator[None]:
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SLICE_SECONDS)
+        try:
+            yield
+        finally:
+            sys.setswitchinterval(previous)
+
+    @contextmanager
+    def peak_memory(self) -> Iterator[list[int]]:
+        """Yields a list that holds the peak bytes above the starting point afterwards (empty on CPU)."""
+        yield []
+
+    def capture(self, lane: int, call: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+        raise NotImplementedError("graphs need CUDA")
+
+    def protect(self, outputs: Any) -> None:
+        """Keep outputs made on lane streams from being reused by the allocator too early."""
+
+    def release(self) -> None:
+        """Give cached memory back after a failure, so one failed call does not starve the next."""
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        return False
+
+
+class CudaBackend(Backend):
+    kind = "cuda"
+    concurrent_modes = ("streams", "threads", "graphs")
+    default_settle = 0.0
+
+    def __init__(self, device: torch.device, lane_count: int) -> None:
+        super().__init__(device, lane_count)
+        self.caller = torch.cuda.current_stream(device)
+        self.streams = lane_streams(device, lane_count)
+
+    def worker_setup(self, lane: int | None) -> Callable[[], None]:
+        cpu_setup = super().worker_setup(lane)
+
+        def setup() -> None:
+            cpu_setup()
+            torch.cuda.set_device(self.device)
+
+        return setup
+
+    def begin(self) -> Any:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(self.caller)
+        return event, time.perf_counter()
+
+    def fork(self, lane: int, origin: Any) -> None:
+        self.streams[lane].wait_event(origin[0])
+
+    def lane_scope(self, lane: int | None) -> AbstractContextManager[Any]:
+        return torch.cuda.stream(self.caller if lane is None else self.streams[lane])
+
+    def stamp(self) -> Any:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def finish(self, origin: Any, lanes: Sequence[int], stamps: Sequence[Stamps]) -> Timing:
+        start, wall_start = origin
+        for lane in lanes:
+            self.caller.wait_stream(self.streams[lane])
+        end = torch.cuda.Event(enable_timing=True)
+        end.record(self.caller)
+        end.synchronize()
+        wall = time.perf_counter() - wall_start
+        intervals = [
+            [(start.elapsed_time(first) / 1e3, start.elapsed_time(last) / 1e3) for first, last in lane]
+            for lane in stamps
+        ]
+        return Timing(elapsed=start.elapsed_time(end) / 1e3, wall=wall, intervals=intervals)
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def concurrent_scope(self) -> Iterator[None]:
+        yield
+
+    @contextmanager
+    def peak_memory(self) -> Iterator[list[int]]:
+        self.synchronize()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        holder: list[int] = []
+        yield holder
+        self.synchronize()
+        holder.append(torch.cuda.max_memory_allocated(self.device) - before)
+
+    def capture(self, lane: int, call: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+        """Capture one lane as a CUDA graph with a private memory pool, on that lane's stream."""
+        graph = torch.cuda.CUDAGraph()
+        stream = self.streams[lane]
+        stream.wait_stream(self.caller)
+        try:
+            with (
+                torch.cuda.device(self.device),
+                torch.no_grad(),
+                torch.cuda.graph(graph, pool=torch.cuda.graph_pool_handle(), stream=stream),
+            ):
+                static_outputs = call()
+        except BaseException:
+            del graph
+            with suppress(RuntimeError):
+                self.synchronize()
+            raise
+        return graph.replay, static_outputs
+
+    def protect(self, outputs: Any) -> None:
+        for tensor in iter_tensors(outputs):
+            if tensor.device.type == "cuda":
+                tensor.record_stream(self.caller)
+
+    def release(self) -> None:
+        with suppress(RuntimeError):
+            self.synchronize()
+        torch.cuda.empty_cache()
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
+
+
+_STREAMS: dict[tuple[int, int], torch.cuda.Stream] = {}
+
+
+def lane_streams(device: torch.device, count: int) -> list[torch.cuda.Stream]:
+    """One stream per (device, lane index), created once per process and reused by every call.
+
+    Creating streams per call would leak them (PyTorch pools a fixed number) and would make every call
+    pay first-use costs on fresh streams inside what it measures.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    streams = []
+    for lane in range(count):
+        key = (index, lane)
+        if key not in _STREAMS:
+            _STREAMS[key] = torch.cuda.Stream(device=torch.device("cuda", index))
+        streams.append(_STREAMS[key])
+    return streams
+
+
+def make_backend(device: torch.device, lane_count: int) -> Backend:
+    return CudaBackend(device, lane_count) if device.type == "cuda" else Backend(device, lane_count)
+
+
+def drop_locals(error: BaseException) -> None:
+    """Free the tensors an exception's frames hold (after OOM they would pin the memory)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__

@@ -1,0 +1,123 @@
+"""Which device to measure on, putting models there, and the lock that keeps measurements apart."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from .errors import DualGpuUsageError
+
+
+def resolve_device(spec: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU; ``"cuda"`` means the current CUDA device."""
+    if spec is None or spec == "auto":
+        return resolve_device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as error:
+        raise DualGpuUsageError(
+            f"device {spec!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N' ({error})"
+        ) from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise DualGpuUsageError(f"device {spec!r}: only 'cpu' and 'cuda' devices are supported")
+    if not torch.cuda.is_available():
+        built = torch.version.cuda or "no CUDA (a CPU build)"
+        raise DualGpuUsageError(
+            f"device {spec!r} was asked for but CUDA is not available (torch {torch.__version__} built "
+            f"with {built}); use device='cpu' or 'auto'"
+        )
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if not 0 <= index < torch.cuda.device_count():
+        raise DualGpuUsageError(
+            f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})"
+        )
+    return torch.device("cuda", index)
+
+
+def place_model(
+    model: torch.nn.Module,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.nn.Module:
+    """Move a module to the device (and dtype, and channels-last layout) and switch it to eval mode."""
+    if not isinstance(model, torch.nn.Module):
+        raise DualGpuUsageError(
+            f"place_model takes a torch.nn.Module, got {type(model).__name__}; "
+            "plain callables are used as they are"
+        )
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise DualGpuUsageError(f"dtype must be a torch.dtype such as torch.float16, got {dtype!r}")
+    model = model.to(resolve_device(device))
+    if dtype is not None:
+        model = model.to(dtype)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model.eval()
+
+
+def model_devices(model: Any) -> set[torch.device]:
+    """Devices of a module's parameters and buffers; empty for plain callables."""
+    if not isinstance(model, torch.nn.Module):
+        return set()
+    tensors = [*model.parameters(), *model.buffers()]
+    return {tensor.device for tensor in tensors}
+
+
+def same_device(left: torch.device, right: torch.device) -> bool:
+    if left.type != right.type:
+        return False
+    return left.type == "cpu" or (left.index or 0) == (right.index or 0)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
+
+
+@cache
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def lock_path(device: torch.device) -> str:
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        identity = str(getattr(properties, "uuid", "")) or f"index{device.index}"
+        key = f"cuda-{identity}"
+    else:
+        key = "cpu"
+    return os.path.join(tempfile.gettempdir(), f"pytest-dualgpu-{key}.lock")
+
+
+@contextmanager
+def measuring_lock(device: torch.device) -> Iterator[float]:
+    """Hold the device's measuring lock; yields how many seconds were spent waiting for it.
+
+    A file lock (not a thread lock) because the processes that must not time each other's work are
+    pytest-xdist workers, or separate test sessions sharing one GPU runner.
+    """
+    lock = FileLock(lock_path(device))
+    started = time.perf_counter()
+    with lock:
+        yield time.perf_counter() - started

@@ -1,0 +1,375 @@
+"""``dual_infer``: the flow of one call, from the user's models to a ``DualResult``.
+
+place inputs -> warm up (each lane alone, then each candidate mode) -> calibrate -> probe modes (auto)
+-> measured rounds -> memory peaks (CUDA) -> one checked concurrent run -> compare with the reference.
+Nothing here knows about pytest; the plugin binds settings and collects results through ``on_result``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import stats
+from .backends import Backend, drop_locals, make_backend
+from .compare import Tolerance, compare_lanes
+from .devices import device_name, measuring_lock, resolve_device
+from .errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError
+from .inputs import make_lanes
+from .lanes import MODE_CLASSES, MODES, Executor, GraphCaptureError, Lane, Mode, Run, StreamsMode
+from .measure import Samples, measure_rounds, reps_for, time_once
+from .results import DualResult, LaneResult, Measurement, MemoryStats, ModeProbe
+from .timeline import LaneTimeline
+from .trees import map_tensors
+
+PROBE_ROUNDS = 3
+LOCK_WAIT_WARNING_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """How a call measures. ``budget``: seconds of measured rounds (warm-up and probes come on top)."""
+
+    mode: str = "auto"
+    device: str | torch.device | None = None
+    budget: float = 1.0
+    min_rounds: int = 7
+    timeout: float = 120.0
+    rtol: float | None = None
+    atol: float | None = None
+    equal_nan: bool = False
+    settle: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", *MODES):
+            raise DualGpuUsageError(f"mode {self.mode!r} is not one of auto, {', '.join(MODES)}")
+        _require_positive("budget", self.budget, "seconds of measuring per call, e.g. budget=1.0")
+        _require_positive("timeout", self.timeout, "seconds a lane may take per run")
+        if isinstance(self.min_rounds, bool) or not isinstance(self.min_rounds, int) or self.min_rounds < 1:
+            raise DualGpuUsageError(f"min_rounds must be an integer >= 1, got {self.min_rounds!r}")
+        if self.settle is not None and (not isinstance(self.settle, (int, float)) or self.settle < 0):
+            raise DualGpuUsageError(f"settle must be a number of seconds >= 0, got {self.settle!r}")
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return Tolerance(rtol=self.rtol, atol=self.atol, equal_nan=self.equal_nan)
+
+
+def _require_positive(name: str, value: object, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+        raise DualGpuUsageError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}")
+
+
+ResultHook = Callable[[DualResult], None]
+
+
+class DualInfer:
+    """The ``dual_infer`` callable: two models with ``()``, N with ``.many``; ``.bind`` sets defaults."""
+
+    def __init__(self, settings: CallSettings | None = None, on_result: ResultHook | None = None) -> None:
+        self.settings = settings or CallSettings()
+        self.on_result = on_result
+
+    def bind(self, *, on_result: ResultHook | None = None, **settings: Any) -> DualInfer:
+        """A copy with other default settings (and a hook that sees every result)."""
+        return DualInfer(self._settings(settings), on_result or self.on_result)
+
+    def __call__(
+        self,
+        model_a: Callable[..., Any],
+        model_b: Callable[..., Any],
+        inputs: Any,
+        inputs_b: Any = None,
+        *,
+        names: Sequence[str] | None = None,
+        name: str | None = None,
+        **settings: Any,
+    ) -> DualResult:
+        """Run two models concurrently; ``inputs_b`` defaults to the same ``inputs``."""
+        both = [inputs, inputs if inputs_b is None else inputs_b]
+        return self.many([model_a, model_b], both, names=names, name=name, **settings)
+
+    def many(
+        self,
+        models: Sequence[Callable[..., Any]],
+        inputs: Sequence[Any],
+        *,
+        names: Sequence[str] | None = None,
+        name: str | None = None,
+        **settings: Any,
+    ) -> DualResult:
+        """Run N models concurrently, ``inputs[i]`` going to ``models[i]``."""
+        call_settings = self._settings(settings)
+        result = run_call(models, inputs, names=names, name=name, settings=call_settings)
+        if self.on_result is not None:
+            self.on_result(result)
+        return result
+
+    def _settings(self, overrides: dict[str, Any]) -> CallSettings:
+        known = {item.name for item in dataclasses.fields(CallSettings)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise DualGpuUsageError(
+                f"unknown setting(s) {', '.join(unknown)}; dual_infer accepts {', '.join(sorted(known))}"
+            )
+        return dataclasses.replace(self.settings, **overrides)
+
+    def __repr__(self) -> str:
+        return f"<dual_infer {self.settings}>"
+
+
+dual_infer = DualInfer()
+
+
+def run_call(
+    models: Sequence[Callable[..., Any]],
+    inputs: Sequence[Any],
+    *,
+    names: Sequence[str] | None,
+    name: str | None,
+    settings: CallSettings,
+) -> DualResult:
+    device = resolve_device(settings.device)
+    lanes = make_lanes(models, inputs, names, device)
+    lane_names = [lane.name for lane in lanes]
+    backend = make_backend(device, len(lanes))
+    with measuring_lock(device) as waited:
+        measurement = _Measuring(backend, lanes, settings)
+        if waited > LOCK_WAIT_WARNING_SECONDS:
+            measurement.warnings.append(f"waited {waited:.1f} s for the {device.type} measuring lock")
+        try:
+            return measurement.run(name or "+".join(lane_names))
+        except LaneError as error:
+            cause = error.__cause__
+            if cause is not None and backend.is_out_of_memory(cause):
+                drop_locals(error)
+                backend.release()
+                raise ConcurrentOutOfMemoryError(
+                    error.run, error.lane, measurement.alone_peaks, cause
+                ) from cause
+            backend.release()
+            raise
+        except BaseException:
+            backend.release()
+            raise
+
+
+class _Measuring:
+    """The state of one call while it measures."""
+
+    def __init__(self, backend: Backend, lanes: list[Lane], settings: CallSettings) -> None:
+        self.backend = backend
+        self.lanes = lanes
+        self.settings = settings
+        self.names = [lane.name for lane in lanes]
+        self.everyone = list(range(len(lanes)))
+        self.warnings: list[str] = []
+        self.probes: dict[str, ModeProbe] = {}
+        self.alone_peaks: dict[str, int] | None = None
+
+    def run(self, name: str) -> DualResult:
+        with Executor(self.backend, self.lanes, self.settings.timeout) as executor:
+            eager = Mode(executor)
+            reference = self._warm_up_alone(eager)
+            modes = self._build_modes(executor)
+            try:
+                reps = reps_for(
+                    time_once(lambda: eager.baseline(self.everyone, 1)),
+                    self.settings.budget,
+                    len(self.lanes) + 2,
+                    self.settings.min_rounds,
+                )
+                chosen = self._choose(modes, reps)
+                samples = self._measure(chosen, eager, reps)
+                memory = self._memory(chosen, executor)
+                outputs = self._checked_outputs(chosen)
+            finally:
+                for mode in modes:
+                    mode.close()
+        return self._result(name, chosen.name, samples, reps, memory, outputs, reference)
+
+    def _warm_up_alone(self, eager: Mode) -> list[Any]:
+        """Each lane alone first (lazy init, cudnn autotune in isolation), twice; keep the second outputs."""
+        reference = []
+        peaks = {}
+        for index, lane_name in enumerate(self.names):
+            label = f"alone run of lane {lane_name!r}"
+            eager.baseline([index], 1, label)
+            with self.backend.peak_memory() as peak:
+                reference.append(eager.baseline([index], 1, label).outputs[0])
+            if peak:
+                peaks[lane_name] = peak[0]
+        self.alone_peaks = peaks or None
+        return reference
+
+    def _candidate_modes(self) -> list[str]:
+        requested = self.settings.mode
+        available = self.backend.concurrent_modes
+        if requested == "auto":
+            return list(available)
+        if requested == "sequential" or requested in available:
+            return [requested]
+        self.warnings.append(
+            f"mode {requested!r} needs CUDA; ran {available[0]!r} on {self.backend.kind} instead"
+        )
+        return [available[0]]
+
+    def _build_modes(self, executor: Executor) -> list[Mode]:
+        modes: list[Mode] = []
+        candidates = self._candidate_modes()
+        for mode_name in candidates:
+            try:
+                mode = MODE_CLASSES[mode_name](executor)
+            except GraphCaptureError as error:
+                self.probes[mode_name] = ModeProbe(mode_name, error=error.reason)
+                if candidates == [mode_name]:
+                    self.warnings.append(f"{error.reason}; ran 'threads' instead")
+                    candidates.append("threads")
+                continue
+            mode.baseline(self.everyone, 1)
+            mode.concurrent(1)
+            modes.append(mode)
+        return modes
+
+    def _choose(self, modes: list[Mode], reps: int) -> Mode:
+        if len(modes) == 1:
+            return modes[0]
+        best: tuple[float, Mode] | None = None
+        for mode in modes:
+            samples = measure_rounds(
+                {
+                    "sequential": functools.partial(mode.baseline, self.everyone, reps),
+                    "concurrent": functools.partial(mode.concurrent, reps),
+                },
+                budget=0.0,
+                min_rounds=PROBE_ROUNDS,
+                settle=self._settle,
+            )
+            speedup = stats.median(
+                stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
+            )
+            self.probes[mode.name] = ModeProbe(
+                mode.name,
+                speedup=speedup,
+                sequential=stats.median(samples.elapsed["sequential"]),
+                concurrent=stats.median(samples.elapsed["concurrent"]),
+            )
+            if best is None or speedup > best[0]:
+                best = (speedup, mode)
+        assert best is not None
+        return best[1]
+
+    @property
+    def _settle(self) -> float:
+        return self.backend.default_settle if self.settings.settle is None else self.settings.settle
+
+    def _measure(self, mode: Mode, eager: Mode, reps: int) -> Samples:
+        variants: dict[str, Callable[[], Run]] = {
+            f"alone:{index}": functools.partial(
+                mode.baseline, [index], reps, f"alone run of lane {lane_name!r}"
+            )
+            for index, lane_name in enumerate(self.names)
+        }
+        variants["sequential"] = functools.partial(mode.baseline, self.everyone, reps)
+        variants["concurrent"] = functools.partial(mode.concurrent, reps)
+        if mode.static_outputs:
+            variants["eager sequential"] = functools.partial(eager.baseline, self.everyone, reps)
+        return measure_rounds(
+            variants, budget=self.settings.budget, min_rounds=self.settings.min_rounds, settle=self._settle
+        )
+
+    def _memory(self, mode: Mode, executor: Executor) -> MemoryStats | None:
+        if self.alone_peaks is None:
+            return None
+        if mode.static_outputs:
+            mode = StreamsMode(executor)
+        with self.backend.peak_memory() as sequential:
+            mode.baseline(self.everyone, 1)
+        with self.backend.peak_memory() as concurrent:
+            mode.concurrent(1)
+        return MemoryStats(
+            alone=tuple(self.alone_peaks[lane_name] for lane_name in self.names),
+            sequential=sequential[0],
+            concurrent=concurrent[0],
+        )
+
+    def _checked_outputs(self, mode: Mode) -> list[Any]:
+        outputs = mode.concurrent(1).outputs
+        if mode.static_outputs:
+            outputs = [map_tensors(output, torch.Tensor.clone) for output in outputs]
+        return outputs
+
+    def _result(
+        self,
+        name: str,
+        mode_name: str,
+        samples: Samples,
+        reps: int,
+        memory: MemoryStats | None,
+        outputs: list[Any],
+        reference: list[Any],
+    ) -> DualResult:
+        def measured(variant: str) -> Measurement:
+            return Measurement.from_samples(samples.elapsed[variant], samples.wall[variant])
+
+        lanes = [LaneResult(lane, measured(f"alone:{index}")) for index, lane in enumerate(self.names)]
+        sequential, concurrent = measured("sequential"), measured("concurrent")
+        ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
+        alone = [lane.alone.median for lane in lanes]
+        headroom = sequential.median - max(alone)
+        comparison = compare_lanes(self.names, reference, outputs, self.settings.tolerance)
+        self.probes[mode_name] = ModeProbe(
+            mode_name,
+            speedup=stats.median(ratios),
+            sequential=sequential.median,
+            concurrent=concurrent.median,
+            chosen=True,
+        )
+        for label, value in (("sequential", sequential), ("concurrent", concurrent)):
+            if value.noisy:
+                self.warnings.append(
+                    f"noisy {label} time: IQR is {value.relative_iqr:.0%} of the median; "
+                    "raise the budget or quiet the machine"
+                )
+        return DualResult(
+            name=name,
+            device=str(self.backend.device),
+            device_name=device_name(self.backend.device),
+            mode=mode_name,
+            requested_mode=self.settings.mode,
+            lanes=lanes,
+            sequential=sequential,
+            concurrent=concurrent,
+            eager_sequential=measured("eager sequential") if "eager sequential" in samples.elapsed else None,
+            speedup=stats.median(ratios),
+            speedup_ci=stats.median_ci(ratios),
+            ideal_speedup=sum(alone) / max(alone) if max(alone) > 0 else 1.0,
+            efficiency=(sequential.median - concurrent.median) / headroom if headroom > 0 else None,
+            overlap=stats.median(samples.overlaps["concurrent"]),
+            correct=comparison.correct,
+            max_abs_err=comparison.max_abs_err,
+            max_rel_err=comparison.max_rel_err,
+            mismatches=comparison.mismatches,
+            memory=memory,
+            modes=[self.probes[mode] for mode in MODES if mode in self.probes],
+            warnings=self.warnings,
+            rounds=samples.rounds,
+            reps=reps,
+            timelines={
+                run: [
+                    LaneTimeline(self.names[index], tuple(intervals))
+                    for index, intervals in zip(
+                        samples.last[run].lanes, samples.last[run].intervals, strict=True
+                    )
+                ]
+                for run in ("sequential", "concurrent")
+            },
+            outputs=outputs,
+            reference=reference,
+        )

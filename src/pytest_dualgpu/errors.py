@@ -1,0 +1,57 @@
+"""Exceptions raised by the engine, each naming what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class DualGpuError(Exception):
+    """Base class of everything pytest-dualgpu raises on purpose."""
+
+
+class DualGpuUsageError(DualGpuError, ValueError):
+    """The call itself is wrong (bad models, inputs or settings); raised before anything runs."""
+
+
+class LaneError(DualGpuError):
+    """A lane raised; the other lanes were allowed to finish first. The original is ``__cause__``."""
+
+    def __init__(self, lane: str, run: str, original: BaseException) -> None:
+        self.lane = lane
+        self.run = run
+        super().__init__(
+            f"lane {lane!r} raised {type(original).__name__} in the {run}: {original}".rstrip(": ")
+        )
+
+
+class LaneTimeoutError(DualGpuError, TimeoutError):
+    """A lane did not return in time; its thread is abandoned (it is a daemon thread)."""
+
+    def __init__(self, lanes: list[str], run: str, timeout: float) -> None:
+        self.lanes = lanes
+        names = ", ".join(repr(name) for name in lanes)
+        super().__init__(
+            f"lane {names} did not return within {timeout:g} s in the {run}; "
+            "it may be deadlocked or waiting on the other lane (raise timeout= if it is just slow)"
+        )
+
+
+class ConcurrentOutOfMemoryError(DualGpuError, MemoryError):
+    """The device ran out of memory; says which run and what each lane needed alone."""
+
+    def __init__(self, run: str, lane: str, alone_peaks: dict[str, int] | None, original: BaseException):
+        self.run = run
+        self.lane = lane
+        self.alone_peaks = alone_peaks
+        if alone_peaks:
+            peaks = ", ".join(f"{name} {bytes_to_mib(peak)}" for name, peak in alone_peaks.items())
+            measured = f"peak memory measured alone: {peaks} (sum {bytes_to_mib(sum(alone_peaks.values()))})"
+        else:
+            measured = "no peak was measured alone yet"
+        super().__init__(
+            f"out of device memory in the {run} (lane {lane!r}); {measured}. "
+            "Reduce the batch size, co-locate smaller models, or use mode='sequential'. "
+            f"Original error: {str(original).splitlines()[0] if str(original) else type(original).__name__}"
+        )
+
+
+def bytes_to_mib(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB"

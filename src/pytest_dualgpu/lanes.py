@@ -1,0 +1,281 @@
+"""The execution modes: how a set of lanes is run back to back, and how it is run at once.
+
+Every run starts from the controlling thread, executes on persistent worker threads (one baseline thread
+on the caller's stream, one thread per lane on that lane's stream) and comes back as a ``Run``. Running
+even the baseline on a worker lets the controller enforce timeouts and makes both variants pay the same
+hand-off, so neither is favoured by where it was timed from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .backends import Backend, Stamps
+from .errors import LaneError, LaneTimeoutError
+from .timeline import Interval
+from .workers import Worker
+
+MODES = ("sequential", "streams", "threads", "graphs")
+
+
+@dataclass
+class Lane:
+    """One model and its (already placed) arguments."""
+
+    name: str
+    model: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self) -> Any:
+        return self.model(*self.args, **self.kwargs)
+
+
+@dataclass
+class Run:
+    """One run of some lanes: seconds per repetition, each lane's intervals, and the last outputs."""
+
+    lanes: list[int]
+    elapsed: float
+    wall: float
+    intervals: list[list[Interval]]
+    outputs: list[Any]
+
+
+@dataclass
+class _Outcome:
+    stamps: Stamps = field(default_factory=list)
+    output: Any = None
+    error: BaseException | None = None
+
+
+class Executor:
+    """Owns the worker threads of one call and runs lanes on them in each style."""
+
+    def __init__(self, backend: Backend, lanes: Sequence[Lane], timeout: float) -> None:
+        self.backend = backend
+        self.lanes = list(lanes)
+        self.timeout = timeout
+        self.broken = False
+        self.baseline_worker = Worker("dualgpu-baseline", backend.worker_setup(None))
+        self.lane_workers = [
+            Worker(f"dualgpu-lane-{index}", backend.worker_setup(index)) for index in range(len(lanes))
+        ]
+
+    def close(self) -> None:
+        """Stop the workers; after a timeout they may be stuck in user code and are left behind."""
+        grace = 0.0 if self.broken else 5.0
+        for worker in [self.baseline_worker, *self.lane_workers]:
+            worker.stop(grace)
+        self.backend.restore()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def sequential(
+        self, lanes: Sequence[int], reps: int, calls: Sequence[Callable[[], Any]], run: str
+    ) -> Run:
+        """Lanes back to back on the caller's stream, from one thread: the baseline (and alone runs)."""
+        outcomes = {index: _Outcome() for index in lanes}
+        worker = self.baseline_worker
+
+        def issue() -> None:
+            with self.backend.lane_scope(None), torch.no_grad():
+                for index in lanes:
+                    worker.current = self.lanes[index].name
+                    _repeat(self.backend, calls[index], reps, outcomes[index])
+
+        origin = self.backend.begin()
+        self._wait({worker.submit(issue): None}, run)
+        return self._finish(origin, lanes, [], outcomes, reps, run)
+
+    def streams(self, reps: int, calls: Sequence[Callable[[], Any]], run: str) -> Run:
+        """Every lane on its own stream, issued round-robin from one host thread."""
+        lanes = list(range(len(self.lanes)))
+        outcomes = {index: _Outcome() for index in lanes}
+        backend = self.backend
+
+        def issue() -> None:
+            for index in lanes:
+                backend.fork(index, origin)
+            with torch.no_grad():
+                for _ in range(reps):
+                    for index in lanes:
+                        outcome = outcomes[index]
+                        if outcome.error is not None:
+                            continue
+                        with backend.lane_scope(index):
+                            _repeat(backend, calls[index], 1, outcome)
+
+        origin = backend.begin()
+        self._wait({self.baseline_worker.submit(issue): None}, run)
+        return self._finish(origin, lanes, lanes, outcomes, reps, run)
+
+    def threads(self, reps: int, calls: Sequence[Callable[[], Any]], run: str) -> Run:
+        """Every lane on its own persistent thread, which issues to the lane's own stream."""
+        lanes = list(range(len(self.lanes)))
+        outcomes = {index: _Outcome() for index in lanes}
+        backend = self.backend
+
+        def task(index: int) -> Callable[[], None]:
+            def issue() -> None:
+                backend.fork(index, origin)
+                with backend.lane_scope(index), torch.no_grad():
+                    _repeat(backend, calls[index], reps, outcomes[index])
+
+            return issue
+
+        with backend.concurrent_scope():
+            origin = backend.begin()
+            futures = {self.lane_workers[index].submit(task(index)): index for index in lanes}
+            self._wait(futures, run)
+        return self._finish(origin, lanes, lanes, outcomes, reps, run)
+
+    def _wait(self, futures: Mapping[Future[Any], int | None], run: str) -> None:
+        done, pending = wait_futures(futures, timeout=self.timeout)
+        if pending:
+            self.broken = True
+            stuck = [self._stuck_lane(futures[future]) for future in pending]
+            raise LaneTimeoutError(stuck, run, self.timeout)
+        for future in done:
+            error = future.exception()
+            if error is not None:
+                raise error
+
+    def _stuck_lane(self, index: int | None) -> str:
+        if index is not None:
+            return self.lanes[index].name
+        return self.baseline_worker.current or "<before the first lane>"
+
+    def _finish(
+        self,
+        origin: Any,
+        lanes: Sequence[int],
+        streams_used: Sequence[int],
+        outcomes: dict[int, _Outcome],
+        reps: int,
+        run: str,
+    ) -> Run:
+        try:
+            timing = self.backend.finish(origin, streams_used, [outcomes[index].stamps for index in lanes])
+        except BaseException:
+            if any(outcome.error for outcome in outcomes.values()):
+                self.backend.release()
+            else:
+                raise
+            timing = None
+        for index in lanes:
+            error = outcomes[index].error
+            if error is not None:
+                raise LaneError(self.lanes[index].name, run, error) from error
+        assert timing is not None
+        outputs = [outcomes[index].output for index in lanes]
+        self.backend.protect(outputs)
+        return Run(
+            lanes=list(lanes),
+            elapsed=timing.elapsed / reps,
+            wall=timing.wall / reps,
+            intervals=timing.intervals,
+            outputs=outputs,
+        )
+
+
+def _repeat(backend: Backend, call: Callable[[], Any], reps: int, outcome: _Outcome) -> None:
+    try:
+        for _ in range(reps):
+            start = backend.stamp()
+            outcome.output = call()
+            outcome.stamps.append((start, backend.stamp()))
+    except Exception as error:
+        outcome.error = error
+        outcome.output = None
+
+
+class Mode:
+    """An execution mode: which calls the lanes make (eager or graph replays) and how they run at once."""
+
+    name = "sequential"
+    static_outputs = False
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.calls: list[Callable[[], Any]] = list(executor.lanes)
+
+    def baseline(self, lanes: Sequence[int], reps: int, run: str = "sequential run") -> Run:
+        return self.executor.sequential(lanes, reps, self.calls, run)
+
+    def concurrent(self, reps: int) -> Run:
+        return self.baseline(range(len(self.calls)), reps, f"concurrent run ({self.name})")
+
+    def close(self) -> None:
+        self.calls.clear()
+
+
+class StreamsMode(Mode):
+    name = "streams"
+
+    def concurrent(self, reps: int) -> Run:
+        return self.executor.streams(reps, self.calls, f"concurrent run ({self.name})")
+
+
+class ThreadsMode(Mode):
+    name = "threads"
+
+    def concurrent(self, reps: int) -> Run:
+        return self.executor.threads(reps, self.calls, f"concurrent run ({self.name})")
+
+
+class GraphsMode(StreamsMode):
+    """Each lane captured once as a CUDA graph; the baseline replays them back to back."""
+
+    name = "graphs"
+    static_outputs = True
+
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor)
+        self.static: list[Any] = []
+        replays: list[Callable[[], Any]] = []
+        for index, lane in enumerate(executor.lanes):
+            try:
+                replay, outputs = executor.backend.capture(index, lane)
+            except Exception as error:
+                raise GraphCaptureError(lane.name, error) from error
+            self.static.append(outputs)
+            replays.append(_returning(replay, outputs))
+        self.calls = replays
+
+    def close(self) -> None:
+        super().close()
+        self.static.clear()
+
+
+class GraphCaptureError(Exception):
+    def __init__(self, lane: str, error: BaseException) -> None:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        self.reason = f"graph capture of lane {lane!r} failed: {type(error).__name__}: {first_line}"
+        super().__init__(self.reason)
+
+
+def _returning(replay: Callable[[], None], outputs: Any) -> Callable[[], Any]:
+    def call() -> Any:
+        replay()
+        return outputs
+
+    return call
+
+
+MODE_CLASSES: dict[str, type[Mode]] = {
+    "sequential": Mode,
+    "streams": StreamsMode,
+    "threads": ThreadsMode,
+    "graphs": GraphsMode,
+}

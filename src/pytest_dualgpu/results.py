@@ -1,0 +1,252 @@
+"""The value objects one ``dual_infer`` call produces, and their JSON form.
+
+Like ``torch.utils.benchmark``'s ``Measurement``, these only hold numbers and their own warnings; turning
+them into tables is ``report.py``'s job. ``to_dict`` drops the tensors (outputs, reference) so the result
+can travel through JSON, JUnit properties and pytest-xdist; ``from_dict`` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import stats
+from .timeline import Interval, LaneTimeline
+
+NOISY_RELATIVE_IQR = 0.10
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Per-iteration times of one variant (seconds), one sample per measured round."""
+
+    median: float
+    iqr: float
+    min: float
+    n: int
+    samples: tuple[float, ...] = ()
+    wall_median: float | None = None
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[float], wall: Sequence[float] = ()) -> Measurement:
+        if not samples:
+            raise ValueError("a measurement needs at least one sample")
+        return cls(
+            median=stats.median(samples),
+            iqr=stats.iqr(samples),
+            min=min(samples),
+            n=len(samples),
+            samples=tuple(samples),
+            wall_median=stats.median(wall) if wall else None,
+        )
+
+    @property
+    def relative_iqr(self) -> float:
+        return self.iqr / self.median if self.median > 0 else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        return self.n > 1 and self.relative_iqr > NOISY_RELATIVE_IQR
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "samples": list(self.samples)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        return cls(**{**data, "samples": tuple(data.get("samples", ()))})
+
+
+@dataclass(frozen=True)
+class LaneResult:
+    name: str
+    alone: Measurement
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "alone": self.alone.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LaneResult:
+        return cls(name=data["name"], alone=Measurement.from_dict(data["alone"]))
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    """Peak device memory in bytes above what was allocated before each run (CUDA only)."""
+
+    alone: tuple[int, ...]
+    sequential: int
+    concurrent: int
+
+    @property
+    def ratio(self) -> float | None:
+        """Concurrent peak over sequential peak: what running at once costs in memory."""
+        return self.concurrent / self.sequential if self.sequential > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alone": list(self.alone), "sequential": self.sequential, "concurrent": self.concurrent}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemoryStats:
+        return cls(alone=tuple(data["alone"]), sequential=data["sequential"], concurrent=data["concurrent"])
+
+
+@dataclass
+class SyncStats:
+    """What the synchronization checks found; empty until they run."""
+
+    implicit_syncs: list[dict[str, str]] = field(default_factory=list)
+    race_trials: int = 0
+    race_failures: int = 0
+    seed: int | None = None
+    first_failure: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SyncStats:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModeProbe:
+    """How one execution mode did when it was tried (briefly under ``auto``, fully when chosen)."""
+
+    mode: str
+    speedup: float | None = None
+    sequential: float | None = None
+    concurrent: float | None = None
+    error: str | None = None
+    chosen: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModeProbe:
+        return cls(**data)
+
+
+@dataclass
+class DualResult:
+    """Everything measured in one ``dual_infer`` call. Times are seconds per iteration."""
+
+    name: str
+    device: str
+    device_name: str
+    mode: str
+    requested_mode: str
+    lanes: list[LaneResult]
+    sequential: Measurement
+    concurrent: Measurement
+    speedup: float
+    speedup_ci: tuple[float, float]
+    ideal_speedup: float
+    efficiency: float | None
+    overlap: float
+    correct: bool
+    max_abs_err: float
+    max_rel_err: float
+    mismatches: list[str] = field(default_factory=list)
+    kernel_overlap: float | None = None
+    memory: MemoryStats | None = None
+    eager_sequential: Measurement | None = None
+    sync: SyncStats = field(default_factory=SyncStats)
+    modes: list[ModeProbe] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rounds: int = 0
+    reps: int = 1
+    timelines: dict[str, list[LaneTimeline]] = field(default_factory=dict)
+    outputs: list[Any] | None = field(default=None, repr=False, compare=False)
+    reference: list[Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def lane_names(self) -> list[str]:
+        return [lane.name for lane in self.lanes]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: plain numbers, strings, lists and dicts; no tensors."""
+        return {
+            "name": self.name,
+            "device": self.device,
+            "device_name": self.device_name,
+            "mode": self.mode,
+            "requested_mode": self.requested_mode,
+            "lanes": [lane.to_dict() for lane in self.lanes],
+            "sequential": self.sequential.to_dict(),
+            "concurrent": self.concurrent.to_dict(),
+            "eager_sequential": self.eager_sequential.to_dict() if self.eager_sequential else None,
+            "speedup": self.speedup,
+            "speedup_ci": list(self.speedup_ci),
+            "ideal_speedup": self.ideal_speedup,
+            "efficiency": self.efficiency,
+            "overlap": self.overlap,
+            "kernel_overlap": self.kernel_overlap,
+            "memory": self.memory.to_dict() if self.memory else None,
+            "correct": self.correct,
+            "max_abs_err": self.max_abs_err,
+            "max_rel_err": self.max_rel_err,
+            "mismatches": list(self.mismatches),
+            "sync": self.sync.to_dict(),
+            "modes": [probe.to_dict() for probe in self.modes],
+            "warnings": list(self.warnings),
+            "rounds": self.rounds,
+            "reps": self.reps,
+            "timelines": {
+                run: [{"lane": line.lane, "intervals": [list(iv) for iv in line.intervals]} for line in lines]
+                for run, lines in self.timelines.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DualResult:
+        def measurement(key: str) -> Measurement | None:
+            value = data.get(key)
+            return Measurement.from_dict(value) if value else None
+
+        sequential = measurement("sequential")
+        concurrent = measurement("concurrent")
+        if sequential is None or concurrent is None:
+            raise ValueError("a DualResult dict needs 'sequential' and 'concurrent' measurements")
+        lo, hi = data["speedup_ci"]
+        return cls(
+            name=data["name"],
+            device=data["device"],
+            device_name=data.get("device_name", ""),
+            mode=data["mode"],
+            requested_mode=data.get("requested_mode", data["mode"]),
+            lanes=[LaneResult.from_dict(lane) for lane in data["lanes"]],
+            sequential=sequential,
+            concurrent=concurrent,
+            eager_sequential=measurement("eager_sequential"),
+            speedup=data["speedup"],
+            speedup_ci=(lo, hi),
+            ideal_speedup=data["ideal_speedup"],
+            efficiency=data["efficiency"],
+            overlap=data["overlap"],
+            kernel_overlap=data.get("kernel_overlap"),
+            memory=MemoryStats.from_dict(data["memory"]) if data.get("memory") else None,
+            correct=data["correct"],
+            max_abs_err=data["max_abs_err"],
+            max_rel_err=data["max_rel_err"],
+            mismatches=list(data.get("mismatches", [])),
+            sync=SyncStats.from_dict(data.get("sync", {})),
+            modes=[ModeProbe.from_dict(probe) for probe in data.get("modes", [])],
+            warnings=list(data.get("warnings", [])),
+            rounds=data.get("rounds", 0),
+            reps=data.get("reps", 1),
+            timelines={
+                run: [
+                    LaneTimeline(line["lane"], tuple(_interval(iv) for iv in line["intervals"]))
+                    for line in lines
+                ]
+                for run, lines in data.get("timelines", {}).items()
+            },
+        )
+
+
+def _interval(pair: Sequence[float]) -> Interval:
+    start, end = pair
+    return (float(start), float(end))

@@ -1,0 +1,65 @@
+"""Persistent worker threads that run one closure at a time and hand back a Future.
+
+``concurrent.futures.ThreadPoolExecutor`` would do, except that its threads are joined at interpreter
+exit: a lane that never returns would then hang the whole session. Ours are daemon threads that can be
+abandoned after a timeout.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+_Task = tuple["Future[Any]", Callable[[], Any]]
+
+
+class Worker:
+    """One thread, set up once (intra-op threads, CUDA device), then fed closures in order."""
+
+    def __init__(self, name: str, setup: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self.current: str | None = None
+        self._setup = setup
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, task: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._tasks.put((future, task))
+        return future
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the thread to finish; True when it did within ``timeout`` seconds."""
+        self._tasks.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
+        setup_error: BaseException | None = None
+        if self._setup is not None:
+            try:
+                self._setup()
+            except BaseException as error:
+                setup_error = error
+        while (item := self._tasks.get()) is not None:
+            future, task = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            if setup_error is not None:
+                future.set_exception(setup_error)
+                continue
+            try:
+                future.set_result(task())
+            except BaseException as error:
+                future.set_exception(error)
+            finally:
+                self.current = None
+            del future, task, item

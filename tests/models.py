@@ -1,0 +1,131 @@
+"""Models for the tests: deterministic timing controls and small real networks built from torch.nn."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class SleepLane(nn.Module):
+    """Positive control: sleeping releases the GIL, so two of these overlap almost perfectly."""
+
+    def __init__(self, seconds: float = 0.01) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x * 2
+
+
+class GilLane(nn.Module):
+    """Negative control: a Python loop that holds the GIL for the whole forward, so lanes cannot overlap.
+
+    No torch operator runs inside: each releases the GIL, and a hand-off in the middle of a forward would
+    let the other lane start while this one is still in flight.
+    """
+
+    def __init__(self, seconds: float = 0.01) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deadline = time.perf_counter() + self.seconds
+        spins = 0
+        while time.perf_counter() < deadline:
+            spins += 1
+        return x
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int = 64, depth: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [nn.Linear(width, width), nn.GELU()]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images).flatten(1))
+
+
+class Encoded(NamedTuple):
+    hidden: torch.Tensor
+    pooled: torch.Tensor
+
+
+class TinyTransformer(nn.Module):
+    """A text encoder: token ids and an attention mask in, a named tuple and a dict out."""
+
+    def __init__(self, vocab: int = 100, width: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        layer = nn.TransformerEncoderLayer(width, nhead=4, dim_feedforward=64, batch_first=True, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, object]:
+        hidden = self.encoder(self.embed(tokens), src_key_padding_mask=~mask)
+        pooled = hidden.mean(dim=1)
+        return {"encoded": Encoded(hidden, pooled), "lengths": [int(mask.sum())]}
+
+
+class RaisingLane(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("bad shape in RaisingLane")
+
+
+def in_lane_thread() -> bool:
+    """True inside the engine's concurrent lane threads (alone and sequential runs use another thread)."""
+    return threading.current_thread().name.startswith("dualgpu-lane")
+
+
+class ConcurrentRaiser(nn.Module):
+    """Fine alone and back to back; raises only in the concurrent run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if in_lane_thread():
+            raise RuntimeError("only fails when run concurrently")
+        return x + 1
+
+
+class BlockingLane(nn.Module):
+    """Blocks in the concurrent run until the test sets ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if in_lane_thread():
+            self.release.wait()
+        return x - 1
+
+
+def text_inputs(batch: int = 2, length: int = 12) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 100, (batch, length), generator=generator)
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[1, length // 2 :] = False
+    return {"tokens": tokens, "mask": mask}
