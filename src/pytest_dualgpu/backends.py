@@ -187,6 +187,7 @@ class CudaBackend(Backend):
         graph = torch.cuda.CUDAGraph()
         stream = self.streams[lane]
         stream.wait_stream(self.caller)
+        previous = torch.cuda.current_stream(self.device)
         try:
             with (
                 torch.cuda.device(self.device),
@@ -195,9 +196,10 @@ class CudaBackend(Backend):
             ):
                 static_outputs = call()
         except BaseException:
+            # A capture that fails while ending skips restoring the thread's current stream.
+            torch.cuda.set_stream(previous)
             del graph
-            with suppress(RuntimeError):
-                self.synchronize()
+            self.release()
             raise
         return graph.replay, static_outputs
 

@@ -260,6 +260,9 @@ class GraphsMode(StreamsMode):
 
 class GraphCaptureError(Exception):
     def __init__(self, lane: str, error: BaseException) -> None:
+        # Ending a broken capture raises again; the first error in the chain is the one that explains it.
+        while error.__context__ is not None:
+            error = error.__context__
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         self.reason = f"graph capture of lane {lane!r} failed: {type(error).__name__}: {first_line}"
         super().__init__(self.reason)
