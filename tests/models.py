@@ -97,7 +97,7 @@ class RaisingLane(nn.Module):
 
 
 def in_lane_thread() -> bool:
-    """True inside the engine's concurrent lane threads (alone and sequential runs use another thread)."""
+    """True inside the engine's lane threads (alone and sequential runs stay on the caller's thread)."""
     return threading.current_thread().name.startswith("dualgpu-lane")
 
 

@@ -52,9 +52,9 @@ class Backend:
         self.process_threads = torch.get_num_threads()
         self.lane_threads = max(1, self.process_threads // lane_count)
 
-    def worker_setup(self, lane: int | None) -> Callable[[], None]:
-        """Thread set-up: the baseline thread keeps the process's intra-op threads, lanes split them."""
-        threads = self.process_threads if lane is None else self.lane_threads
+    def worker_setup(self, lane: int) -> Callable[[], None]:
+        """A lane thread's set-up: the lanes share the process's intra-op threads between them."""
+        threads = self.lane_threads
 
         def setup() -> None:
             # torch sets up a thread's intra-op pool lazily from a process-wide value on first use; trigger
@@ -126,7 +126,7 @@ class CudaBackend(Backend):
         self.caller = torch.cuda.current_stream(device)
         self.streams = lane_streams(device, lane_count)
 
-    def worker_setup(self, lane: int | None) -> Callable[[], None]:
+    def worker_setup(self, lane: int) -> Callable[[], None]:
         cpu_setup = super().worker_setup(lane)
 
         def setup() -> None:

@@ -1,15 +1,15 @@
 """The execution modes: how a set of lanes is run back to back, and how it is run at once.
 
-Every run starts from the controlling thread, executes on persistent worker threads (one baseline thread
-on the caller's stream, one thread per lane on that lane's stream) and comes back as a ``Run``. Running
-even the baseline on a worker lets the controller enforce timeouts and makes both variants pay the same
-hand-off, so neither is favoured by where it was timed from.
+Back-to-back runs (the baseline, each lane alone) and the ``streams`` and ``graphs`` modes issue from the
+caller's own thread, as the user's code would; only ``threads`` hands lanes to persistent worker threads.
+The caller's thread matters on CPU too: with libgomp, a second thread that opens an OpenMP team while the
+first still has one makes both throttle their spinning, which slowed a 2-core matmul baseline by ~11% on a
+worker thread (torch 2.13). Each run is timed from the caller's clock, so hand-offs count where they occur.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,22 +56,21 @@ class _Outcome:
 
 
 class Executor:
-    """Owns the worker threads of one call and runs lanes on them in each style."""
+    """Runs lanes back to back or at once, and owns the lane threads of one call."""
 
     def __init__(self, backend: Backend, lanes: Sequence[Lane], timeout: float) -> None:
         self.backend = backend
         self.lanes = list(lanes)
         self.timeout = timeout
         self.broken = False
-        self.baseline_worker = Worker("dualgpu-baseline", backend.worker_setup(None))
         self.lane_workers = [
             Worker(f"dualgpu-lane-{index}", backend.worker_setup(index)) for index in range(len(lanes))
         ]
 
     def close(self) -> None:
-        """Stop the workers; after a timeout they may be stuck in user code and are left behind."""
+        """Stop the lane threads; after a timeout they may be stuck in user code and are left behind."""
         grace = 0.0 if self.broken else 5.0
-        for worker in [self.baseline_worker, *self.lane_workers]:
+        for worker in self.lane_workers:
             worker.stop(grace)
         self.backend.restore()
 
@@ -84,40 +83,27 @@ class Executor:
     def sequential(
         self, lanes: Sequence[int], reps: int, calls: Sequence[Callable[[], Any]], run: str
     ) -> Run:
-        """Lanes back to back on the caller's stream, from one thread: the baseline (and alone runs)."""
+        """Lanes back to back on the caller's thread and stream: the baseline (and the alone runs)."""
         outcomes = {index: _Outcome() for index in lanes}
-        worker = self.baseline_worker
-
-        def issue() -> None:
-            with self.backend.lane_scope(None), torch.no_grad():
-                for index in lanes:
-                    worker.current = self.lanes[index].name
-                    _repeat(self.backend, calls[index], reps, outcomes[index])
-
         origin = self.backend.begin()
-        self._wait({worker.submit(issue): None}, run)
+        with self.backend.lane_scope(None), torch.no_grad():
+            for index in lanes:
+                _repeat(self.backend, calls[index], reps, outcomes[index])
         return self._finish(origin, lanes, [], outcomes, reps, run)
 
     def streams(self, reps: int, calls: Sequence[Callable[[], Any]], run: str) -> Run:
-        """Every lane on its own stream, issued round-robin from one host thread."""
+        """Every lane on its own stream, issued round-robin from the caller's thread."""
         lanes = list(range(len(self.lanes)))
         outcomes = {index: _Outcome() for index in lanes}
-        backend = self.backend
-
-        def issue() -> None:
-            for index in lanes:
-                backend.fork(index, origin)
-            with torch.no_grad():
-                for _ in range(reps):
-                    for index in lanes:
-                        outcome = outcomes[index]
-                        if outcome.error is not None:
-                            continue
-                        with backend.lane_scope(index):
-                            _repeat(backend, calls[index], 1, outcome)
-
-        origin = backend.begin()
-        self._wait({self.baseline_worker.submit(issue): None}, run)
+        origin = self.backend.begin()
+        for index in lanes:
+            self.backend.fork(index, origin)
+        with torch.no_grad():
+            for _ in range(reps):
+                for index in lanes:
+                    if outcomes[index].error is None:
+                        with self.backend.lane_scope(index):
+                            _repeat(self.backend, calls[index], 1, outcomes[index])
         return self._finish(origin, lanes, lanes, outcomes, reps, run)
 
     def threads(self, reps: int, calls: Sequence[Callable[[], Any]], run: str) -> Run:
@@ -137,24 +123,14 @@ class Executor:
         with backend.concurrent_scope():
             origin = backend.begin()
             futures = {self.lane_workers[index].submit(task(index)): index for index in lanes}
-            self._wait(futures, run)
-        return self._finish(origin, lanes, lanes, outcomes, reps, run)
-
-    def _wait(self, futures: Mapping[Future[Any], int | None], run: str) -> None:
-        done, pending = wait_futures(futures, timeout=self.timeout)
+            done, pending = wait_futures(futures, timeout=self.timeout)
         if pending:
             self.broken = True
-            stuck = [self._stuck_lane(futures[future]) for future in pending]
+            stuck = [self.lanes[futures[future]].name for future in pending]
             raise LaneTimeoutError(stuck, run, self.timeout)
         for future in done:
-            error = future.exception()
-            if error is not None:
-                raise error
-
-    def _stuck_lane(self, index: int | None) -> str:
-        if index is not None:
-            return self.lanes[index].name
-        return self.baseline_worker.current or "<before the first lane>"
+            future.result()
+        return self._finish(origin, lanes, lanes, outcomes, reps, run)
 
     def _finish(
         self,
@@ -165,19 +141,13 @@ class Executor:
         reps: int,
         run: str,
     ) -> Run:
-        try:
-            timing = self.backend.finish(origin, streams_used, [outcomes[index].stamps for index in lanes])
-        except BaseException:
-            if any(outcome.error for outcome in outcomes.values()):
-                self.backend.release()
-            else:
-                raise
-            timing = None
-        for index in lanes:
-            error = outcomes[index].error
-            if error is not None:
-                raise LaneError(self.lanes[index].name, run, error) from error
-        assert timing is not None
+        failed = [index for index in lanes if outcomes[index].error is not None]
+        if failed:
+            self.backend.release()
+            error = outcomes[failed[0]].error
+            assert error is not None
+            raise LaneError(self.lanes[failed[0]].name, run, error) from error
+        timing = self.backend.finish(origin, streams_used, [outcomes[index].stamps for index in lanes])
         outputs = [outcomes[index].output for index in lanes]
         self.backend.protect(outputs)
         return Run(

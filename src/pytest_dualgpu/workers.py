@@ -21,7 +21,6 @@ class Worker:
 
     def __init__(self, name: str, setup: Callable[[], None] | None = None) -> None:
         self.name = name
-        self.current: str | None = None
         self._setup = setup
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -60,6 +59,4 @@ class Worker:
                 future.set_result(task())
             except BaseException as error:
                 future.set_exception(error)
-            finally:
-                self.current = None
             del future, task, item
