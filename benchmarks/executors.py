@@ -5,13 +5,17 @@
 CPU: a compute-heavy MLP pair (two cores to share) and a small launch-bound pair (Python overhead).
 CUDA: a small MLP pair and a small CNN pair at batch 1 (launch-bound: room to overlap), and a pair of
 large matrix products (each fills the GPU alone: a speedup near 1 is the right answer).
-It also times one model alone with ``torch.utils.benchmark.Timer`` beside the engine's alone time: their
-ratio shows how much the harness itself adds to what it measures.
+It also times one model alone with ``torch.utils.benchmark.Timer`` beside the engine's alone time (their
+ratio shows how much the harness itself adds to what it measures), and on CPU checks the engine's
+``threads`` speedup against a hand-written measurement: two plain threads, one intra-op thread each.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,6 +97,7 @@ def main() -> None:
 
     rows = []
     accuracy = []
+    cross_checks = []
     for pair in pairs:
         first = pair.build().to(device, pair.dtype).eval()
         second = pair.build().to(device, pair.dtype).eval()
@@ -116,6 +121,10 @@ def main() -> None:
             )
             if mode == "sequential":
                 accuracy.append(_accuracy_row(pair.name, first, x, result.lanes[0].alone.median))
+            if mode == "threads" and device.type == "cpu":
+                alone = max(lane.alone.median for lane in result.lanes)
+                hand = _hand_measured_speedup(first, second, x, alone)
+                cross_checks.append([pair.name, rows[-1][5], f"{hand:.2f}"])
     print(
         tabulate(
             rows,
@@ -142,6 +151,66 @@ def main() -> None:
             tablefmt=options.format,
         )
     )
+    if cross_checks:
+        print(
+            "\nThreads speedup: the engine vs two hand-written threads (paired 20 ms rounds, 10 ms pauses)\n"
+        )
+        print(
+            tabulate(
+                cross_checks, headers=["pair", "engine speedup [95% CI]", "by hand"], tablefmt=options.format
+            )
+        )
+
+
+def _hand_measured_speedup(
+    first: nn.Module, second: nn.Module, x: torch.Tensor, alone: float, rounds: int = 20
+) -> float:
+    """Sequential on this thread vs two threads with one intra-op thread each; median of paired ratios.
+
+    Each lane repeats its model for about 20 ms per round, so waking the threads is not what is measured.
+    """
+    torch.get_num_threads()  # fix this thread's pool before the workers change the process-wide default
+    reps = max(1, round(0.02 / alone))
+    start = [threading.Event(), threading.Event()]
+    done = [threading.Event(), threading.Event()]
+
+    def lane(index: int, model: nn.Module) -> None:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            while True:
+                start[index].wait()
+                start[index].clear()
+                for _ in range(reps):
+                    model(x)
+                done[index].set()
+
+    for index, model in enumerate((first, second)):
+        threading.Thread(target=lane, args=(index, model), daemon=True).start()
+
+    def sequential() -> float:
+        began = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(reps):
+                first(x)
+                second(x)
+        return time.perf_counter() - began
+
+    def concurrent() -> float:
+        began = time.perf_counter()
+        for event in start:
+            event.set()
+        for event in done:
+            event.wait()
+            event.clear()
+        return time.perf_counter() - began
+
+    ratios = []
+    for _ in range(rounds + 3):
+        time.sleep(0.01)
+        seq = sequential()
+        time.sleep(0.01)
+        ratios.append(seq / concurrent())
+    return statistics.median(ratios[3:])
 
 
 def _accuracy_row(name: str, model: nn.Module, x: torch.Tensor, engine_alone: float) -> list[str]:

@@ -322,7 +322,6 @@ class _Measuring:
         sequential, concurrent = measured("sequential"), measured("concurrent")
         ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
         alone = [lane.alone.median for lane in lanes]
-        headroom = sequential.median - max(alone)
         comparison = compare_lanes(self.names, reference, outputs, self.settings.tolerance)
         self.probes[mode_name] = ModeProbe(
             mode_name,
@@ -350,7 +349,7 @@ class _Measuring:
             speedup=stats.median(ratios),
             speedup_ci=stats.median_ci(ratios),
             ideal_speedup=sum(alone) / max(alone) if max(alone) > 0 else 1.0,
-            efficiency=(sequential.median - concurrent.median) / headroom if headroom > 0 else None,
+            efficiency=_efficiency(samples, len(lanes)),
             overlap=stats.median(samples.overlaps["concurrent"]),
             correct=comparison.correct,
             max_abs_err=comparison.max_abs_err,
@@ -373,3 +372,20 @@ class _Measuring:
             outputs=outputs,
             reference=reference,
         )
+
+
+def _efficiency(samples: Samples, lane_count: int) -> float | None:
+    """Median over rounds of (sequential - concurrent) / (sequential - slowest lane alone).
+
+    Per round, like the speedup: on a machine whose speed drifts, the medians of separately sorted
+    variants can come from different phases and disagree with the paired speedup.
+    """
+    per_round = []
+    for round_index in range(samples.rounds):
+        sequential = samples.elapsed["sequential"][round_index]
+        concurrent = samples.elapsed["concurrent"][round_index]
+        slowest = max(samples.elapsed[f"alone:{lane}"][round_index] for lane in range(lane_count))
+        if sequential > slowest:
+            per_round.append((sequential - concurrent) / (sequential - slowest))
+    return stats.median(per_round) if per_round else None
+
