@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 
 import pytest
 import torch
 from models import MLP, GilLane, SleepLane, SmallCNN, TinyTransformer, in_lane_thread, text_inputs
 
 from pytest_dualgpu import DualResult, dual_infer
+from pytest_dualgpu.backends import Backend
+from pytest_dualgpu.devices import measuring_lock
 from pytest_dualgpu.lanes import MODES
 from pytest_dualgpu.results import Measurement
 
@@ -156,3 +159,32 @@ def test_noisy_measurements_are_flagged() -> None:
     assert not steady.noisy
     assert noisy.noisy
     assert noisy.relative_iqr > 0.1
+
+
+def test_auto_probes_each_mode_and_keeps_the_fastest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Backend, "concurrent_modes", ("sequential", "threads"))
+    result = dual_infer(SleepLane(), SleepLane(), torch.ones(2), **FAST)
+    assert [probe.mode for probe in result.modes] == ["sequential", "threads"]
+    sequential, threads = result.modes
+    assert result.mode == "threads"
+    assert threads.chosen
+    assert not sequential.chosen
+    assert sequential.concurrent is not None
+    assert threads.concurrent is not None
+    assert threads.concurrent < sequential.concurrent
+    assert sequential.speedup == pytest.approx(1.0, abs=0.2)
+
+
+def test_measuring_waits_for_the_device_lock_and_says_so() -> None:
+    results: list[DualResult] = []
+    with measuring_lock(torch.device("cpu")):
+        worker = threading.Thread(
+            target=lambda: results.append(
+                dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(1), **FAST)
+            )
+        )
+        worker.start()
+        time.sleep(1.2)
+        assert not results
+    worker.join(timeout=30)
+    assert any("waited" in warning and "measuring lock" in warning for warning in results[0].warnings)
