@@ -112,7 +112,7 @@ class Backend:
     def release(self) -> None:
         """Give cached memory back after a failure, so one failed call does not starve the next."""
 
-    def is_out_of_memory(self, error: BaseException) -> bool:
+    def is_out_of_memory(self, error: BaseException | None) -> bool:
         return False
 
 
@@ -213,8 +213,8 @@ class CudaBackend(Backend):
             self.synchronize()
         torch.cuda.empty_cache()
 
-    def is_out_of_memory(self, error: BaseException) -> bool:
-        return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
+    def is_out_of_memory(self, error: BaseException | None) -> bool:
+        return isinstance(error, torch.cuda.OutOfMemoryError)
 
 
 _STREAMS: dict[tuple[int, int], torch.cuda.Stream] = {}

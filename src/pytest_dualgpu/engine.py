@@ -145,18 +145,16 @@ def run_call(
             measurement.warnings.append(f"waited {waited:.1f} s for the {device.type} measuring lock")
         try:
             return measurement.run(name or "+".join(lane_names))
-        except LaneError as error:
+        except BaseException as error:
             cause = error.__cause__
-            if cause is not None and backend.is_out_of_memory(cause):
+            out_of_memory = isinstance(error, LaneError) and backend.is_out_of_memory(cause)
+            if out_of_memory:
                 drop_locals(error)
-                backend.release()
+            backend.release()
+            if isinstance(error, LaneError) and out_of_memory:
                 raise ConcurrentOutOfMemoryError(
-                    error.run, error.lane, measurement.alone_peaks, cause
+                    error.run, error.lane, measurement.alone_peaks, cause or error
                 ) from cause
-            backend.release()
-            raise
-        except BaseException:
-            backend.release()
             raise
 
 
@@ -223,7 +221,7 @@ class _Measuring:
     def _build_modes(self, executor: Executor) -> list[Mode]:
         modes: list[Mode] = []
         candidates = self._candidate_modes()
-        for mode_name in candidates:
+        for mode_name in candidates:  # grows when a graphs-only request falls back to threads
             try:
                 mode = MODE_CLASSES[mode_name](executor)
             except GraphCaptureError as error:
@@ -389,4 +387,3 @@ def _efficiency(samples: Samples, lane_count: int) -> float | None:
         if sequential > slowest:
             per_round.append((sequential - concurrent) / (sequential - slowest))
     return stats.median(per_round) if per_round else None
-
