@@ -88,7 +88,7 @@ class TinyTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, object]:
         hidden = self.encoder(self.embed(tokens), src_key_padding_mask=~mask)
         pooled = hidden.mean(dim=1)
-        return {"encoded": Encoded(hidden, pooled), "lengths": [int(mask.sum())]}
+        return {"encoded": Encoded(hidden, pooled), "lengths": [mask.sum(dim=1)]}
 
 
 class RaisingLane(nn.Module):

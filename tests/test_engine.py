@@ -188,3 +188,10 @@ def test_measuring_waits_for_the_device_lock_and_says_so() -> None:
         assert not results
     worker.join(timeout=30)
     assert any("waited" in warning and "measuring lock" in warning for warning in results[0].warnings)
+
+
+def test_lane_threads_inherit_the_callers_autocast() -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = dual_infer(MLP(), MLP(), torch.randn(4, 64), mode="threads", **FAST)
+    assert result.correct, result.mismatches
+    assert [output.dtype for output in result.outputs] == [torch.bfloat16, torch.bfloat16]

@@ -183,21 +183,34 @@ class CudaBackend(Backend):
         holder.append(torch.cuda.max_memory_allocated(self.device) - before)
 
     def capture(self, lane: int, call: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
-        """Capture one lane as a CUDA graph with a private memory pool, on that lane's stream."""
-        graph = torch.cuda.CUDAGraph()
+        """Capture one lane as a CUDA graph with a private memory pool, on that lane's stream.
+
+        The lane first runs twice on that stream with sync debugging set to error: that is the warm-up
+        the CUDA graphs notes ask for (first-use allocations, such as a cuBLAS workspace per stream, stay
+        out of the graph's pool), and it turns a host sync into a plain error before any capture begins.
+        """
         stream = self.streams[lane]
         stream.wait_stream(self.caller)
+        with torch.cuda.device(self.device), torch.cuda.stream(stream), torch.no_grad(), _sync_errors():
+            for _ in range(2):
+                call()
+        self.caller.wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        pool = torch.cuda.graph_pool_handle()
         previous = torch.cuda.current_stream(self.device)
         try:
             with (
                 torch.cuda.device(self.device),
                 torch.no_grad(),
-                torch.cuda.graph(graph, pool=torch.cuda.graph_pool_handle(), stream=stream),
+                torch.cuda.graph(graph, pool=pool, stream=stream),
             ):
                 static_outputs = call()
         except BaseException:
-            # A capture that fails while ending skips restoring the thread's current stream.
+            # A capture that fails while ending skips restoring the current stream and, in the
+            # allocator, ending the private pool's capture: without that, the allocator goes on
+            # treating the process as capturing.
             torch.cuda.set_stream(previous)
+            _abandon_pool(self.device, pool)
             del graph
             self.release()
             raise
@@ -211,10 +224,35 @@ class CudaBackend(Backend):
     def release(self) -> None:
         with suppress(RuntimeError):
             self.synchronize()
-        torch.cuda.empty_cache()
+            torch.cuda.empty_cache()
 
     def is_out_of_memory(self, error: BaseException | None) -> bool:
         return isinstance(error, torch.cuda.OutOfMemoryError)
+
+
+@contextmanager
+def _sync_errors() -> Iterator[None]:
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def _abandon_pool(device: torch.device, pool: Any) -> None:
+    """Best effort: close a failed capture's private pool in the allocator (private torch API)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+    release = getattr(torch._C, "_cuda_releasePool", None)
+    if end is None or release is None:
+        return
+    try:
+        end(index, pool)
+    except RuntimeError:
+        return
+    with suppress(RuntimeError):
+        release(index, pool)
 
 
 _STREAMS: dict[tuple[int, int], torch.cuda.Stream] = {}

@@ -9,8 +9,10 @@ worker thread (torch 2.13). Each run is timed from the caller's clock, so hand-o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import wait as wait_futures
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,11 +113,12 @@ class Executor:
         lanes = list(range(len(self.lanes)))
         outcomes = {index: _Outcome() for index in lanes}
         backend = self.backend
+        autocast = inherited_autocast(backend.device.type)
 
         def task(index: int) -> Callable[[], None]:
             def issue() -> None:
                 backend.fork(index, origin)
-                with backend.lane_scope(index), torch.no_grad():
+                with backend.lane_scope(index), torch.no_grad(), autocast():
                     _repeat(backend, calls[index], reps, outcomes[index])
 
             return issue
@@ -157,6 +160,13 @@ class Executor:
             intervals=timing.intervals,
             outputs=outputs,
         )
+
+
+def inherited_autocast(device_type: str) -> Callable[[], AbstractContextManager[Any]]:
+    """The calling thread's autocast state, to re-enter in lane threads (autocast is per thread)."""
+    if not torch.is_autocast_enabled(device_type):
+        return nullcontext
+    return functools.partial(torch.autocast, device_type, dtype=torch.get_autocast_dtype(device_type))
 
 
 def _repeat(backend: Backend, call: Callable[[], Any], reps: int, outcome: _Outcome) -> None:
