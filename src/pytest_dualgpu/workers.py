@@ -37,10 +37,6 @@ class Worker:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def _loop(self) -> None:
         setup_error: BaseException | None = None
         if self._setup is not None:
