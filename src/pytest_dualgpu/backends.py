@@ -52,7 +52,7 @@ class Backend:
         self.process_threads = torch.get_num_threads()
         self.lane_threads = max(1, self.process_threads // lane_count)
 
-    def worker_setup(self, lane: int) -> Callable[[], None]:
+    def worker_setup(self) -> Callable[[], None]:
         """A lane thread's set-up: the lanes share the process's intra-op threads between them."""
         threads = self.lane_threads
 
@@ -126,8 +126,8 @@ class CudaBackend(Backend):
         self.caller = torch.cuda.current_stream(device)
         self.streams = lane_streams(device, lane_count)
 
-    def worker_setup(self, lane: int) -> Callable[[], None]:
-        cpu_setup = super().worker_setup(lane)
+    def worker_setup(self) -> Callable[[], None]:
+        cpu_setup = super().worker_setup()
 
         def setup() -> None:
             cpu_setup()

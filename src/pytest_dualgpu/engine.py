@@ -146,15 +146,18 @@ def run_call(
         try:
             return measurement.run(name or "+".join(lane_names))
         except BaseException as error:
-            cause = error.__cause__
-            out_of_memory = isinstance(error, LaneError) and backend.is_out_of_memory(cause)
-            if out_of_memory:
-                drop_locals(error)
+            # Every failure gives cached device memory back; after running out of it, the frames that
+            # still hold the lane's tensors are cleared first, or there would be nothing to give back.
+            oom = (
+                error if isinstance(error, LaneError) and backend.is_out_of_memory(error.__cause__) else None
+            )
+            if oom is not None:
+                drop_locals(oom)
             backend.release()
-            if isinstance(error, LaneError) and out_of_memory:
+            if oom is not None and oom.__cause__ is not None:
                 raise ConcurrentOutOfMemoryError(
-                    error.run, error.lane, measurement.alone_peaks, cause or error
-                ) from cause
+                    oom.run, oom.lane, measurement.alone_peaks, oom.__cause__
+                ) from oom.__cause__
             raise
 
 

@@ -66,7 +66,7 @@ class Executor:
         self.timeout = timeout
         self.broken = False
         self.lane_workers = [
-            Worker(f"dualgpu-lane-{index}", backend.worker_setup(index)) for index in range(len(lanes))
+            Worker(f"dualgpu-lane-{index}", backend.worker_setup()) for index in range(len(lanes))
         ]
 
     def close(self) -> None:
@@ -144,12 +144,10 @@ class Executor:
         reps: int,
         run: str,
     ) -> Run:
-        failed = [index for index in lanes if outcomes[index].error is not None]
-        if failed:
-            self.backend.release()
-            error = outcomes[failed[0]].error
-            assert error is not None
-            raise LaneError(self.lanes[failed[0]].name, run, error) from error
+        for index in lanes:
+            error = outcomes[index].error
+            if error is not None:
+                raise LaneError(self.lanes[index].name, run, error) from error
         timing = self.backend.finish(origin, streams_used, [outcomes[index].stamps for index in lanes])
         outputs = [outcomes[index].output for index in lanes]
         self.backend.protect(outputs)
