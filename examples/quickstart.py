@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pytest_dualgpu import dual_infer, place_model
-from pytest_dualgpu.report import format_table
+from pytest_dualgpu.report import format_results
 
 
 class Encoder(nn.Module):
@@ -53,7 +53,7 @@ def main() -> None:
     concurrent = dual_infer(
         image_encoder, text_encoder, batch, device=options.device, budget=options.budget, name="dual_infer"
     )
-    print(format_table([one_stream, concurrent]))
+    print(format_results([one_stream, concurrent]))
     print()
     lo, hi = concurrent.speedup_ci
     print(

@@ -14,8 +14,8 @@ from models import MLP, GilLane, SleepLane, SmallCNN, TinyTransformer, in_lane_t
 from pytest_dualgpu import DualResult, dual_infer
 from pytest_dualgpu.backends import Backend
 from pytest_dualgpu.devices import measuring_lock
-from pytest_dualgpu.lanes import MODES
 from pytest_dualgpu.results import Measurement
+from pytest_dualgpu.settings import MODES
 
 FAST = {"budget": 0.05}
 

@@ -20,11 +20,12 @@ from . import stats
 from .backends import Backend, drop_locals, make_backend
 from .compare import Tolerance, compare_lanes
 from .devices import device_name, measuring_lock, resolve_device
-from .errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError
+from .errors import ConcurrentOutOfMemoryError, DualGpuError, DualGpuUsageError, LaneError
 from .inputs import make_lanes
-from .lanes import MODE_CLASSES, MODES, Executor, GraphCaptureError, Lane, Mode, Run, StreamsMode
+from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run, StreamsMode
 from .measure import Samples, measure_rounds, reps_for, time_once
 from .results import DualResult, LaneResult, Measurement, MemoryStats, ModeProbe
+from .settings import MODES
 from .timeline import LaneTimeline
 from .trees import map_tensors
 
@@ -67,18 +68,27 @@ def _require_positive(name: str, value: object, meaning: str) -> None:
 
 
 ResultHook = Callable[[DualResult], None]
+ErrorHook = Callable[[DualGpuError], None]
 
 
 class DualInfer:
     """The ``dual_infer`` callable: two models with ``()``, N with ``.many``; ``.bind`` sets defaults."""
 
-    def __init__(self, settings: CallSettings | None = None, on_result: ResultHook | None = None) -> None:
+    def __init__(
+        self,
+        settings: CallSettings | None = None,
+        on_result: ResultHook | None = None,
+        on_error: ErrorHook | None = None,
+    ) -> None:
         self.settings = settings or CallSettings()
         self.on_result = on_result
+        self.on_error = on_error
 
-    def bind(self, *, on_result: ResultHook | None = None, **settings: Any) -> DualInfer:
-        """A copy with other default settings (and a hook that sees every result)."""
-        return DualInfer(self._settings(settings), on_result or self.on_result)
+    def bind(
+        self, *, on_result: ResultHook | None = None, on_error: ErrorHook | None = None, **settings: Any
+    ) -> DualInfer:
+        """A copy with other default settings, and hooks that see every result and every failed call."""
+        return DualInfer(self._settings(settings), on_result or self.on_result, on_error or self.on_error)
 
     def __call__(
         self,
@@ -105,8 +115,13 @@ class DualInfer:
         **settings: Any,
     ) -> DualResult:
         """Run N models concurrently, ``inputs[i]`` going to ``models[i]``."""
-        call_settings = self._settings(settings)
-        result = run_call(models, inputs, names=names, name=name, settings=call_settings)
+        try:
+            call_settings = self._settings(settings)
+            result = run_call(models, inputs, names=names, name=name, settings=call_settings)
+        except DualGpuError as error:
+            if self.on_error is not None:
+                self.on_error(error)
+            raise
         if self.on_result is not None:
             self.on_result(result)
         return result
@@ -140,7 +155,7 @@ def run_call(
     lane_names = [lane.name for lane in lanes]
     backend = make_backend(device, len(lanes))
     with measuring_lock(device) as waited:
-        measurement = _Measuring(backend, lanes, settings)
+        measurement = _Measuring(backend, lanes, settings, lock_wait=waited)
         if waited > LOCK_WAIT_WARNING_SECONDS:
             measurement.warnings.append(f"waited {waited:.1f} s for the {device.type} measuring lock")
         try:
@@ -164,8 +179,11 @@ def run_call(
 class _Measuring:
     """The state of one call while it measures."""
 
-    def __init__(self, backend: Backend, lanes: list[Lane], settings: CallSettings) -> None:
+    def __init__(
+        self, backend: Backend, lanes: list[Lane], settings: CallSettings, lock_wait: float = 0.0
+    ) -> None:
         self.backend = backend
+        self.lock_wait = lock_wait
         self.lanes = lanes
         self.settings = settings
         self.names = [lane.name for lane in lanes]
@@ -362,6 +380,7 @@ class _Measuring:
             warnings=self.warnings,
             rounds=samples.rounds,
             reps=reps,
+            lock_wait=self.lock_wait,
             timelines={
                 run: [
                     LaneTimeline(self.names[index], tuple(intervals))

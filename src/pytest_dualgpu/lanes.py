@@ -23,8 +23,6 @@ from .errors import LaneError, LaneTimeoutError
 from .timeline import Interval
 from .workers import Worker
 
-MODES = ("sequential", "streams", "threads", "graphs")
-
 
 @dataclass
 class Lane:

@@ -1,55 +1,200 @@
-"""Rendering results for people: one row per result, via tabulate."""
+"""Rendering results for people and for CI: the table (tabulate), the JSON document, markdown.
+
+A ``ReportRow`` is one ``dual_infer`` call as the session saw it: the test's node id, the result, and the
+markers' verdicts. Its dict form travels as a ``user_properties`` entry (to JUnit XML and from xdist
+workers) and is also a row of the JSON report, so the controller rebuilds exactly what the worker had.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from tabulate import tabulate
 
 from .results import DualResult
+from .verdicts import FAIL, VERDICT_KINDS, WARN
 
-HEADERS = (
-    "result",
-    "device",
-    "mode",
-    "alone ms",
-    "seq ms",
-    "conc ms",
-    "speedup [95% CI]",
-    "ideal",
-    "eff",
-    "overlap",
-    "peak MiB",
-    "max err",
-    "correct",
-)
+JSON_VERSION = 1
+PROPERTY = "dualgpu"
+ERROR_PROPERTY = "dualgpu_error"
 
 
-def result_row(result: DualResult) -> list[str]:
-    alone = " / ".join(_ms(lane.alone.median) for lane in result.lanes)
-    lo, hi = result.speedup_ci
-    memory = "-"
-    if result.memory is not None:
-        memory = f"{result.memory.sequential / 2**20:.1f}->{result.memory.concurrent / 2**20:.1f}"
+@dataclass
+class ReportRow:
+    """One ``dual_infer`` call of one test; ``verdicts`` maps a marker kind to its status."""
+
+    nodeid: str
+    result: DualResult
+    verdicts: dict[str, str] = field(default_factory=dict)
+    call: int = 0
+
+    @property
+    def label(self) -> str:
+        """The test, with the result's name when the test gave it one."""
+        if not self.nodeid:
+            return self.result.name
+        default_name = "+".join(self.result.lane_names)
+        return self.nodeid if self.result.name == default_name else f"{self.nodeid} [{self.result.name}]"
+
+    @property
+    def failed(self) -> bool:
+        return FAIL in self.verdicts.values()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodeid": self.nodeid,
+            "call": self.call,
+            **self.result.to_dict(),
+            "verdicts": {kind: self.verdicts.get(kind) for kind in VERDICT_KINDS},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReportRow:
+        verdicts = {kind: status for kind, status in (data.get("verdicts") or {}).items() if status}
+        return cls(data["nodeid"], DualResult.from_dict(data), verdicts, data.get("call", 0))
+
+
+@dataclass(frozen=True)
+class CallError:
+    """A ``dual_infer`` call that raised instead of producing a result."""
+
+    nodeid: str
+    call: int
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodeid": self.nodeid, "call": self.call, "error": self.error}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CallError:
+        return cls(data["nodeid"], data.get("call", 0), data["error"])
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: a header and how to render a row's cell."""
+
+    header: str
+    cell: Callable[[ReportRow], str]
+
+
+def _alone(row: ReportRow) -> str:
+    return " / ".join(_ms(lane.alone.median) for lane in row.result.lanes)
+
+
+def _speedup(row: ReportRow) -> str:
+    lo, hi = row.result.speedup_ci
+    return f"{row.result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"
+
+
+def _efficiency(row: ReportRow) -> str:
+    return "-" if row.result.efficiency is None else f"{row.result.efficiency:.2f}"
+
+
+def _memory(row: ReportRow) -> str:
+    memory = row.result.memory
+    if memory is None:
+        return "-"
+    return f"{memory.sequential / 2**20:.1f} / {memory.concurrent / 2**20:.1f}"
+
+
+def _error(row: ReportRow) -> str:
+    return f"{row.result.max_abs_err:.1e}" + ("" if row.result.correct else " WRONG")
+
+
+def _verdicts(row: ReportRow) -> str:
+    return ", ".join(f"{kind} {_status(status)}" for kind, status in row.verdicts.items()) or "-"
+
+
+def _status(status: str) -> str:
+    return status.upper() if status in (FAIL, WARN) else status
+
+
+def default_columns() -> list[Column]:
+    """The columns of the table, in order; ``pytest_dualgpu_report_columns`` may change the list."""
     return [
-        result.name,
-        result.device,
-        result.mode,
-        alone,
-        _ms(result.sequential.median),
-        _ms(result.concurrent.median),
-        f"{result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]",
-        f"{result.ideal_speedup:.2f}x",
-        "-" if result.efficiency is None else f"{result.efficiency:.2f}",
-        f"{result.overlap:.2f}",
-        memory,
-        f"{result.max_abs_err:.1e}",
-        "yes" if result.correct else "NO",
+        Column("test", lambda row: row.label),
+        Column("lanes", lambda row: " + ".join(row.result.lane_names)),
+        Column("device", lambda row: row.result.device),
+        Column("mode", lambda row: row.result.mode),
+        Column("alone ms", _alone),
+        Column("seq ms", lambda row: _ms(row.result.sequential.median)),
+        Column("conc ms", lambda row: _ms(row.result.concurrent.median)),
+        Column("speedup [95% CI]", _speedup),
+        Column("ideal", lambda row: f"{row.result.ideal_speedup:.2f}x"),
+        Column("eff", _efficiency),
+        Column("overlap", lambda row: f"{row.result.overlap:.2f}"),
+        Column("peak MiB seq / conc", _memory),
+        Column("max err", _error),
+        Column("verdicts", _verdicts),
     ]
 
 
-def format_table(results: Sequence[DualResult], tablefmt: str = "simple") -> str:
-    return tabulate([result_row(result) for result in results], headers=HEADERS, tablefmt=tablefmt)
+def format_table(
+    rows: Sequence[ReportRow],
+    columns: Sequence[Column] | None = None,
+    tablefmt: str = "simple",
+    highlight: Callable[[str], str] | None = None,
+) -> str:
+    """The table; ``highlight`` marks up every cell of a row with a failed verdict."""
+    columns = default_columns() if columns is None else columns
+    table = []
+    for row in rows:
+        cells = [column.cell(row) for column in columns]
+        if highlight is not None and row.failed:
+            cells = [highlight(cell) for cell in cells]
+        table.append(cells)
+    return tabulate(
+        table, headers=[column.header for column in columns], tablefmt=tablefmt, disable_numparse=True
+    )
+
+
+def format_results(results: Iterable[DualResult], tablefmt: str = "simple") -> str:
+    """The table for results made outside a test session (no node ids, no verdicts)."""
+    columns = [column for column in default_columns() if column.header != "verdicts"]
+    columns[0] = Column("result", lambda row: row.result.name)
+    return format_table([ReportRow("", result) for result in results], columns, tablefmt)
+
+
+def json_document(
+    rows: Sequence[ReportRow], errors: Sequence[CallError], machine: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "version": JSON_VERSION,
+        "machine": machine,
+        "results": [row.to_dict() for row in rows],
+        "errors": [error.to_dict() for error in errors],
+    }
+
+
+def markdown(rows: Sequence[ReportRow], errors: Sequence[CallError], columns: Sequence[Column]) -> str:
+    lines = ["## pytest-dualgpu", ""]
+    if rows:
+        lines.append(format_table(rows, columns, tablefmt="github"))
+    else:
+        lines.append("No dual_infer results in this session.")
+    for error in errors:
+        lines.append(f"\n- `{error.nodeid}` call {error.call + 1} raised: {error.error}")
+    return "\n".join(lines) + "\n"
+
+
+def dumps(data: dict[str, Any], indent: int | None = 2) -> str:
+    """Strict JSON: an infinite error (a NaN where the reference had a number) becomes "Infinity"."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _ms(seconds: float) -> str:

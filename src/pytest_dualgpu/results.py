@@ -158,6 +158,7 @@ class DualResult:
     warnings: list[str] = field(default_factory=list)
     rounds: int = 0
     reps: int = 1
+    lock_wait: float = 0.0
     timelines: dict[str, list[LaneTimeline]] = field(default_factory=dict)
     outputs: list[Any] | None = field(default=None, repr=False, compare=False)
     reference: list[Any] | None = field(default=None, repr=False, compare=False)
@@ -194,6 +195,7 @@ class DualResult:
             "warnings": list(self.warnings),
             "rounds": self.rounds,
             "reps": self.reps,
+            "lock_wait": self.lock_wait,
             "timelines": {
                 run: [{"lane": line.lane, "intervals": [list(iv) for iv in line.intervals]} for line in lines]
                 for run, lines in self.timelines.items()
@@ -229,14 +231,15 @@ class DualResult:
             kernel_overlap=data.get("kernel_overlap"),
             memory=MemoryStats.from_dict(data["memory"]) if data.get("memory") else None,
             correct=data["correct"],
-            max_abs_err=data["max_abs_err"],
-            max_rel_err=data["max_rel_err"],
+            max_abs_err=float(data["max_abs_err"]),
+            max_rel_err=float(data["max_rel_err"]),
             mismatches=list(data.get("mismatches", [])),
             sync=SyncStats.from_dict(data.get("sync", {})),
             modes=[ModeProbe.from_dict(probe) for probe in data.get("modes", [])],
             warnings=list(data.get("warnings", [])),
             rounds=data.get("rounds", 0),
             reps=data.get("reps", 1),
+            lock_wait=data.get("lock_wait", 0.0),
             timelines={
                 run: [
                     LaneTimeline(line["lane"], tuple(_interval(iv) for iv in line["intervals"]))

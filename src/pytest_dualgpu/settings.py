@@ -1,0 +1,206 @@
+"""The session's settings: one dataclass, each field resolved as CLI > environment > ini > default.
+
+Nothing here knows about pytest or imports torch: the plugin hands in the raw values it found in each
+source, and gets back validated settings or a ``DualGpuUsageError`` that names the source, the value and
+what would be accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import DualGpuUsageError
+
+MODES = ("sequential", "streams", "threads", "graphs")
+REPORT_KINDS = ("term", "json", "md")
+DEFAULT_BUDGET = 1.0
+
+
+@dataclass(frozen=True)
+class ReportTarget:
+    """Where one report goes: ``term``, ``json:PATH`` or ``md[:PATH]``."""
+
+    kind: Literal["term", "json", "md"]
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as it appears in each source."""
+
+    field: str
+    help: str
+    ini_type: Literal["string", "args", "bool", "float"]
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--dualgpu-" + self.field.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "DUALGPU_" + self.field.upper()
+
+    @property
+    def ini(self) -> str:
+        return "dualgpu_" + self.field
+
+
+OPTIONS = (
+    Option(
+        "report",
+        "Report the dualgpu results: term (default), json:PATH, md[:PATH] (no path: $GITHUB_STEP_SUMMARY); "
+        "repeatable",
+        "args",
+        "TARGET",
+    ),
+    Option("device", "Device to measure on: auto (default: cuda if available), cpu, cuda, cuda:N", "string"),
+    Option("mode", f"Execution mode of dual_infer: auto (default), {', '.join(MODES)}", "string"),
+    Option("budget", f"Seconds of measured rounds per dual_infer call (default {DEFAULT_BUDGET})", "float"),
+    Option(
+        "devices",
+        "GPU per pytest-xdist worker: auto (all visible GPUs) or indices such as 0,1; worker gwN gets the "
+        "Nth, round robin",
+        "string",
+        "auto|0,1,...",
+    ),
+    Option("require_cuda", "Make a missing CUDA GPU an error at session start", "bool"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the plugin was told. ``devices``: None to leave CUDA_VISIBLE_DEVICES alone."""
+
+    reports: tuple[ReportTarget, ...] = ()
+    device: str = "auto"
+    mode: str = "auto"
+    budget: float = DEFAULT_BUDGET
+    devices: tuple[int, ...] | Literal["auto"] | None = None
+    require_cuda: bool = False
+
+    @classmethod
+    def resolve(cls, sources: Sequence[tuple[str, Mapping[str, Any]]]) -> Settings:
+        """Take each field from the first source that sets it; ``sources`` are (kind, values), best first.
+
+        ``kind`` is ``cli``, ``env`` or ``ini``: it decides how the value is named in an error.
+        """
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            for kind, raw_values in sources:
+                raw = raw_values.get(option.field)
+                if raw is None or (isinstance(raw, (str, list, tuple)) and not raw):
+                    continue
+                where = {"cli": option.flag, "env": option.env, "ini": f"{option.ini} (ini)"}[kind]
+                try:
+                    values[option.field] = _PARSERS[option.field](raw)
+                except DualGpuUsageError as error:
+                    raise DualGpuUsageError(f"{where}={_shown(raw)}: {error}") from None
+                break
+        settings = cls(
+            reports=values.get("report", ()),
+            device=values.get("device", "auto"),
+            mode=values.get("mode", "auto"),
+            budget=values.get("budget", DEFAULT_BUDGET),
+            devices=values.get("devices"),
+            require_cuda=values.get("require_cuda", False),
+        )
+        if settings.require_cuda and settings.device == "cpu":
+            raise DualGpuUsageError(
+                "--dualgpu-require-cuda contradicts --dualgpu-device=cpu: drop one of them"
+            )
+        return settings
+
+    @property
+    def wants_report(self) -> bool:
+        return bool(self.reports)
+
+
+def parse_report_targets(raw: str | Sequence[str]) -> tuple[ReportTarget, ...]:
+    words = shlex.split(raw) if isinstance(raw, str) else [str(word) for word in raw]
+    return tuple(_report_target(word) for word in words)
+
+
+def _report_target(word: str) -> ReportTarget:
+    kind, _, path = word.partition(":")
+    if kind not in REPORT_KINDS:
+        raise DualGpuUsageError(f"report target {word!r} is not one of term, json:PATH, md or md:PATH")
+    if kind == "term" and path:
+        raise DualGpuUsageError(f"report target {word!r}: term takes no path")
+    if kind == "json" and not path:
+        raise DualGpuUsageError("report target 'json' needs a file: json:PATH, e.g. json:dualgpu.json")
+    if kind == "term":
+        return ReportTarget("term")
+    return ReportTarget("json" if kind == "json" else "md", path or None)
+
+
+def parse_device(raw: object) -> str:
+    text = str(raw).strip()
+    kind, _, index = text.partition(":")
+    if text in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit()):
+        return text
+    raise DualGpuUsageError("the device must be auto, cpu, cuda or cuda:N")
+
+
+def parse_mode(raw: object) -> str:
+    text = str(raw).strip()
+    if text == "auto" or text in MODES:
+        return text
+    raise DualGpuUsageError(f"the mode must be auto or one of {', '.join(MODES)}")
+
+
+def parse_budget(raw: object) -> float:
+    try:
+        budget = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        budget = math.nan
+    if isinstance(raw, bool) or not budget > 0 or math.isinf(budget):
+        raise DualGpuUsageError("the budget must be a number of seconds > 0, e.g. 0.5")
+    return budget
+
+
+def parse_devices(raw: object) -> tuple[int, ...] | Literal["auto"]:
+    text = str(raw).replace(" ", "")
+    if text == "auto":
+        return "auto"
+    indices = text.split(",")
+    if not text or not all(index.isdigit() for index in indices):
+        raise DualGpuUsageError(
+            "devices must be auto or GPU indices separated by commas, e.g. 0,1 (indices into "
+            "CUDA_VISIBLE_DEVICES when it is set)"
+        )
+    return tuple(int(index) for index in indices)
+
+
+def parse_bool(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise DualGpuUsageError("expected a yes/no value: 1, true, yes, on or 0, false, no, off")
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "report": parse_report_targets,
+    "device": parse_device,
+    "mode": parse_mode,
+    "budget": parse_budget,
+    "devices": parse_devices,
+    "require_cuda": parse_bool,
+}
+
+
+def _shown(raw: object) -> str:
+    if isinstance(raw, (list, tuple)):
+        return repr(" ".join(str(item) for item in raw))
+    return repr(raw)

@@ -1,0 +1,357 @@
+"""The markers' arguments and their verdicts on a test's results.
+
+Marker arguments are checked at collection (a typo should not wait for a GPU run to show up); verdicts are
+judged after the test body over every result the test produced. A failed verdict says what was measured,
+the bound, the confidence interval where there is one, and a hint at the likely cause. Nothing here knows
+about pytest or imports torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import DualGpuUsageError
+from .results import DualResult
+
+PASS = "pass"
+FAIL = "fail"
+WARN = "warn"
+VERDICT_KINDS = ("correct", "sync", "speedup", "memory")
+NO_OVERLAP = 0.1
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class CorrectSpec:
+    """``dualgpu_correct(rtol=None, atol=None, equal_nan=False)``."""
+
+    rtol: float | None = None
+    atol: float | None = None
+    equal_nan: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.rtol is None) != (self.atol is None):
+            raise DualGpuUsageError(
+                "give rtol and atol together, or neither for the defaults torch.testing.assert_close "
+                "picks by dtype"
+            )
+        _check_number("rtol", self.rtol, minimum=0.0)
+        _check_number("atol", self.atol, minimum=0.0)
+        _check_bool("equal_nan", self.equal_nan)
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """``dualgpu_sync(trials=8, implicit="error", sanitizer=False)``."""
+
+    trials: int = 8
+    implicit: Literal["error", "warn", "ignore"] = "error"
+    sanitizer: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 0:
+            raise DualGpuUsageError(f"trials must be an integer >= 0, got {self.trials!r}")
+        if self.implicit not in ("error", "warn", "ignore"):
+            raise DualGpuUsageError(f"implicit must be 'error', 'warn' or 'ignore', got {self.implicit!r}")
+        _check_bool("sanitizer", self.sanitizer)
+
+
+@dataclass(frozen=True)
+class SpeedupSpec:
+    """``dualgpu_speedup(min=None, min_efficiency=None, device="cuda")``."""
+
+    min: float | None = None
+    min_efficiency: float | None = None
+    device: str | Sequence[str] = "cuda"
+
+    def __post_init__(self) -> None:
+        if self.min is None and self.min_efficiency is None:
+            raise DualGpuUsageError("give min (a speedup such as 1.3) and/or min_efficiency (such as 0.5)")
+        _check_number("min", self.min, minimum=0.0, strict=True)
+        _check_number("min_efficiency", self.min_efficiency, maximum=1.0)
+        types = (self.device,) if isinstance(self.device, str) else tuple(self.device)
+        if not types or not all(kind in ("cpu", "cuda") for kind in types):
+            raise DualGpuUsageError(f"device must be 'cuda', 'cpu' or a list of them, got {self.device!r}")
+
+    @property
+    def device_types(self) -> tuple[str, ...]:
+        return (self.device,) if isinstance(self.device, str) else tuple(self.device)
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """``dualgpu_memory(max_bytes=None, max_ratio=None)``; ``max_bytes`` also takes ``"512MiB"``."""
+
+    max_bytes: int | str | None = None
+    max_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_bytes is None and self.max_ratio is None:
+            raise DualGpuUsageError(
+                "give max_bytes (an int or a size such as '2GiB') and/or max_ratio (such as 1.5)"
+            )
+        if self.max_bytes is not None:
+            parse_size(self.max_bytes)
+        _check_number("max_ratio", self.max_ratio, minimum=0.0, strict=True)
+
+    @property
+    def byte_limit(self) -> int | None:
+        return None if self.max_bytes is None else parse_size(self.max_bytes)
+
+
+@dataclass(frozen=True)
+class CudaSpec:
+    """``dualgpu_cuda``: no arguments."""
+
+
+MARKERS: dict[str, tuple[type, str]] = {
+    "dualgpu_correct": (
+        CorrectSpec,
+        "dualgpu_correct(rtol=None, atol=None, equal_nan=False): every concurrent output of dual_infer "
+        "equals each lane's output alone, within tolerance (by default as torch.testing.assert_close)",
+    ),
+    "dualgpu_sync": (
+        SyncSpec,
+        "dualgpu_sync(trials=8, implicit='error', sanitizer=False): no host synchronization inside the lanes "
+        "and outputs stay correct when races are provoked",
+    ),
+    "dualgpu_speedup": (
+        SpeedupSpec,
+        "dualgpu_speedup(min=None, min_efficiency=None, device='cuda'): the measured speedup and/or "
+        "efficiency of dual_infer reaches the bound; judged only on the named device type(s)",
+    ),
+    "dualgpu_memory": (
+        MemorySpec,
+        "dualgpu_memory(max_bytes=None, max_ratio=None): the concurrent peak device memory stays under a "
+        "size, or under max_ratio x the sequential peak (CUDA only)",
+    ),
+    "dualgpu_cuda": (
+        CudaSpec,
+        "dualgpu_cuda: the test needs a CUDA GPU; skipped without one, an error under --dualgpu-require-cuda",
+    ),
+}
+
+
+def parse_marker(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    """The spec of one marker, or a ``DualGpuUsageError`` naming the marker and the argument."""
+    spec_class, _ = MARKERS[name]
+    signature = inspect.signature(spec_class)
+    accepted = ", ".join(signature.parameters) or "no arguments"
+    unknown = sorted(set(kwargs) - set(signature.parameters))
+    if unknown:
+        raise DualGpuUsageError(
+            f"{name}: unknown argument {', '.join(repr(key) for key in unknown)}; it takes {accepted}"
+        )
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise DualGpuUsageError(f"{name}: {error}; it takes {accepted}") from None
+    try:
+        return spec_class(*args, **kwargs)
+    except DualGpuUsageError as error:
+        raise DualGpuUsageError(f"{name}: {error}") from None
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as ``"512MiB"``, ``"2GB"``, ``"1.5 GiB"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", value, flags=re.IGNORECASE)
+        if match:
+            number, unit = float(match.group(1)), (match.group(2) or "B").upper()
+            scale = 1 if unit == "B" else (1024 if "I" in unit else 1000) ** ("KMGT".index(unit[0]) + 1)
+            if number > 0:
+                return int(number * scale)
+    raise DualGpuUsageError(
+        f"max_bytes must be a number of bytes > 0 or a size such as '512MiB' or '2GB', got {value!r}"
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One marker's judgement of one result; ``status`` is pass, fail, warn or "not judged (...)"."""
+
+    kind: str
+    status: str
+    message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
+
+
+def judge(result: DualResult, specs: Mapping[str, Any]) -> dict[str, Verdict]:
+    """Every verdict the test's markers ask for on one result, keyed by kind (correct, sync, ...)."""
+    judges: dict[str, Callable[[DualResult, Any], Verdict]] = {
+        "correct": _judge_correct,
+        "sync": _judge_sync,
+        "speedup": _judge_speedup,
+        "memory": _judge_memory,
+    }
+    return {
+        kind: judges[kind](result, specs[f"dualgpu_{kind}"])
+        for kind in VERDICT_KINDS
+        if f"dualgpu_{kind}" in specs
+    }
+
+
+def _judge_correct(result: DualResult, spec: CorrectSpec) -> Verdict:
+    if result.correct:
+        return Verdict("correct", PASS)
+    shown = "; ".join(result.mismatches[:3]) + ("; ..." if len(result.mismatches) > 3 else "")
+    return Verdict(
+        "correct",
+        FAIL,
+        f"concurrent outputs differ from each lane run alone ({shown}); max abs err "
+        f"{result.max_abs_err:.3g}, max rel err {result.max_rel_err:.3g}"
+        + (f" with rtol={spec.rtol}, atol={spec.atol}" if spec.rtol is not None else "")
+        + "; hint: the lanes share something they write (an input changed in place, a buffer, module "
+        "state), or a stream does not wait for data it reads; nondeterministic kernels need a tolerance",
+    )
+
+
+def _judge_sync(result: DualResult, spec: SyncSpec) -> Verdict:
+    sync = result.sync
+    problems = []
+    if sync.race_failures:
+        problems.append(
+            f"{sync.race_failures} of {sync.race_trials} race trials gave wrong outputs "
+            f"(seed {sync.seed}): {sync.first_failure}"
+        )
+    if not result.correct:
+        problems.append(
+            "the concurrent outputs differ from each lane run alone: " + "; ".join(result.mismatches[:2])
+        )
+    syncs = [
+        f"{found.get('lane', '?')}: {found.get('call', '?')} at {found.get('where', '?')}"
+        for found in sync.implicit_syncs
+    ]
+    if syncs and spec.implicit == "error":
+        problems.append(f"{len(syncs)} host synchronization(s) inside the lanes: {'; '.join(syncs[:3])}")
+    if problems:
+        return Verdict("sync", FAIL, "; ".join(problems))
+    if syncs and spec.implicit == "warn":
+        return Verdict(
+            "sync", WARN, f"{len(syncs)} host synchronization(s) inside the lanes: {'; '.join(syncs[:3])}"
+        )
+    return Verdict("sync", PASS)
+
+
+def _judge_speedup(result: DualResult, spec: SpeedupSpec) -> Verdict:
+    device_type = result.device.partition(":")[0]
+    if device_type not in spec.device_types:
+        return Verdict("speedup", f"not judged ({device_type})")
+    lo, hi = result.speedup_ci
+    measured = (
+        f"speedup {result.speedup:.2f}x [95% CI {lo:.2f}, {hi:.2f}] of an ideal {result.ideal_speedup:.2f}x, "
+        f"efficiency {_maybe(result.efficiency)}, overlap {result.overlap:.2f}, "
+        f"mode {result.mode!r} on {result.device}"
+    )
+    misses = []
+    if spec.min is not None and not result.speedup >= spec.min:
+        misses.append(f"speedup below the bound {spec.min:.2f}x")
+    if spec.min_efficiency is not None and not (
+        result.efficiency is not None and result.efficiency >= spec.min_efficiency
+    ):
+        misses.append(f"efficiency below the bound {spec.min_efficiency:.2f}")
+    if not misses:
+        return Verdict("speedup", PASS)
+    if spec.min is not None and spec.min > result.ideal_speedup:
+        hint = (
+            f"the bound {spec.min:.2f}x is above the ideal {result.ideal_speedup:.2f}x that perfect overlap "
+            "of these lanes would give; lower min, or balance the lanes so the ideal rises"
+        )
+    else:
+        hint = speedup_hint(result)
+    return Verdict("speedup", FAIL, f"{' and '.join(misses)}: {measured}; hint: {hint}")
+
+
+def speedup_hint(result: DualResult) -> str:
+    """The likely reason concurrency did not pay, from what was measured."""
+    if result.mode == "sequential":
+        return "the call ran in 'sequential' mode, which is the baseline itself; use mode='auto'"
+    if result.sync.implicit_syncs:
+        return "host synchronizations inside the lanes (.item(), .cpu(), nonzero) stall the other lanes"
+    if result.ideal_speedup < 1.2:
+        return (
+            f"one lane dominates (ideal is only {result.ideal_speedup:.2f}x): balance the lanes, e.g. "
+            "their batch sizes, before expecting a speedup"
+        )
+    if result.overlap < NO_OVERLAP:
+        if result.device.startswith("cuda"):
+            return (
+                "lanes never overlapped: both ran on one stream, a host sync serialized them, or a single "
+                "thread could not launch kernels fast enough (try mode='threads' or 'graphs')"
+            )
+        return (
+            "lanes never overlapped: a lane holds the GIL (Python-level work) or one lane waits for the other"
+        )
+    if result.efficiency is not None and result.efficiency < 0.2:
+        return (
+            f"lanes overlapped ({result.overlap:.0%}) but did not finish sooner: they were time-sliced or "
+            "each lane alone already fills the device (compute, memory bandwidth or cores)"
+        )
+    if result.sequential.noisy or result.concurrent.noisy:
+        return "the measurement is noisy; raise --dualgpu-budget or quiet the machine"
+    return "the lanes compete for the device; try other batch sizes, or another mode"
+
+
+def _judge_memory(result: DualResult, spec: MemorySpec) -> Verdict:
+    memory = result.memory
+    if memory is None:
+        return Verdict("memory", f"not judged ({result.device.partition(':')[0]})")
+    alone = ", ".join(
+        f"{lane} {peak / MiB:.1f} MiB" for lane, peak in zip(result.lane_names, memory.alone, strict=True)
+    )
+    measured = (
+        f"concurrent peak {memory.concurrent / MiB:.1f} MiB, sequential peak "
+        f"{memory.sequential / MiB:.1f} MiB, alone {alone}"
+    )
+    misses = []
+    limit = spec.byte_limit
+    if limit is not None and memory.concurrent > limit:
+        misses.append(f"peak above the bound {limit / MiB:.1f} MiB")
+    ratio = memory.ratio
+    if spec.max_ratio is not None and ratio is not None and ratio > spec.max_ratio:
+        misses.append(f"ratio {ratio:.2f} above the bound {spec.max_ratio:.2f}x the sequential peak")
+    if not misses:
+        return Verdict("memory", PASS)
+    return Verdict(
+        "memory",
+        FAIL,
+        f"{' and '.join(misses)}: {measured}; hint: running at once holds every lane's activations at the "
+        "same time; lower the batch sizes or run fewer models together",
+    )
+
+
+def _maybe(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _check_number(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise DualGpuUsageError(f"{name} must be a number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise DualGpuUsageError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise DualGpuUsageError(f"{name} must be <= {maximum:g}, got {value!r}")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise DualGpuUsageError(f"{name} must be True or False, got {value!r}")
