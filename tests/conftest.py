@@ -1,17 +1,105 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest_plugins = ["pytester"]
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+INNER_MODELS = '''
+"""Models for the inner test sessions: timing controls and deliberately broken lanes."""
+import time
+
+import torch
+from torch import nn
+
+
+class Sleep(nn.Module):
+    """Releases the GIL: two of these overlap almost perfectly."""
+
+    def __init__(self, seconds=0.002):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return x * 2
+
+
+class Gil(nn.Module):
+    """Holds the GIL in a Python loop: two of these cannot overlap."""
+
+    def __init__(self, seconds=0.002):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        deadline = time.perf_counter() + self.seconds
+        while time.perf_counter() < deadline:
+            pass
+        return x
+
+
+class Drifting(nn.Module):
+    """Module state that changes on every call: no run ever equals the reference."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x + self.calls
+
+
+class Raising(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("lane exploded")
+'''
+
 
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
-    import torch
-
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def _torch_fully_imported() -> None:
+    """Run every engine path once in this process before in-process inner sessions start.
+
+    pytester removes the modules an inner session imported when it ends; torch registers operator
+    libraries on import and refuses to register them twice, so its lazy imports must happen out here.
+    """
+    from models import SleepLane
+
+    from pytest_dualgpu import dual_infer
+
+    stateful = ModuleWithCounter()
+    dual_infer(stateful, SleepLane(0.001), torch.ones(2), budget=0.01, min_rounds=1)
+
+
+class ModuleWithCounter(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x + self.calls
+
+
+@pytest.fixture
+def suite(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, _torch_fully_imported: None
+) -> pytest.Pytester:
+    """A pytester directory with ``inner_models`` and no dualgpu settings leaking in from outside."""
+    for name in list(os.environ):
+        if name.startswith("DUALGPU_") or name == "GITHUB_STEP_SUMMARY":
+            monkeypatch.delenv(name)
+    pytester.makepyfile(inner_models=INNER_MODELS)
+    return pytester

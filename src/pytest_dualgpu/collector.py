@@ -1,0 +1,161 @@
+"""The controller's side of the report: rows gathered from test reports, then the table and the files.
+
+Rows arrive through ``pytest_runtest_logreport`` whether or not xdist runs (a worker's ``user_properties``
+travel with its reports), so a session under ``-n 2`` ends with exactly the rows of ``-n 0``. Only the
+controller writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .report import (
+    ERROR_PROPERTY,
+    PROPERTY,
+    CallError,
+    Column,
+    ReportRow,
+    default_columns,
+    dumps,
+    format_table,
+    json_document,
+    markdown,
+)
+from .settings import Settings
+
+GPU_KEY = "dualgpu_cuda_visible_devices"
+
+
+class ResultCollector:
+    """Gathers every recorded call from the test reports (its own, or xdist workers'), then reports them."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.rows: list[ReportRow] = []
+        self.errors: list[CallError] = []
+        self.order: dict[str, int] = {}
+        self.problems: list[str] = []
+
+    @property
+    def is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.order = {item.nodeid: index for index, item in enumerate(session.items)}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if not self.order:
+            self.order = {nodeid: index for index, nodeid in enumerate(ids)}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        if self.settings.devices is None:
+            return
+        from .devices import gpu_for_worker, visible_gpus
+
+        worker = int(str(node.gateway.id).removeprefix("gw"))
+        node.workerinput[GPU_KEY] = gpu_for_worker(visible_gpus(), self.settings.devices, worker)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "teardown":
+            return
+        for name, value in report.user_properties:
+            if name == PROPERTY:
+                self.rows.append(ReportRow.from_dict(json.loads(str(value))))
+            elif name == ERROR_PROPERTY:
+                self.errors.append(CallError.from_dict(json.loads(str(value))))
+
+    def sorted_rows(self) -> list[ReportRow]:
+        return sorted(self.rows, key=lambda row: (self._position(row.nodeid), row.nodeid, row.call))
+
+    def _position(self, nodeid: str) -> int:
+        return self.order.get(nodeid, len(self.order))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.is_worker:
+            return
+        for target in self.settings.reports:
+            if target.kind == "term":
+                continue
+            try:
+                self._write(target.kind, target.path)
+            except OSError as error:
+                self.problems.append(f"could not write the {target} report: {error}")
+                session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+
+    def _write(self, kind: str, path: str | None) -> None:
+        rows = self.sorted_rows()
+        errors = sorted(self.errors, key=lambda error: (self._position(error.nodeid), error.call))
+        if kind == "json":
+            assert path is not None
+            from .devices import machine_info
+
+            text = dumps(json_document(rows, errors, machine_info()))
+            mode = "w"
+        else:
+            text = markdown(rows, errors, self.columns())
+            mode = "w" if path else "a"
+            if path is None:
+                path = os.environ.get("GITHUB_STEP_SUMMARY")
+                if not path:
+                    self.problems.append(
+                        "md: $GITHUB_STEP_SUMMARY is not set (not on GitHub Actions?); "
+                        "use md:PATH to choose a file"
+                    )
+                    return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open(mode, encoding="utf-8") as file:
+            file.write(text)
+
+    def columns(self) -> list[Column]:
+        columns = default_columns()
+        self.config.hook.pytest_dualgpu_report_columns(columns=columns, config=self.config)
+        return columns
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        wants_table = any(target.kind == "term" for target in self.settings.reports)
+        if self.is_worker or not (wants_table or self.problems):
+            return
+        write = terminalreporter.write_line
+        terminalreporter.write_sep("=", "dualgpu")
+        rows = self.sorted_rows()
+        if wants_table:
+            if rows:
+                highlight = _highlighter(self.config)
+                for line in format_table(rows, self.columns(), highlight=highlight).splitlines():
+                    write(line)
+            else:
+                write("no dual_infer results in this session")
+            for error in self.errors:
+                write(f"{error.nodeid}: dual_infer call {error.call + 1} raised {error.error}", red=True)
+            for row in rows:
+                for warning in row.result.warnings:
+                    write(f"{row.label}: {warning}", yellow=True)
+            waited = [row for row in rows if row.result.lock_wait > 0]
+            total = sum(row.result.lock_wait for row in waited)
+            if total >= 1.0:
+                longest = max(waited, key=lambda row: row.result.lock_wait)
+                write(
+                    f"measuring lock: waited {total:.1f} s in all (longest {longest.result.lock_wait:.1f} s, "
+                    f"{longest.label}); processes shared a device, so they took turns. --dualgpu-devices "
+                    "gives each xdist worker its own GPU",
+                    yellow=True,
+                )
+        for problem in self.problems:
+            write(f"dualgpu: {problem}", red=True)
+
+
+def _highlighter(config: pytest.Config) -> Callable[[str], str] | None:
+    writer = config.get_terminal_writer()
+    if not writer.hasmarkup:
+        return None
+    return lambda cell: str(writer.markup(cell, red=True, bold=True))

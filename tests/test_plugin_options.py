@@ -1,0 +1,248 @@
+"""Options, ini keys and environment variables: precedence, bad values, the header, GPUs per worker."""
+
+from __future__ import annotations
+
+import pytest
+
+HEADER_SUITE = "def test_nothing():\n    pass\n"
+
+
+def header(result: pytest.RunResult) -> str:
+    return next(line for line in result.outlines if line.startswith("dualgpu: "))
+
+
+def test_defaults_and_a_header_that_does_not_import_torch(suite: pytest.Pytester) -> None:
+    suite.makepyfile(HEADER_SUITE)
+    suite.makeconftest(
+        """
+        import sys
+
+        def pytest_sessionfinish(session):
+            print("torch imported:", "torch" in sys.modules)
+        """
+    )
+    result = suite.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    assert header(result) == (
+        "dualgpu: device auto (resolved when dual_infer is first used), mode auto, budget 1 s per call"
+    )
+    result.stdout.fnmatch_lines(["*torch imported: False"])
+
+
+def test_header_names_the_device_when_a_report_is_asked_for(suite: pytest.Pytester) -> None:
+    suite.makepyfile(HEADER_SUITE)
+    result = suite.runpytest("--dualgpu-report", "--dualgpu-mode=threads", "--dualgpu-budget=0.25")
+    assert header(result).startswith("dualgpu: device cpu (")
+    assert "torch " in header(result)
+    assert header(result).endswith("; mode threads, budget 0.25 s per call")
+    result.stdout.fnmatch_lines(["*= dualgpu =*", "no dual_infer results in this session"])
+
+
+@pytest.mark.parametrize("config_file", ["pytest.ini", "ini_options", "native"])
+def test_cli_beats_environment_beats_ini(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, config_file: str
+) -> None:
+    suite.makepyfile(HEADER_SUITE)
+    if config_file == "pytest.ini":
+        suite.makeini("[pytest]\ndualgpu_budget = 0.3\ndualgpu_mode = sequential\ndualgpu_device = cpu\n")
+    elif config_file == "ini_options":
+        suite.makepyprojecttoml(
+            '[tool.pytest.ini_options]\ndualgpu_budget = "0.3"\ndualgpu_mode = "sequential"\n'
+            'dualgpu_device = "cpu"\n'
+        )
+    else:
+        suite.makepyprojecttoml(
+            '[tool.pytest]\ndualgpu_budget = 0.3\ndualgpu_mode = "sequential"\ndualgpu_device = "cpu"\n'
+        )
+    assert header(suite.runpytest()).endswith("mode sequential, budget 0.3 s per call")
+    assert header(suite.runpytest()).startswith("dualgpu: device cpu (")
+
+    monkeypatch.setenv("DUALGPU_BUDGET", "0.2")
+    monkeypatch.setenv("DUALGPU_MODE", "threads")
+    assert header(suite.runpytest()).endswith("mode threads, budget 0.2 s per call")
+
+    result = suite.runpytest("--dualgpu-budget=0.1", "--dualgpu-mode=streams")
+    assert header(result).endswith("mode streams, budget 0.1 s per call")
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            ["--dualgpu-budget=soon"],
+            "ERROR: dualgpu: --dualgpu-budget='soon': the budget must be a number of seconds > 0*",
+        ),
+        (["--dualgpu-budget=-1"], "ERROR: dualgpu: --dualgpu-budget='-1': the budget must be*"),
+        (
+            ["--dualgpu-mode=turbo"],
+            "ERROR: dualgpu: --dualgpu-mode='turbo': the mode must be auto or one of sequential, streams, "
+            "threads, graphs",
+        ),
+        (
+            ["--dualgpu-device=tpu"],
+            "ERROR: dualgpu: --dualgpu-device='tpu': the device must be auto, cpu, cuda or cuda:N",
+        ),
+        (
+            ["--dualgpu-report=html:out"],
+            "ERROR: dualgpu: --dualgpu-report='html:out': report target 'html:out' is not one of term, "
+            "json:PATH, md or md:PATH",
+        ),
+        (
+            ["--dualgpu-report=json"],
+            "ERROR: dualgpu: --dualgpu-report='json': report target 'json' needs a file: json:PATH*",
+        ),
+        (
+            ["--dualgpu-devices=first"],
+            "ERROR: dualgpu: --dualgpu-devices='first': devices must be auto or GPU indices*",
+        ),
+        ({"DUALGPU_BUDGET": "lots"}, "ERROR: dualgpu: DUALGPU_BUDGET='lots': the budget must be a number*"),
+        (
+            {"DUALGPU_REQUIRE_CUDA": "maybe"},
+            "ERROR: dualgpu: DUALGPU_REQUIRE_CUDA='maybe': expected a yes/no value*",
+        ),
+        (
+            "dualgpu_mode = fast",
+            "ERROR: dualgpu: dualgpu_mode (ini)='fast': the mode must be auto or one of*",
+        ),
+        ("dualgpu_budget = soon", "ERROR: dualgpu: dualgpu_budget (ini): could not convert string to float*"),
+        (
+            ["--dualgpu-require-cuda", "--dualgpu-device=cpu"],
+            "ERROR: dualgpu: --dualgpu-require-cuda contradicts --dualgpu-device=cpu: drop one of them",
+        ),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_the_source(
+    suite: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    source: list[str] | dict[str, str] | str,
+    message: str,
+) -> None:
+    suite.makepyfile(HEADER_SUITE)
+    args: list[str] = []
+    if isinstance(source, dict):
+        for name, value in source.items():
+            monkeypatch.setenv(name, value)
+    elif isinstance(source, str):
+        suite.makeini(f"[pytest]\n{source}\n")
+    else:
+        args = source
+    result = suite.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_require_cuda_is_an_error_at_session_start_without_a_gpu(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite.makepyfile(HEADER_SUITE)
+    result = suite.runpytest("--dualgpu-require-cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: dualgpu: --dualgpu-require-cuda, but there is no CUDA GPU: torch * is a CPU build. *"]
+    )
+    monkeypatch.setenv("DUALGPU_REQUIRE_CUDA", "yes")
+    assert suite.runpytest().ret == pytest.ExitCode.USAGE_ERROR
+    assert suite.runpytest("--no-dualgpu-require-cuda").ret == pytest.ExitCode.OK
+
+
+def test_report_targets_repeat_and_come_from_the_environment_too(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite.makepyfile(
+        """
+        import torch
+        from inner_models import Sleep
+
+        def test_pair(dual_infer):
+            dual_infer(Sleep(), Sleep(), torch.ones(2))
+        """
+    )
+    monkeypatch.setenv("DUALGPU_REPORT", "json:env.json md:env.md")
+    monkeypatch.setenv("DUALGPU_BUDGET", "0.05")
+    from_env = suite.runpytest()
+    assert (suite.path / "env.json").is_file()
+    assert (suite.path / "env.md").is_file()
+    assert "= dualgpu =" not in from_env.stdout.str()
+    from_cli = suite.runpytest("--dualgpu-report", "--dualgpu-report=json:cli/out.json")
+    from_cli.stdout.fnmatch_lines(["*= dualgpu =*", "test_report_targets*::test_pair*Sleep + Sleep-2*"])
+    assert (suite.path / "cli" / "out.json").is_file()
+
+
+def test_fixtures_follow_the_device_option(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+        import torch
+
+        def test_device(dualgpu_device):
+            assert dualgpu_device == torch.device("cpu")
+
+        def test_place_model(place_model):
+            model = place_model(torch.nn.Linear(2, 2).train(), dtype=torch.float64)
+            assert not model.training
+            assert model.weight.dtype == torch.float64
+            assert model.weight.device.type == "cpu"
+
+        def test_cuda_asked_for_but_missing(dual_infer):
+            from inner_models import Sleep
+            dual_infer(Sleep(), Sleep(), torch.ones(2))
+        """
+    )
+    result = suite.runpytest("--dualgpu-device=cuda", "-k", "cuda_asked")
+    result.stdout.fnmatch_lines(
+        ["*DualGpuUsageError: device 'cuda' was asked for but CUDA is not available*"]
+    )
+    suite.runpytest("--dualgpu-device=cpu", "-k", "not cuda_asked").assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(
+    ("devices", "expected"), [("auto", {"gw0": "5", "gw1": "7"}), ("1", {"gw0": "7", "gw1": "7"})]
+)
+def test_each_xdist_worker_gets_its_gpu_as_an_index_into_cuda_visible_devices(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, devices: str, expected: dict[str, str]
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    suite.makepyfile(
+        f"""
+        import os
+        import pytest
+        from pathlib import Path
+
+        @pytest.mark.parametrize("index", range(8))
+        def test_record(index, worker_id):
+            Path({str(suite.path)!r}, worker_id + ".gpu").write_text(os.environ["CUDA_VISIBLE_DEVICES"])
+        """
+    )
+    result = suite.runpytest_subprocess("-n", "2", f"--dualgpu-devices={devices}")
+    result.assert_outcomes(passed=8)
+    assert {path.stem: path.read_text() for path in suite.path.glob("*.gpu")} == expected
+
+
+def test_without_xdist_the_process_takes_the_first_chosen_gpu(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    suite.makepyfile(
+        """
+        import os
+
+        def test_record():
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
+        """
+    )
+    suite.runpytest("--dualgpu-devices=1,0").assert_outcomes(passed=1)
+
+
+def test_a_gpu_index_beyond_the_visible_ones_is_a_usage_error(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    suite.makepyfile(HEADER_SUITE)
+    result = suite.runpytest_subprocess("-n", "2", "--dualgpu-devices=0,2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*--dualgpu-devices: GPU index 2 is out of range; 2 GPU(s) are visible (5, 7), so indices go "
+            "from 0 to 1"
+        ]
+    )

@@ -1,0 +1,250 @@
+"""The session's report: rows from every test (and every xdist worker), JSON, markdown, JUnit, hooks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pytest_dualgpu.devices import measuring_lock
+from pytest_dualgpu.results import DualResult
+
+FAST = "--dualgpu-budget=0.05"
+
+THREE_TESTS = """
+import pytest
+import torch
+from inner_models import Drifting, Gil, Sleep
+
+@pytest.mark.dualgpu_correct
+def test_two_calls(dual_infer):
+    dual_infer(Sleep(), Sleep(), torch.ones(2), name="first")
+    dual_infer.many([Sleep(), Sleep(), Sleep()], [torch.ones(2)] * 3, name="three lanes")
+
+@pytest.mark.dualgpu_speedup(min=1.5, device="cpu")
+def test_gil(dual_infer):
+    dual_infer(Gil(), Gil(), torch.ones(2), mode="threads")
+
+@pytest.mark.parametrize("seconds", [0.001, 0.002])
+def test_parametrized(dual_infer, seconds):
+    dual_infer(Sleep(seconds), Sleep(seconds), torch.ones(2))
+
+def test_no_dualgpu():
+    pass
+"""
+
+
+def report(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+def identity(document: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            row["nodeid"],
+            row["call"],
+            row["name"],
+            tuple(lane["name"] for lane in row["lanes"]),
+            row["verdicts"],
+        )
+        for row in document["results"]
+    ]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_one_row_per_call_in_collection_order_with_or_without_xdist(
+    suite: pytest.Pytester, workers: str
+) -> None:
+    suite.makepyfile(test_three=THREE_TESTS)
+    result = suite.runpytest_subprocess(
+        "-n", workers, FAST, "--dualgpu-report", "--dualgpu-report=json:r.json"
+    )
+    result.assert_outcomes(passed=4, failed=1)
+    document = report(suite.path / "r.json")
+    assert identity(document) == [
+        ("test_three.py::test_two_calls", 0, "first", ("Sleep", "Sleep-2"), _verdicts(correct="pass")),
+        (
+            "test_three.py::test_two_calls",
+            1,
+            "three lanes",
+            ("Sleep", "Sleep-2", "Sleep-3"),
+            _verdicts(correct="pass"),
+        ),
+        ("test_three.py::test_gil", 0, "Gil+Gil-2", ("Gil", "Gil-2"), _verdicts(speedup="fail")),
+        ("test_three.py::test_parametrized[0.001]", 0, "Sleep+Sleep-2", ("Sleep", "Sleep-2"), _verdicts()),
+        ("test_three.py::test_parametrized[0.002]", 0, "Sleep+Sleep-2", ("Sleep", "Sleep-2"), _verdicts()),
+    ]
+    table = [line for line in result.outlines if line.startswith("test_three.py::") and "x [" in line]
+    assert [line.split()[0] for line in table] == [row[0] for row in identity(document)]
+    assert "speedup FAIL" in table[2]
+
+
+def _verdicts(**given: str) -> dict[str, str | None]:
+    return {kind: given.get(kind) for kind in ("correct", "sync", "speedup", "memory")}
+
+
+def test_json_rows_are_complete_results(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_three=THREE_TESTS)
+    suite.runpytest(FAST, "--dualgpu-report=json:r.json", "-k", "two_calls")
+    document = report(suite.path / "r.json")
+    assert document["version"] == 1
+    assert document["machine"]["torch"] == torch.__version__
+    assert document["machine"]["cpu_count"] >= 1
+    assert document["errors"] == []
+    first = document["results"][0]
+    result = DualResult.from_dict(first)
+    assert result.name == "first"
+    assert result.device == "cpu"
+    assert result.correct
+    assert result.rounds >= 7
+    assert result.speedup_ci[0] <= result.speedup <= result.speedup_ci[1]
+    assert set(first["timelines"]) == {"sequential", "concurrent"}
+    assert "outputs" not in first
+
+
+def test_markdown_goes_to_a_file_or_the_github_step_summary(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite.makepyfile(test_three=THREE_TESTS)
+    summary = suite.path / "summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    suite.runpytest(FAST, "--dualgpu-report=md", "--dualgpu-report=md:out/table.md", "-k", "parametrized")
+    written = (suite.path / "out" / "table.md").read_text()
+    assert summary.read_text() == "earlier step\n" + written
+    header, separator, *body = [line for line in written.splitlines() if line.startswith("|")]
+    cells = [cell.strip() for cell in header.strip("|").split("|")]
+    assert cells[:4] == ["test", "lanes", "device", "mode"]
+    assert cells[-1] == "verdicts"
+    assert set(separator) <= set("|-: ")
+    assert [line.split("|")[1].strip() for line in body] == [
+        "test_three.py::test_parametrized[0.001]",
+        "test_three.py::test_parametrized[0.002]",
+    ]
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY")
+    missing = suite.runpytest(FAST, "--dualgpu-report=md", "-k", "parametrized")
+    missing.stdout.fnmatch_lines(["*dualgpu: md: $GITHUB_STEP_SUMMARY is not set*use md:PATH*"])
+    assert missing.ret == pytest.ExitCode.OK
+
+
+def test_junit_xml_carries_each_result_as_a_json_property(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_three=THREE_TESTS)
+    suite.runpytest(FAST, "--junitxml=junit.xml", "-k", "two_calls or no_dualgpu")
+    cases = {case.get("name"): case for case in ET.parse(suite.path / "junit.xml").iter("testcase")}
+    properties = [
+        json.loads(prop.get("value", ""))
+        for prop in cases["test_two_calls"].iter("property")
+        if prop.get("name") == "dualgpu"
+    ]
+    assert [(entry["call"], entry["name"], entry["verdicts"]["correct"]) for entry in properties] == [
+        (0, "first", "pass"),
+        (1, "three lanes", "pass"),
+    ]
+    assert properties[0]["nodeid"] == "test_three.py::test_two_calls"
+    assert properties[0]["speedup"] > 0
+    assert list(cases["test_no_dualgpu"].iter("property")) == []
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_failing_lane_leaves_the_other_tests_and_the_report_intact(
+    suite: pytest.Pytester, workers: str
+) -> None:
+    suite.makepyfile(
+        """
+        import threading
+        import torch
+        from inner_models import Raising, Sleep
+
+        def test_raises(dual_infer):
+            dual_infer(Raising(), Sleep(), torch.ones(2))
+
+        def test_after(dual_infer):
+            assert dual_infer(Sleep(), Sleep(), torch.ones(2)).correct
+            assert threading.active_count() == 1
+        """
+    )
+    result = suite.runpytest_subprocess(
+        "-n", workers, "-p", "no:randomly", FAST, "--dualgpu-report", "--dualgpu-report=json:r.json"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*LaneError: lane 'Raising' raised RuntimeError in the alone run of lane 'Raising': lane "
+            "exploded",
+            "*::test_after*Sleep + Sleep-2*",
+            "*::test_raises: dual_infer call 1 raised LaneError: lane 'Raising' raised RuntimeError*",
+        ]
+    )
+    document = report(suite.path / "r.json")
+    assert [row["nodeid"].split("::")[1] for row in document["results"]] == ["test_after"]
+    assert [error["nodeid"].split("::")[1] for error in document["errors"]] == ["test_raises"]
+
+
+def test_hooks_see_every_result_and_can_change_the_columns(suite: pytest.Pytester) -> None:
+    suite.makeconftest(
+        """
+        from pytest_dualgpu.report import Column
+
+        seen = []
+
+        def pytest_dualgpu_result(result, item):
+            assert result.outputs is not None
+            seen.append((item.name, result.name))
+
+        def pytest_dualgpu_report_columns(columns, config):
+            columns[:] = [column for column in columns if column.header != "max err"]
+            columns.append(Column("rounds", lambda row: f"{row.result.rounds} rounds"))
+
+        def pytest_sessionfinish(session):
+            print("seen:", seen)
+        """
+    )
+    suite.makepyfile(test_three=THREE_TESTS)
+    result = suite.runpytest(FAST, "-s", "--dualgpu-report", "--dualgpu-report=md:t.md", "-k", "two_calls")
+    result.stdout.fnmatch_lines(
+        ["*seen: [[]('test_two_calls', 'first'), ('test_two_calls', 'three lanes')[]]"]
+    )
+    header = next(line for line in result.outlines if line.startswith("test "))
+    assert "max err" not in header
+    assert header.split()[-1] == "rounds"
+    assert " rounds |" in (suite.path / "t.md").read_text()
+
+
+def test_failed_verdicts_stand_out_in_colour(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_three=THREE_TESTS)
+    result = suite.runpytest(FAST, "--color=yes", "--dualgpu-report", "-k", "gil or parametrized")
+    table = [line for line in result.outlines if "test_three.py::test_" in line and "x [" in line]
+    gil = next(line for line in table if "Gil +" in line)
+    assert "\x1b[31m" in gil
+    assert "speedup FAIL" in gil
+    assert all("\x1b[31m" not in line for line in table if "Sleep +" in line)
+
+
+def test_a_long_wait_for_the_measuring_lock_is_reported(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_three=THREE_TESTS)
+    released = threading.Event()
+
+    def hold() -> None:
+        with measuring_lock(torch.device("cpu")):
+            time.sleep(1.5)
+        released.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.2)
+    result = suite.runpytest(FAST, "--dualgpu-report", "-k", "parametrized")
+    holder.join()
+    assert released.is_set()
+    result.stdout.fnmatch_lines(
+        [
+            "*test_parametrized*: waited *s for the cpu measuring lock",
+            "measuring lock: waited * s in all (longest * s, test_three.py::test_parametrized[[]0.001[]]); "
+            "processes shared a device*--dualgpu-devices*",
+        ]
+    )
