@@ -13,21 +13,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch import nn
+from zoo import Encoder
 
 from pytest_dualgpu import dual_infer, place_model
 from pytest_dualgpu.report import format_results
-
-
-class Encoder(nn.Module):
-    def __init__(self, width: int = 512, depth: int = 4) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            *[nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(depth)]
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
 
 
 def main() -> None:

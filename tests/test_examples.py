@@ -1,0 +1,47 @@
+"""The examples, run as a newcomer runs them: the example suite with the report, and the quickstart script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_the_example_suite_passes_on_cpu_and_reports_every_call(tmp_path: Path) -> None:
+    report = tmp_path / "examples.json"
+    completed = run(
+        sys.executable, "-m", "pytest", "examples", "-p", "no:cacheprovider", "--dualgpu-budget=0.1",
+        "--dualgpu-report", f"--dualgpu-report=json:{report}",
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "3 passed, 1 skipped" in completed.stdout
+    rows = {row["nodeid"].split("::")[1]: row for row in json.loads(report.read_text())["results"]}
+    assert set(rows) == {
+        "test_on_the_default_stream_they_run_one_after_the_other",
+        "test_dual_infer_runs_them_at_once",
+        "test_image_and_text_encoders_share_the_device",
+    }
+    assert rows["test_on_the_default_stream_they_run_one_after_the_other"]["overlap"] < 0.1
+    assert rows["test_image_and_text_encoders_share_the_device"]["verdicts"] == {
+        "correct": "pass",
+        "sync": "pass",
+        "speedup": "not judged (cpu)",
+        "memory": "not judged (cpu)",
+    }
+    assert "= dualgpu =" in completed.stdout
+
+
+def test_the_quickstart_script_compares_one_stream_with_dual_infer() -> None:
+    completed = run(sys.executable, "examples/quickstart.py", "--device", "cpu", "--budget", "0.05")
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0].split()[:4] == ["result", "lanes", "device", "mode"]
+    assert lines[2].split()[:7] == ["default", "stream", "Encoder", "+", "Encoder-2", "cpu", "sequential"]
+    assert "back to back the lanes overlap 0%" in completed.stdout
