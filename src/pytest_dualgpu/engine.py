@@ -350,12 +350,15 @@ class _Measuring:
             concurrent=concurrent.median,
             chosen=True,
         )
-        for label, value in (("sequential", sequential), ("concurrent", concurrent)):
-            if value.noisy:
-                self.warnings.append(
-                    f"noisy {label} time: IQR is {value.relative_iqr:.0%} of the median; "
-                    "raise the budget or quiet the machine"
-                )
+        noisy = [
+            f"{value.relative_iqr:.0%} ({label})"
+            for label, value in (("sequential", sequential), ("concurrent", concurrent))
+            if value.noisy
+        ]
+        if noisy:
+            self.warnings.append(
+                f"noisy times: IQR/median is {' and '.join(noisy)}; raise the budget or quiet the machine"
+            )
         return DualResult(
             name=name,
             device=str(self.backend.device),

@@ -307,16 +307,16 @@ def _judge_memory(result: DualResult, spec: MemorySpec) -> Verdict:
     if memory is None:
         return Verdict("memory", f"not judged ({result.device.partition(':')[0]})")
     alone = ", ".join(
-        f"{lane} {peak / MiB:.1f} MiB" for lane, peak in zip(result.lane_names, memory.alone, strict=True)
+        f"{lane} {size_text(peak)}" for lane, peak in zip(result.lane_names, memory.alone, strict=True)
     )
     measured = (
-        f"concurrent peak {memory.concurrent / MiB:.1f} MiB, sequential peak "
-        f"{memory.sequential / MiB:.1f} MiB, alone {alone}"
+        f"concurrent peak {size_text(memory.concurrent)}, sequential peak {size_text(memory.sequential)}, "
+        f"alone {alone}"
     )
     misses = []
     limit = spec.byte_limit
     if limit is not None and memory.concurrent > limit:
-        misses.append(f"peak above the bound {limit / MiB:.1f} MiB")
+        misses.append(f"peak above the bound {size_text(limit)}")
     ratio = memory.ratio
     if spec.max_ratio is not None and ratio is not None and ratio > spec.max_ratio:
         misses.append(f"ratio {ratio:.2f} above the bound {spec.max_ratio:.2f}x the sequential peak")
@@ -328,6 +328,15 @@ def _judge_memory(result: DualResult, spec: MemorySpec) -> Verdict:
         f"{' and '.join(misses)}: {measured}; hint: running at once holds every lane's activations at the "
         "same time; lower the batch sizes or run fewer models together",
     )
+
+
+def size_text(size: int) -> str:
+    """Bytes for people: KiB below a MiB, GiB from 10 GiB, MiB between."""
+    if size < MiB:
+        return f"{size / 1024:.1f} KiB"
+    if size >= 10 * 1024 * MiB:
+        return f"{size / (1024 * MiB):.1f} GiB"
+    return f"{size / MiB:.1f} MiB"
 
 
 def _maybe(value: float | None) -> str:
