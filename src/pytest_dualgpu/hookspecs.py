@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .results import DualResult
 
 
+@pytest.hookspec
 def pytest_dualgpu_result(result: DualResult, item: pytest.Item) -> None:
     """Called after each ``dual_infer`` call of the ``dual_infer`` fixture, before the markers judge it.
 
@@ -18,12 +19,14 @@ def pytest_dualgpu_result(result: DualResult, item: pytest.Item) -> None:
     its output tensors. Use it to log or check results beyond what the markers cover, e.g. in
     ``conftest.py``::
 
-        def pytest_dualgpu_result(result, item):
+        @pytest.hookspec
+def pytest_dualgpu_result(result, item):
             if result.overlap < 0.1:
                 item.add_report_section("call", "dualgpu", f"{result.name}: lanes never overlapped")
     """
 
 
+@pytest.hookspec
 def pytest_dualgpu_report_columns(columns: list[Column], config: pytest.Config) -> None:
     """Called once on the controller before the table is rendered; change ``columns`` in place.
 
@@ -32,7 +35,8 @@ def pytest_dualgpu_report_columns(columns: list[Column], config: pytest.Config) 
 
         from pytest_dualgpu.report import Column
 
-        def pytest_dualgpu_report_columns(columns, config):
+        @pytest.hookspec
+def pytest_dualgpu_report_columns(columns, config):
             columns[:] = [c for c in columns if c.header != "max err"]
             columns.append(Column("rounds", lambda row: str(row.result.rounds)))
     """
