@@ -19,8 +19,7 @@ def pytest_dualgpu_result(result: DualResult, item: pytest.Item) -> None:
     its output tensors. Use it to log or check results beyond what the markers cover, e.g. in
     ``conftest.py``::
 
-        @pytest.hookspec
-def pytest_dualgpu_result(result, item):
+        def pytest_dualgpu_result(result, item):
             if result.overlap < 0.1:
                 item.add_report_section("call", "dualgpu", f"{result.name}: lanes never overlapped")
     """
@@ -28,15 +27,14 @@ def pytest_dualgpu_result(result, item):
 
 @pytest.hookspec
 def pytest_dualgpu_report_columns(columns: list[Column], config: pytest.Config) -> None:
-    """Called once on the controller before the table is rendered; change ``columns`` in place.
+    """Called on the controller before each table (terminal, markdown) is rendered; edit ``columns``.
 
     Each ``Column`` has a ``header`` and a ``cell`` function that renders a ``ReportRow`` (``nodeid``,
     ``result``, ``verdicts``). The same columns are used for the terminal and the markdown table, e.g.::
 
         from pytest_dualgpu.report import Column
 
-        @pytest.hookspec
-def pytest_dualgpu_report_columns(columns, config):
+        def pytest_dualgpu_report_columns(columns, config):
             columns[:] = [c for c in columns if c.header != "max err"]
             columns.append(Column("rounds", lambda row: str(row.result.rounds)))
     """
