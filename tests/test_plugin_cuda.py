@@ -78,18 +78,20 @@ def test_header_machine_and_markers_on_cuda(suite: pytest.Pytester) -> None:
     assert rows["test_too_much_memory"]["memory"]["concurrent"] > 1024
 
 
-def test_devices_auto_without_xdist_keeps_a_usable_gpu(suite: pytest.Pytester) -> None:
+def test_a_chosen_gpu_is_the_only_one_the_process_sees(suite: pytest.Pytester) -> None:
+    last = torch.cuda.device_count() - 1
     suite.makepyfile(
-        """
+        f"""
         import os
         import torch
 
-        def test_gpu():
-            assert os.environ["CUDA_VISIBLE_DEVICES"]
+        def test_gpu(dualgpu_device):
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "{last}"
             assert torch.cuda.device_count() == 1
+            assert dualgpu_device == torch.device("cuda", 0)
         """
     )
-    suite.runpytest_subprocess("--dualgpu-devices=auto").assert_outcomes(passed=1)
+    suite.runpytest_subprocess(f"--dualgpu-devices={last}").assert_outcomes(passed=1)
 
 
 def test_machine_names_the_gpus() -> None:

@@ -114,10 +114,11 @@ def test_every_verdict_passes_on_sleeping_lanes_and_the_report_says_so(suite: py
 
         @pytest.mark.dualgpu_correct
         @pytest.mark.dualgpu_sync
-        @pytest.mark.dualgpu_speedup(min=1.3, min_efficiency=0.5, device=["cpu", "cuda"])
+        @pytest.mark.dualgpu_speedup(min=1.2, min_efficiency=0.3, device=["cpu", "cuda"])
         @pytest.mark.dualgpu_memory(max_bytes="1GiB", max_ratio=1.5)
         def test_pair(dual_infer):
-            result = dual_infer(Sleep(), Sleep(), torch.ones(4))
+            # 10 ms sleeps: scheduling delays on a busy machine stay small beside them
+            result = dual_infer(Sleep(0.01), Sleep(0.01), torch.ones(4))
             assert result.correct
         """
     )
@@ -157,7 +158,7 @@ def test_speedup_failure_gives_value_bound_interval_and_hint(suite: pytest.Pytes
         import torch
         from inner_models import Gil, Sleep
 
-        @pytest.mark.dualgpu_speedup(min=1.5, device="cpu")
+        @pytest.mark.dualgpu_speedup(min=1.9, device="cpu")
         def test_gil_bound_pair(dual_infer):
             dual_infer(Gil(), Gil(), torch.ones(4), mode="threads")
 
@@ -165,7 +166,7 @@ def test_speedup_failure_gives_value_bound_interval_and_hint(suite: pytest.Pytes
         def test_bound_above_ideal(dual_infer):
             dual_infer(Sleep(), Sleep(), torch.ones(4))
 
-        @pytest.mark.dualgpu_speedup(min_efficiency=0.5, device="cpu")
+        @pytest.mark.dualgpu_speedup(min_efficiency=0.9, device="cpu")
         def test_back_to_back(dual_infer):
             dual_infer(Sleep(), Sleep(), torch.ones(4), mode="sequential")
         """
@@ -174,10 +175,10 @@ def test_speedup_failure_gives_value_bound_interval_and_hint(suite: pytest.Pytes
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(
         [
-            "*dualgpu_speedup failed for 'Gil+Gil-2' (call 1 of 1): speedup below the bound 1.50x: speedup "
+            "*dualgpu_speedup failed for 'Gil+Gil-2' (call 1 of 1): speedup below the bound 1.90x: speedup "
             "*x [[]95% CI *, *] of an ideal *x, efficiency *, overlap *, mode 'threads' on cpu; hint: *",
             "*dualgpu_speedup failed for 'Sleep+Sleep-2'*hint: the bound 2.50x is above the ideal *",
-            "*dualgpu_speedup failed for 'Sleep+Sleep-2'*efficiency below the bound 0.50*hint: the call "
+            "*dualgpu_speedup failed for 'Sleep+Sleep-2'*efficiency below the bound 0.90*hint: the call "
             "ran in 'sequential' mode*",
         ]
     )

@@ -107,7 +107,7 @@ def test_cli_beats_environment_beats_ini(
         ("dualgpu_budget = soon", "ERROR: dualgpu: dualgpu_budget (ini): could not convert string to float*"),
         (
             ["--dualgpu-require-cuda", "--dualgpu-device=cpu"],
-            "ERROR: dualgpu: --dualgpu-require-cuda contradicts --dualgpu-device=cpu: drop one of them",
+            "ERROR: dualgpu: require_cuda is set but the device is cpu (from --dualgpu-*, DUALGPU_* or *",
         ),
     ],
 )
@@ -231,6 +231,42 @@ def test_without_xdist_the_process_takes_the_first_chosen_gpu(
         """
     )
     suite.runpytest("--dualgpu-devices=1,0").assert_outcomes(passed=1)
+
+
+def test_devices_auto_on_a_machine_without_gpus_changes_nothing(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    suite.makepyfile(
+        """
+        import os
+
+        def test_record(worker_id):
+            assert "CUDA_VISIBLE_DEVICES" not in os.environ
+        """
+    )
+    suite.runpytest_subprocess("-n", "2", "--dualgpu-devices=auto").assert_outcomes(passed=1)
+
+
+def test_a_chosen_gpu_that_cuda_cannot_see_fails_at_first_use(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "restored afterwards")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    suite.makepyfile(
+        """
+        def test_device(dualgpu_device):
+            pass
+        """
+    )
+    result = suite.runpytest("--dualgpu-devices=3")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*DualGpuUsageError: --dualgpu-devices set CUDA_VISIBLE_DEVICES=3 for this process, but CUDA "
+            "sees no GPU*"
+        ]
+    )
 
 
 def test_a_gpu_index_beyond_the_visible_ones_is_a_usage_error(

@@ -27,7 +27,7 @@ def test_two_calls(dual_infer):
     dual_infer(Sleep(), Sleep(), torch.ones(2), name="first")
     dual_infer.many([Sleep(), Sleep(), Sleep()], [torch.ones(2)] * 3, name="three lanes")
 
-@pytest.mark.dualgpu_speedup(min=1.5, device="cpu")
+@pytest.mark.dualgpu_speedup(min=2.5, device="cpu")  # above the ideal 2x: fails however the machine is
 def test_gil(dual_infer):
     dual_infer(Gil(), Gil(), torch.ones(2), mode="threads")
 
@@ -226,25 +226,69 @@ def test_failed_verdicts_stand_out_in_colour(suite: pytest.Pytester) -> None:
     assert all("\x1b[31m" not in line for line in table if "Sleep +" in line)
 
 
+class SignalTestStart:
+    """Passed to the inner session as a plugin: tells the holder of the lock that a test has begun."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def pytest_runtest_call(self) -> None:
+        self.event.set()
+
+
 def test_a_long_wait_for_the_measuring_lock_is_reported(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
-    released = threading.Event()
+    started = SignalTestStart()
 
     def hold() -> None:
         with measuring_lock(torch.device("cpu")):
+            started.event.wait(timeout=60)
             time.sleep(1.5)
-        released.set()
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.2)
-    result = suite.runpytest(FAST, "--dualgpu-report", "-k", "parametrized")
+    time.sleep(0.1)
+    result = suite.runpytest(FAST, "--dualgpu-report", "-k", "parametrized", plugins=[started])
     holder.join()
-    assert released.is_set()
     result.stdout.fnmatch_lines(
         [
             "*test_parametrized*: waited *s for the cpu measuring lock",
             "measuring lock: waited * s in all (longest * s, test_three.py::test_parametrized[[]0.001[]]); "
-            "processes shared a device*--dualgpu-devices*",
+            "processes shared a device, so they took turns; on CPU, fewer xdist workers*",
         ]
     )
+
+
+def test_a_rerun_replaces_the_rows_of_the_attempt_before(suite: pytest.Pytester) -> None:
+    suite.makeconftest(
+        """
+        from _pytest.runner import runtestprotocol
+
+        def pytest_runtest_protocol(item, nextitem):
+            # What pytest-rerunfailures does: the same item through the whole protocol again.
+            item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+            for _ in range(2):
+                runtestprotocol(item, nextitem=nextitem, log=True)
+            item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            return True
+        """
+    )
+    suite.makepyfile(
+        """
+        import pytest
+        import torch
+        from inner_models import Drifting, Sleep
+
+        attempts = []
+
+        @pytest.mark.dualgpu_correct
+        def test_flaky_first(dual_infer):
+            attempts.append(1)
+            first = Drifting() if len(attempts) == 1 else Sleep()
+            dual_infer(first, Sleep(), torch.ones(2))
+        """
+    )
+    result = suite.runpytest(FAST, "--dualgpu-report=json:r.json", "--junitxml=j.xml")
+    result.assert_outcomes(failed=1, passed=1)
+    (row,) = report(suite.path / "r.json")["results"]
+    assert (row["name"], row["call"], row["verdicts"]["correct"]) == ("Sleep+Sleep-2", 0, "pass")

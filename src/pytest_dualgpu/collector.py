@@ -29,7 +29,7 @@ from .report import (
 )
 from .settings import Settings
 
-GPU_KEY = "dualgpu_cuda_visible_devices"
+OURS = (PROPERTY, ERROR_PROPERTY)
 
 
 class ResultCollector:
@@ -38,8 +38,8 @@ class ResultCollector:
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
-        self.rows: list[ReportRow] = []
-        self.errors: list[CallError] = []
+        self.rows: dict[str, list[ReportRow]] = {}
+        self.errors: dict[str, list[CallError]] = {}
         self.order: dict[str, int] = {}
         self.problems: list[str] = []
 
@@ -55,26 +55,25 @@ class ResultCollector:
         if not self.order:
             self.order = {nodeid: index for index, nodeid in enumerate(ids)}
 
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_configure_node(self, node: Any) -> None:
-        if self.settings.devices is None:
-            return
-        from .devices import gpu_for_worker, visible_gpus
-
-        worker = int(str(node.gateway.id).removeprefix("gw"))
-        node.workerinput[GPU_KEY] = gpu_for_worker(visible_gpus(), self.settings.devices, worker)
-
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """The teardown report carries all of a test's calls; a rerun's replaces the earlier attempt's."""
         if report.when != "teardown":
             return
-        for name, value in report.user_properties:
-            if name == PROPERTY:
-                self.rows.append(ReportRow.from_dict(json.loads(str(value))))
-            elif name == ERROR_PROPERTY:
-                self.errors.append(CallError.from_dict(json.loads(str(value))))
+        properties = [(name, json.loads(str(value))) for name, value in report.user_properties]
+        self.rows[report.nodeid] = [
+            ReportRow.from_dict(data) for name, data in properties if name == PROPERTY
+        ]
+        self.errors[report.nodeid] = [
+            CallError.from_dict(data) for name, data in properties if name == ERROR_PROPERTY
+        ]
 
     def sorted_rows(self) -> list[ReportRow]:
-        return sorted(self.rows, key=lambda row: (self._position(row.nodeid), row.nodeid, row.call))
+        rows = [row for rows in self.rows.values() for row in rows]
+        return sorted(rows, key=lambda row: (self._position(row.nodeid), row.nodeid, row.call))
+
+    def sorted_errors(self) -> list[CallError]:
+        errors = [error for errors in self.errors.values() for error in errors]
+        return sorted(errors, key=lambda error: (self._position(error.nodeid), error.nodeid, error.call))
 
     def _position(self, nodeid: str) -> int:
         return self.order.get(nodeid, len(self.order))
@@ -93,7 +92,7 @@ class ResultCollector:
 
     def _write(self, kind: str, path: str | None) -> None:
         rows = self.sorted_rows()
-        errors = sorted(self.errors, key=lambda error: (self._position(error.nodeid), error.call))
+        errors = self.sorted_errors()
         if kind == "json":
             assert path is not None
             from .devices import machine_info
@@ -111,7 +110,7 @@ class ResultCollector:
                         "use md:PATH to choose a file"
                     )
                     return
-        target = Path(path)
+        target = Path(path).expanduser()
         target.parent.mkdir(parents=True, exist_ok=True)
         with target.open(mode, encoding="utf-8") as file:
             file.write(text)
@@ -135,23 +134,33 @@ class ResultCollector:
                     write(line)
             else:
                 write("no dual_infer results in this session")
-            for error in self.errors:
+            for error in self.sorted_errors():
                 write(f"{error.nodeid}: dual_infer call {error.call + 1} raised {error.error}", red=True)
             for row in rows:
                 for warning in row.result.warnings:
                     write(f"{row.label}: {warning}", yellow=True)
-            waited = [row for row in rows if row.result.lock_wait > 0]
-            total = sum(row.result.lock_wait for row in waited)
-            if total >= 1.0:
-                longest = max(waited, key=lambda row: row.result.lock_wait)
-                write(
-                    f"measuring lock: waited {total:.1f} s in all (longest {longest.result.lock_wait:.1f} s, "
-                    f"{longest.label}); processes shared a device, so they took turns. --dualgpu-devices "
-                    "gives each xdist worker its own GPU",
-                    yellow=True,
-                )
+            lock_line = _lock_summary_line(rows)
+            if lock_line:
+                write(lock_line, yellow=True)
         for problem in self.problems:
             write(f"dualgpu: {problem}", red=True)
+
+
+def _lock_summary_line(rows: list[ReportRow]) -> str | None:
+    """One line when processes took turns at the measuring lock for long enough to matter."""
+    waited = [row for row in rows if row.result.lock_wait > 0]
+    total = sum(row.result.lock_wait for row in waited)
+    if total < 1.0:
+        return None
+    longest = max(waited, key=lambda row: row.result.lock_wait)
+    if longest.result.device.startswith("cuda"):
+        advice = "--dualgpu-devices gives each xdist worker its own GPU"
+    else:
+        advice = "on CPU, fewer xdist workers measure with less waiting (the cores are shared anyway)"
+    return (
+        f"measuring lock: waited {total:.1f} s in all (longest {longest.result.lock_wait:.1f} s, "
+        f"{longest.label}); processes shared a device, so they took turns; {advice}"
+    )
 
 
 def _highlighter(config: pytest.Config) -> Callable[[str], str] | None:

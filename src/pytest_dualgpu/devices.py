@@ -1,22 +1,22 @@
-"""Which device to measure on, putting models there, the GPU of each xdist worker, machine facts, and
-the lock that keeps measurements apart."""
+"""Which device to measure on, putting models there, machine facts, and the lock that keeps measurements
+apart. (Which GPU each xdist worker gets is ``gpus.py``: that must happen before torch touches CUDA.)"""
 
 from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from filelock import FileLock
 
 from .errors import DualGpuUsageError
+from .gpus import nvidia_smi
 
 
 def resolve_device(spec: str | torch.device | None = None) -> torch.device:
@@ -125,31 +125,6 @@ def measuring_lock(device: torch.device) -> Iterator[float]:
         yield time.perf_counter() - started
 
 
-def visible_gpus() -> list[str]:
-    """The entries a process may see, as ``CUDA_VISIBLE_DEVICES`` names them (indices when it is unset)."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [entry.strip() for entry in listed.split(",") if entry.strip()]
-    return [str(index) for index in range(torch.cuda.device_count())]
-
-
-def gpu_for_worker(visible: list[str], chosen: tuple[int, ...] | Literal["auto"], worker: int) -> str:
-    """The ``CUDA_VISIBLE_DEVICES`` value for xdist worker ``gw<worker>``: the chosen GPUs, round robin.
-
-    ``chosen`` is ``"auto"`` (every visible GPU) or indices into ``visible``.
-    """
-    indices = tuple(range(len(visible))) if chosen == "auto" else chosen
-    if not indices:
-        raise DualGpuUsageError("--dualgpu-devices: no CUDA device is visible to hand out to the workers")
-    beyond = [index for index in indices if index >= len(visible)]
-    if beyond:
-        raise DualGpuUsageError(
-            f"--dualgpu-devices: GPU index {beyond[0]} is out of range; {len(visible)} GPU(s) are visible "
-            f"({', '.join(visible) or 'none'}), so indices go from 0 to {len(visible) - 1}"
-        )
-    return visible[indices[worker % len(indices)]]
-
-
 def describe_device(device: torch.device) -> str:
     """One line for the session header: what the measurements run on."""
     versions = f"torch {torch.__version__}"
@@ -192,18 +167,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-@cache
 def _nvidia_driver() -> str | None:
-    """The driver version from nvidia-smi, which torch does not expose; None when it cannot be read."""
-    try:
-        completed = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = completed.stdout.strip().splitlines()
-    return lines[0].strip() if lines else None
+    rows = nvidia_smi("driver_version")
+    return rows[0][0] if rows else None

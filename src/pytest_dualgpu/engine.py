@@ -30,6 +30,7 @@ from .timeline import LaneTimeline
 from .trees import map_tensors
 
 PROBE_ROUNDS = 3
+TIMELINE_REPS = 50  # intervals kept per lane: enough to draw, small enough to travel in every report
 LOCK_WAIT_WARNING_SECONDS = 1.0
 
 
@@ -386,7 +387,7 @@ class _Measuring:
             lock_wait=self.lock_wait,
             timelines={
                 run: [
-                    LaneTimeline(self.names[index], tuple(intervals))
+                    LaneTimeline(self.names[index], tuple(intervals[:TIMELINE_REPS]))
                     for index, intervals in zip(
                         samples.last[run].lanes, samples.last[run].intervals, strict=True
                     )

@@ -9,8 +9,8 @@ nothing for it. Torch comes in with the first fixture, or when an option needs t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
 import os
 import sys
 import warnings
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import hookspecs
-from .collector import GPU_KEY, ResultCollector
+from . import gpus, hookspecs
+from .collector import ResultCollector
 from .errors import DualGpuError, DualGpuUsageError
 from .report import (
     ERROR_PROPERTY,
@@ -39,8 +39,17 @@ if TYPE_CHECKING:
     from .results import DualResult
 
 settings_key = pytest.StashKey[Settings]()
-collector_key = pytest.StashKey["ResultCollector"]()
-calls_key = pytest.StashKey[list["ReportRow | CallError"]]()
+assigned_gpu_key = pytest.StashKey["str | None"]()
+collector_key = pytest.StashKey[ResultCollector]()
+calls_key = pytest.StashKey[list["Call"]]()
+
+
+@dataclasses.dataclass
+class Call:
+    """One recorded dual_infer call of a test, and where its entry sits in ``user_properties``."""
+
+    entry: ReportRow | CallError
+    property_index: int
 
 
 class DualGpuWarning(pytest.PytestWarning):
@@ -69,20 +78,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(option.ini, f"{option.help} (or {option.env})", type=option.ini_type, default=None)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Choose this process's GPU before any conftest can start CUDA (and so fix the visible GPUs)."""
+    settings = _resolve_settings(early_config, vars(early_config.known_args_namespace))
+    early_config.stash[assigned_gpu_key] = _assign_gpu(settings, early_config.known_args_namespace)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    for description in MARKERS.values():
-        config.addinivalue_line("markers", description[1])
-    try:
-        settings = Settings.resolve(
-            [
-                ("cli", {option.field: config.getoption(f"dualgpu_{option.field}") for option in OPTIONS}),
-                ("env", {option.field: os.environ.get(option.env) for option in OPTIONS}),
-                ("ini", {option.field: _ini_value(config, option.ini) for option in OPTIONS}),
-            ]
-        )
-        _assign_gpu(config, settings)
-    except DualGpuUsageError as error:
-        raise pytest.UsageError(f"dualgpu: {error}") from None
+    for _, description in MARKERS.values():
+        config.addinivalue_line("markers", description)
+    settings = _resolve_settings(config, vars(config.option))
+    if assigned_gpu_key not in config.stash:  # loaded too late for pytest_load_initial_conftests
+        config.stash[assigned_gpu_key] = _assign_gpu(settings, config.option)
     if settings.require_cuda:
         _require_cuda()
     config.stash[settings_key] = settings
@@ -91,11 +99,42 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(collector, "dualgpu-collector")
 
 
+def _resolve_settings(config: pytest.Config, cli: dict[str, Any]) -> Settings:
+    try:
+        return Settings.resolve(
+            [
+                ("cli", {option.field: cli.get(f"dualgpu_{option.field}") for option in OPTIONS}),
+                ("env", {option.field: os.environ.get(option.env) for option in OPTIONS}),
+                ("ini", {option.field: _ini_value(config, option.ini) for option in OPTIONS}),
+            ]
+        )
+    except DualGpuUsageError as error:
+        raise pytest.UsageError(f"dualgpu: {error}") from None
+
+
 def _ini_value(config: pytest.Config, name: str) -> object:
     try:
         return config.getini(name)
     except (ValueError, pytest.UsageError) as error:  # pytest's own conversion, e.g. of a float
         raise DualGpuUsageError(f"{name} (ini): {error}") from None
+
+
+def _assign_gpu(settings: Settings, options: Any) -> str | None:
+    try:
+        return gpus.assign(settings.devices, distributing=_distributing(options), count_gpus=_count_gpus)
+    except DualGpuUsageError as error:
+        raise pytest.UsageError(f"dualgpu: {error}") from None
+
+
+def _distributing(options: Any) -> bool:
+    """Whether this process is an xdist controller (it hands tests to workers and runs none itself)."""
+    return bool(getattr(options, "numprocesses", None)) or bool(getattr(options, "tx", None))
+
+
+def _count_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()  # NVML-based where it can be: does not start CUDA here
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -106,15 +145,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    """The device line; it starts CUDA only where tests will run, and only when torch is in use anyway."""
     settings = config.stash[settings_key]
     measuring = f"mode {settings.mode}, budget {settings.budget:g} s per call"
+    if _distributing(config.option):
+        handed_out = os.environ.get(gpus.WORKER_GPUS)
+        workers = f"GPUs {handed_out} round robin" if handed_out else f"device {settings.device}"
+        inventory = gpus.gpu_inventory()
+        machine = f" ({inventory})" if inventory else ""
+        return f"dualgpu: xdist workers measure on {workers}{machine}; {measuring}"
     if "torch" not in sys.modules and not (settings.reports or settings.require_cuda):
         return f"dualgpu: device {settings.device} (resolved when dual_infer is first used), {measuring}"
-    from .devices import describe_device, resolve_device
+    from .devices import describe_device
 
     try:
-        device = describe_device(resolve_device(settings.device))
-    except DualGpuUsageError as error:
+        device = describe_device(_session_device(config))
+    except (DualGpuUsageError, RuntimeError) as error:
         device = f"{settings.device} (unusable: {error})"
     return f"dualgpu: device {device}; {measuring}"
 
@@ -156,13 +202,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Forget what an earlier attempt of this test recorded (pytest-rerunfailures runs it again)."""
+    earlier: list[Call] = item.stash.get(calls_key, [])
+    for call in reversed(earlier):
+        del item.user_properties[call.property_index]
+    item.stash[calls_key] = []
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     """Judge the markers after the test body, over every dual_infer call of the test."""
     try:
         outcome = yield
     except BaseException:
-        _judge(item, body_passed=False)
+        with contextlib.suppress(Exception):  # the body's own failure is the one to report
+            _judge(item, body_passed=False)
         raise
     _judge(item, body_passed=True)
     return outcome
@@ -171,9 +227,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 @pytest.fixture(scope="session")
 def dualgpu_device(pytestconfig: pytest.Config) -> torch.device:
     """The device the session measures on (``--dualgpu-device``; auto: cuda if available, else cpu)."""
-    from .devices import resolve_device
-
-    return resolve_device(pytestconfig.stash[settings_key].device)
+    return _session_device(pytestconfig)
 
 
 @pytest.fixture
@@ -206,25 +260,30 @@ def dual_infer(request: pytest.FixtureRequest) -> DualInfer:
 
     def record_result(result: DualResult) -> None:
         stripped = dataclasses.replace(result, outputs=None, reference=None)
-        _record(item, ReportRow(item.nodeid, stripped, call=len(item.stash.setdefault(calls_key, []))))
+        _record(item, ReportRow(item.nodeid, stripped, call=len(item.stash.get(calls_key, []))))
         item.ihook.pytest_dualgpu_result(result=result, item=item)
 
     def record_error(error: DualGpuError) -> None:
-        calls = item.stash.setdefault(calls_key, [])
-        _record(item, CallError(item.nodeid, len(calls), f"{type(error).__name__}: {error}"))
+        failed = CallError(
+            item.nodeid, len(item.stash.get(calls_key, [])), f"{type(error).__name__}: {error}"
+        )
+        _record(item, failed)
 
     return engine.bind(
         on_result=record_result,
         on_error=record_error,
         mode=settings.mode,
-        device=settings.device,
+        device=_session_device(request.config),
         budget=settings.budget,
         **tolerance,
     )
 
 
 def marker_specs(item: pytest.Item) -> dict[str, Any]:
-    """The parsed arguments of the item's dualgpu markers (the closest of each), keyed by marker name."""
+    """The parsed arguments of the item's dualgpu markers, keyed by marker name.
+
+    As with pytest's own markers, the closest one wins: a function's marker replaces its class's.
+    """
     specs = {}
     for name in MARKERS:
         marker = item.get_closest_marker(name)
@@ -235,80 +294,55 @@ def marker_specs(item: pytest.Item) -> dict[str, Any]:
 
 def _record(item: pytest.Item, entry: ReportRow | CallError) -> None:
     """Keep a call on the item and in ``user_properties`` (JUnit XML, and the way home from xdist)."""
-    item.stash.setdefault(calls_key, []).append(entry)
     name = PROPERTY if isinstance(entry, ReportRow) else ERROR_PROPERTY
+    item.stash.setdefault(calls_key, []).append(Call(entry, len(item.user_properties)))
     item.user_properties.append((name, dumps(entry.to_dict(), indent=None)))
 
 
 def _judge(item: pytest.Item, body_passed: bool) -> None:
+    """Give every result of the test its verdicts; fail the test (if its body passed) on any failed one."""
     specs = {name: spec for name, spec in marker_specs(item).items() if name != "dualgpu_cuda"}
     if not specs:
         return
     calls = item.stash.get(calls_key, [])
-    rows = [call for call in calls if isinstance(call, ReportRow)]
-    if not rows:
-        if body_passed:
-            pytest.fail(
-                f"{item.name} is marked {', '.join(specs)} but no call of the dual_infer fixture produced a "
-                "result: request the dual_infer fixture and call it (pytest_dualgpu.dual_infer imported "
-                "directly is not recorded)",
-                pytrace=False,
-            )
-        return
+    results = [call for call in calls if isinstance(call.entry, ReportRow)]
+    if not results and body_passed:
+        pytest.fail(
+            f"{item.name} is marked {', '.join(specs)} but no call of the dual_infer fixture produced a "
+            "result: request the dual_infer fixture and call it (pytest_dualgpu.dual_infer imported "
+            "directly is not recorded)",
+            pytrace=False,
+        )
     failures = []
-    for row in rows:
+    for call in results:
+        row = call.entry
+        assert isinstance(row, ReportRow)
         verdicts = judge(row.result, specs)
         row.verdicts = {kind: verdict.status for kind, verdict in verdicts.items()}
-        _update_property(item, row)
+        item.user_properties[call.property_index] = (PROPERTY, dumps(row.to_dict(), indent=None))
         where = f"{row.result.name!r} (call {row.call + 1} of {len(calls)})"
         for verdict in verdicts.values():
             if verdict.status == FAIL:
                 failures.append(f"dualgpu_{verdict.kind} failed for {where}: {verdict.message}")
-            elif verdict.status == WARN:
-                warnings.warn(
-                    DualGpuWarning(f"dualgpu_{verdict.kind} for {where}: {verdict.message}"), stacklevel=1
-                )
+            elif verdict.status == WARN and body_passed:
+                message = f"dualgpu_{verdict.kind} for {where}: {verdict.message}"
+                warnings.warn(DualGpuWarning(message), stacklevel=1)
     if failures and body_passed:
         pytest.fail("\n".join(failures), pytrace=False)
 
 
-def _update_property(item: pytest.Item, row: ReportRow) -> None:
-    for index, (name, value) in enumerate(item.user_properties):
-        if name == PROPERTY and json.loads(str(value))["call"] == row.call:
-            item.user_properties[index] = (PROPERTY, dumps(row.to_dict(), indent=None))
-            return
+def _session_device(config: pytest.Config) -> torch.device:
+    """The session's device; a GPU chosen by ``--dualgpu-devices`` that CUDA cannot see is an error."""
+    from .devices import resolve_device
 
-
-def _assign_gpu(config: pytest.Config, settings: Settings) -> None:
-    """Give this process its GPU under ``--dualgpu-devices``, before anything initializes CUDA."""
-    if settings.devices is None:
-        return
-    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        visible = workerinput.get(GPU_KEY)
-    elif config.getoption("dist", "no") != "no":
-        from .devices import gpu_for_worker, visible_gpus
-
-        gpu_for_worker(visible_gpus(), settings.devices, 0)  # checks the indices before workers start
-        return
-    else:
-        listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if listed is None:
-            # Counting GPUs here would initialize CUDA before the choice could take effect.
-            visible = "0" if settings.devices == "auto" else str(settings.devices[0])
-        else:
-            from .devices import gpu_for_worker
-
-            visible = gpu_for_worker(listed.split(","), settings.devices, 0)
-    if visible is None:
-        return
-    torch_module = sys.modules.get("torch")
-    if torch_module is not None and torch_module.cuda.is_initialized():
+    device = resolve_device(config.stash[settings_key].device)
+    assigned = config.stash.get(assigned_gpu_key, None)
+    if assigned is not None and device.type != "cuda":
         raise DualGpuUsageError(
-            "--dualgpu-devices came too late: CUDA was already initialized (by a conftest.py?), so "
-            "CUDA_VISIBLE_DEVICES can no longer choose the GPU"
+            f"--dualgpu-devices set CUDA_VISIBLE_DEVICES={assigned} for this process, but CUDA sees no GPU "
+            "there; compare the indices with nvidia-smi (and any CUDA_VISIBLE_DEVICES set before)"
         )
-    os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    return device
 
 
 def _no_cuda_reason() -> str | None:

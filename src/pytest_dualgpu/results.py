@@ -159,6 +159,7 @@ class DualResult:
     rounds: int = 0
     reps: int = 1
     lock_wait: float = 0.0
+    # The last round's busy intervals of each lane (its first repetitions), for traces; overlap used all.
     timelines: dict[str, list[LaneTimeline]] = field(default_factory=dict)
     outputs: list[Any] | None = field(default=None, repr=False, compare=False)
     reference: list[Any] | None = field(default=None, repr=False, compare=False)

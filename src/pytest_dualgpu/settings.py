@@ -114,13 +114,10 @@ class Settings:
         )
         if settings.require_cuda and settings.device == "cpu":
             raise DualGpuUsageError(
-                "--dualgpu-require-cuda contradicts --dualgpu-device=cpu: drop one of them"
+                "require_cuda is set but the device is cpu (from --dualgpu-*, DUALGPU_* or dualgpu_* in "
+                "the ini file): drop one of them"
             )
         return settings
-
-    @property
-    def wants_report(self) -> bool:
-        return bool(self.reports)
 
 
 def parse_report_targets(raw: str | Sequence[str]) -> tuple[ReportTarget, ...]:

@@ -181,10 +181,6 @@ class Verdict:
     status: str
     message: str = ""
 
-    @property
-    def failed(self) -> bool:
-        return self.status == FAIL
-
 
 def judge(result: DualResult, specs: Mapping[str, Any]) -> dict[str, Verdict]:
     """Every verdict the test's markers ask for on one result, keyed by kind (correct, sync, ...)."""
@@ -201,7 +197,7 @@ def judge(result: DualResult, specs: Mapping[str, Any]) -> dict[str, Verdict]:
     }
 
 
-def _judge_correct(result: DualResult, spec: CorrectSpec) -> Verdict:
+def _judge_correct(result: DualResult, _spec: CorrectSpec) -> Verdict:
     if result.correct:
         return Verdict("correct", PASS)
     shown = "; ".join(result.mismatches[:3]) + ("; ..." if len(result.mismatches) > 3 else "")
@@ -209,10 +205,9 @@ def _judge_correct(result: DualResult, spec: CorrectSpec) -> Verdict:
         "correct",
         FAIL,
         f"concurrent outputs differ from each lane run alone ({shown}); max abs err "
-        f"{result.max_abs_err:.3g}, max rel err {result.max_rel_err:.3g}"
-        + (f" with rtol={spec.rtol}, atol={spec.atol}" if spec.rtol is not None else "")
-        + "; hint: the lanes share something they write (an input changed in place, a buffer, module "
-        "state), or a stream does not wait for data it reads; nondeterministic kernels need a tolerance",
+        f"{result.max_abs_err:.3g}, max rel err {result.max_rel_err:.3g}; hint: the lanes share something "
+        "they write (an input changed in place, a buffer, module state), or a stream does not wait for data "
+        "it reads; nondeterministic kernels need a tolerance",
     )
 
 
