@@ -153,6 +153,12 @@ def pytest_report_header(config: pytest.Config) -> str:
         workers = f"GPUs {handed_out} round robin" if handed_out else f"device {settings.device}"
         inventory = gpus.gpu_inventory()
         machine = f" ({inventory})" if inventory else ""
+        if "torch" in sys.modules or settings.reports or settings.require_cuda:
+            import torch
+
+            machine += f", torch {torch.__version__}" + (
+                f", CUDA {torch.version.cuda}" if torch.version.cuda else ""
+            )
         return f"dualgpu: xdist workers measure on {workers}{machine}; {measuring}"
     if "torch" not in sys.modules and not (settings.reports or settings.require_cuda):
         return f"dualgpu: device {settings.device} (resolved when dual_infer is first used), {measuring}"
