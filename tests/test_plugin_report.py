@@ -292,3 +292,22 @@ def test_a_rerun_replaces_the_rows_of_the_attempt_before(suite: pytest.Pytester)
     result.assert_outcomes(failed=1, passed=1)
     (row,) = report(suite.path / "r.json")["results"]
     assert (row["name"], row["call"], row["verdicts"]["correct"]) == ("Sleep+Sleep-2", 0, "pass")
+
+
+def test_an_infinite_error_stays_strict_json_and_reads_back() -> None:
+    from models import SleepLane
+
+    from pytest_dualgpu import dual_infer
+    from pytest_dualgpu.report import ReportRow, dumps
+
+    measured = dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.05)
+    row = ReportRow(
+        "test_x.py::test_y", DualResult.from_dict({**measured.to_dict(), "max_abs_err": float("inf")})
+    )
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    data = json.loads(dumps(row.to_dict()), parse_constant=refuse)
+    assert data["max_abs_err"] == "Infinity"
+    assert ReportRow.from_dict(data).result.max_abs_err == float("inf")
