@@ -57,6 +57,14 @@ class Drifting(nn.Module):
         return x + self.calls
 
 
+class WritesItsInput(nn.Module):
+    """Changes its input in place: a race with every other lane that reads the same tensor."""
+
+    def forward(self, x):
+        x.add_(1)
+        return x * 2
+
+
 class Raising(nn.Module):
     def forward(self, x):
         raise RuntimeError("lane exploded")
@@ -80,7 +88,7 @@ def _torch_fully_imported() -> None:
     from pytest_dualgpu import dual_infer
 
     stateful = ModuleWithCounter()
-    dual_infer(stateful, SleepLane(0.001), torch.ones(2), budget=0.01, min_rounds=1)
+    dual_infer(stateful, SleepLane(0.001), torch.ones(2), budget=0.01, min_rounds=1, race_trials=1)
 
 
 class ModuleWithCounter(torch.nn.Module):

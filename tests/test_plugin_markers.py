@@ -40,7 +40,7 @@ def test_markers_are_registered_for_strict_markers_and_collect_only(suite: pytes
     listing.stdout.fnmatch_lines(
         [
             "@pytest.mark.dualgpu_correct(rtol=None, atol=None, equal_nan=False): *",
-            "@pytest.mark.dualgpu_sync(trials=8, implicit='error', sanitizer=False): *",
+            "@pytest.mark.dualgpu_sync(trials=8, implicit='error', sanitizer=False, seed=None): *",
             "@pytest.mark.dualgpu_speedup(min=None, min_efficiency=None, device='cuda'): *",
             "@pytest.mark.dualgpu_memory(max_bytes=None, max_ratio=None): *",
             "@pytest.mark.dualgpu_cuda: *",
@@ -204,13 +204,53 @@ def test_correct_and_sync_fail_when_concurrent_outputs_differ(suite: pytest.Pyte
         [
             "*dualgpu_correct failed for 'Drifting+Sleep' (call 1 of 1): concurrent outputs differ from each "
             "lane run alone (lane 'Drifting' output: *; max abs err *; hint: the lanes share something*",
-            "*dualgpu_sync failed for 'Drifting+Sleep' (call 1 of 1): the concurrent outputs differ*",
+            "*dualgpu_sync failed for 'Drifting+Sleep' (call 1 of 1): 8 of 8 trials with random delays went "
+            "wrong, first trial 1: lane 'Drifting' output: *the concurrent outputs differ*",
         ]
     )
     (row,) = rows(suite.path / "out.json")
     assert row["verdicts"]["correct"] == "fail"
     assert row["verdicts"]["sync"] == "fail"
     assert row["correct"] is False
+
+
+def test_sync_trials_catch_a_lane_writing_a_shared_input_and_give_the_seed(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+        import torch
+        from inner_models import Sleep, WritesItsInput
+
+        @pytest.mark.dualgpu_sync(trials=3, seed=1234)
+        @pytest.mark.dualgpu_correct
+        def test_shared_input(dual_infer):
+            result = dual_infer(WritesItsInput(), Sleep(), torch.zeros(3))
+            assert result.sync.race_trials == 3
+
+        @pytest.mark.dualgpu_sync(trials=3)
+        def test_own_inputs(dual_infer):
+            dual_infer(Sleep(), Sleep(), torch.zeros(3))
+        """
+    )
+    result = suite.runpytest(FAST, "--dualgpu-report=json:out.json")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*dualgpu_correct failed for 'WritesItsInput+Sleep' (call 1 of 1): concurrent outputs differ*",
+            "*dualgpu_sync failed for 'WritesItsInput+Sleep' (call 1 of 1): 3 of 3 trials with random delays "
+            "went wrong, first trial 1: an input shared by lanes WritesItsInput and Sleep was changed in "
+            "place during the concurrent run (replay with dualgpu_sync(seed=1234))*",
+        ]
+    )
+    shared, own = rows(suite.path / "out.json")
+    assert shared["sync"]["seed"] == 1234
+    assert (own["sync"]["race_trials"], own["sync"]["race_failures"], own["verdicts"]["sync"]) == (
+        3,
+        0,
+        "pass",
+    )
 
 
 def test_correct_marker_tolerance_is_the_default_of_each_call(suite: pytest.Pytester) -> None:

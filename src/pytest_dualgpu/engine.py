@@ -24,8 +24,10 @@ from .errors import ConcurrentOutOfMemoryError, DualGpuError, DualGpuUsageError,
 from .inputs import make_lanes
 from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run, StreamsMode
 from .measure import Samples, measure_rounds, reps_for, time_once
-from .results import DualResult, LaneResult, Measurement, MemoryStats, ModeProbe
+from .results import DualResult, LaneResult, Measurement, MemoryStats, ModeProbe, SyncStats
 from .settings import MODES
+from .sync import SyncSettings
+from .sync import check as sync_checks
 from .timeline import LaneTimeline
 from .trees import map_tensors
 
@@ -47,6 +49,10 @@ class CallSettings:
     atol: float | None = None
     equal_nan: bool = False
     settle: float | None = None
+    race_trials: int = 0
+    race_seed: int | None = None
+    detect_syncs: bool = False
+    sanitizer: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", *MODES):
@@ -57,6 +63,25 @@ class CallSettings:
             raise DualGpuUsageError(f"min_rounds must be an integer >= 1, got {self.min_rounds!r}")
         if self.settle is not None and (not isinstance(self.settle, (int, float)) or self.settle < 0):
             raise DualGpuUsageError(f"settle must be a number of seconds >= 0, got {self.settle!r}")
+        if (
+            isinstance(self.race_trials, bool)
+            or not isinstance(self.race_trials, int)
+            or self.race_trials < 0
+        ):
+            raise DualGpuUsageError(f"race_trials must be an integer >= 0, got {self.race_trials!r}")
+        if self.race_seed is not None and (
+            isinstance(self.race_seed, bool) or not isinstance(self.race_seed, int)
+        ):
+            raise DualGpuUsageError(
+                f"race_seed must be an integer (to replay a failing trial), got {self.race_seed!r}"
+            )
+        for flag in ("detect_syncs", "sanitizer"):
+            if not isinstance(getattr(self, flag), bool):
+                raise DualGpuUsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+
+    @property
+    def sync(self) -> SyncSettings:
+        return SyncSettings(self.race_trials, self.race_seed, self.detect_syncs, self.sanitizer)
 
     @property
     def tolerance(self) -> Tolerance:
@@ -209,10 +234,27 @@ class _Measuring:
                 samples = self._measure(chosen, eager, reps)
                 memory = self._memory(chosen, executor)
                 outputs = self._checked_outputs(chosen)
+                sync = self._sync_checks(chosen, executor, reference)
             finally:
                 for mode in modes:
                     mode.close()
-        return self._result(name, chosen.name, samples, reps, memory, outputs, reference)
+        result = self._result(name, chosen.name, samples, reps, memory, outputs, reference)
+        result.sync = sync
+        return result
+
+    def _sync_checks(self, mode: Mode, executor: Executor, reference: list[Any]) -> SyncStats:
+        """Host syncs, provoked races and the sanitizer, each with eager calls in the chosen style."""
+        if not self.settings.sync.wanted:
+            return SyncStats()
+
+        def concurrent(calls: Sequence[Callable[[], Any]], run: str) -> Run:
+            if mode.name == "streams":
+                return executor.streams(1, calls, run)
+            if mode.name == "sequential":
+                return executor.sequential(self.everyone, 1, calls, run)
+            return executor.threads(1, calls, run)  # threads, and graphs: replays take no delays
+
+        return sync_checks(executor, concurrent, reference, self.settings.tolerance, self.settings.sync)
 
     def _warm_up_alone(self, eager: Mode) -> list[Any]:
         """Each lane alone first (lazy init, cudnn autotune in isolation), twice; keep the second outputs."""

@@ -253,16 +253,26 @@ def place_model(dualgpu_device: torch.device) -> Callable[..., torch.nn.Module]:
 def dual_infer(request: pytest.FixtureRequest) -> DualInfer:
     """``dual_infer`` bound to the session's settings; every result is recorded for markers and report.
 
-    The test's ``dualgpu_correct`` tolerance is the default of each call; a call's own rtol/atol win.
+    The test's ``dualgpu_correct`` tolerance and ``dualgpu_sync`` checks are the defaults of each call;
+    a call's own settings win.
     """
     from .engine import dual_infer as engine
 
     item = request.node
     settings = request.config.stash[settings_key]
-    tolerance: dict[str, Any] = {}
-    correct = marker_specs(item).get("dualgpu_correct")
+    specs = marker_specs(item)
+    defaults: dict[str, Any] = {}
+    correct = specs.get("dualgpu_correct")
     if correct is not None:
-        tolerance = {"rtol": correct.rtol, "atol": correct.atol, "equal_nan": correct.equal_nan}
+        defaults.update(rtol=correct.rtol, atol=correct.atol, equal_nan=correct.equal_nan)
+    sync = specs.get("dualgpu_sync")
+    if sync is not None:
+        defaults.update(
+            race_trials=sync.trials,
+            race_seed=sync.seed,
+            detect_syncs=sync.implicit != "ignore",
+            sanitizer=sync.sanitizer,
+        )
 
     def record_result(result: DualResult) -> None:
         stripped = dataclasses.replace(result, outputs=None, reference=None)
@@ -281,7 +291,7 @@ def dual_infer(request: pytest.FixtureRequest) -> DualInfer:
         mode=settings.mode,
         device=_session_device(request.config),
         budget=settings.budget,
-        **tolerance,
+        **defaults,
     )
 
 

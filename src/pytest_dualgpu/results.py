@@ -101,6 +101,7 @@ class SyncStats:
     race_failures: int = 0
     seed: int | None = None
     first_failure: str | None = None
+    sanitizer: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

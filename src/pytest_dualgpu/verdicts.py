@@ -47,15 +47,18 @@ class CorrectSpec:
 
 @dataclass(frozen=True)
 class SyncSpec:
-    """``dualgpu_sync(trials=8, implicit="error", sanitizer=False)``."""
+    """``dualgpu_sync(trials=8, implicit="error", sanitizer=False, seed=None)``; seed replays trials."""
 
     trials: int = 8
     implicit: Literal["error", "warn", "ignore"] = "error"
     sanitizer: bool = False
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 0:
             raise DualGpuUsageError(f"trials must be an integer >= 0, got {self.trials!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise DualGpuUsageError(f"seed must be an integer (a seed a failure reported), got {self.seed!r}")
         if self.implicit not in ("error", "warn", "ignore"):
             raise DualGpuUsageError(f"implicit must be 'error', 'warn' or 'ignore', got {self.implicit!r}")
         _check_bool("sanitizer", self.sanitizer)
@@ -117,8 +120,8 @@ MARKERS: dict[str, tuple[type, str]] = {
     ),
     "dualgpu_sync": (
         SyncSpec,
-        "dualgpu_sync(trials=8, implicit='error', sanitizer=False): no host synchronization inside the lanes "
-        "and outputs stay correct when races are provoked",
+        "dualgpu_sync(trials=8, implicit='error', sanitizer=False, seed=None): no host synchronization "
+        "inside the lanes, and outputs stay correct over trials with random delays injected",
     ),
     "dualgpu_speedup": (
         SpeedupSpec,
@@ -216,9 +219,11 @@ def _judge_sync(result: DualResult, spec: SyncSpec) -> Verdict:
     problems = []
     if sync.race_failures:
         problems.append(
-            f"{sync.race_failures} of {sync.race_trials} race trials gave wrong outputs "
-            f"(seed {sync.seed}): {sync.first_failure}"
+            f"{sync.race_failures} of {sync.race_trials} trials with random delays went wrong, first "
+            f"{sync.first_failure} (replay with dualgpu_sync(seed={sync.seed}))"
         )
+    if sync.sanitizer:
+        problems.append(f"the CUDA sanitizer found unsynchronized accesses: {'; '.join(sync.sanitizer[:3])}")
     if not result.correct:
         problems.append(
             "the concurrent outputs differ from each lane run alone: " + "; ".join(result.mismatches[:2])

@@ -1,0 +1,219 @@
+"""Synchronization checks: host syncs inside the lanes, provoked races, and PyTorch's CUDA sanitizer.
+
+Races between lanes pass most runs, because the lanes usually finish in the same order. Race amplification
+reruns the concurrent pass with random delays: at each lane's start, and before randomly chosen operators
+inside the lanes (a ``TorchDispatchMode``, entered in the lane's own thread since dispatch modes are per
+thread), so a consumer that does not wait for its producer reads too early, and a race inside a model's
+own multi-stream code is widened too. Every trial's outputs are compared with the reference; the seed is
+kept, so a failing trial can be replayed (thread scheduling still varies, so a replay is likely, not
+certain, to fail the same way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import linecache
+import random
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .backends import Backend
+from .compare import Tolerance, compare_lanes
+from .lanes import Executor, Lane
+from .results import SyncStats
+from .trees import iter_tensors
+
+START_DELAY_SECONDS = 0.003
+OPERATOR_DELAY_SECONDS = 0.001
+OPERATOR_DELAY_PROBABILITY = 0.25
+MAX_DELAYS_PER_LANE = 32
+GPU_CYCLES_PER_SECOND = 1.5e9  # torch.cuda._sleep spins in clock cycles; about right for current GPUs
+
+
+class DelayInjector(TorchDispatchMode):
+    """Sleeps before some operators: on the CPU the lane's thread, on CUDA the lane's current stream."""
+
+    def __init__(self, backend: Backend, rng: random.Random) -> None:
+        super().__init__()
+        self.backend = backend
+        self.rng = rng
+        self.schedule: list[tuple[int, float]] = []  # (operator number, seconds) of each delay
+        self.operators = 0
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        self.operators += 1
+        if len(self.schedule) < MAX_DELAYS_PER_LANE and self.rng.random() < OPERATOR_DELAY_PROBABILITY:
+            seconds = self.rng.uniform(0, OPERATOR_DELAY_SECONDS)
+            self.schedule.append((self.operators, seconds))
+            delay(self.backend, seconds)
+        return func(*args, **(kwargs or {}))
+
+
+def delay(backend: Backend, seconds: float) -> None:
+    if backend.kind == "cuda":
+        torch.cuda._sleep(int(seconds * GPU_CYCLES_PER_SECOND))
+    else:
+        threading.Event().wait(seconds)
+
+
+def delayed_calls(backend: Backend, calls: Sequence[Callable[[], Any]], seed: int) -> list[Callable[[], Any]]:
+    """Each lane's call with a random start delay and delays injected before its operators."""
+    master = random.Random(seed)
+    return [_delayed(backend, call, random.Random(master.getrandbits(64))) for call in calls]
+
+
+def _delayed(backend: Backend, call: Callable[[], Any], rng: random.Random) -> Callable[[], Any]:
+    def delayed() -> Any:
+        delay(backend, rng.uniform(0, START_DELAY_SECONDS))
+        with DelayInjector(backend, rng):
+            return call()
+
+    return delayed
+
+
+@dataclass
+class SyncSettings:
+    """What to check, from ``dual_infer(..., race_trials=, race_seed=, detect_syncs=, sanitizer=)``."""
+
+    trials: int = 0
+    seed: int | None = None
+    detect_syncs: bool = False
+    sanitizer: bool = False
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.trials or self.detect_syncs or self.sanitizer)
+
+
+def check(
+    executor: Executor,
+    concurrent: Callable[[Sequence[Callable[[], Any]], str], Any],
+    reference: Sequence[Any],
+    tolerance: Tolerance,
+    settings: SyncSettings,
+) -> SyncStats:
+    """Run the asked-for checks with ``concurrent(calls, run)``, which runs the lanes at once once."""
+    backend = executor.backend
+    names = [lane.name for lane in executor.lanes]
+    calls: list[Callable[[], Any]] = list(executor.lanes)
+    stats = SyncStats()
+    if settings.detect_syncs and backend.kind == "cuda":
+        stats.implicit_syncs = _host_syncs(executor, names)
+    if settings.trials:
+        stats.seed = random.SystemRandom().randrange(2**31) if settings.seed is None else settings.seed
+        shared = _shared_inputs(executor.lanes)
+        for trial in range(settings.trials):
+            before = _snapshot(shared)
+            run = concurrent(delayed_calls(backend, calls, stats.seed + trial), f"race trial {trial + 1}")
+            stats.race_trials += 1
+            problem = _written_inputs(shared, before)
+            comparison = compare_lanes(names, reference, run.outputs, tolerance)
+            if problem is None and not comparison.correct:
+                problem = comparison.mismatches[0]
+            if problem is not None:
+                stats.race_failures += 1
+                if stats.first_failure is None:
+                    stats.first_failure = f"trial {trial + 1}: {problem}"
+    if settings.sanitizer and backend.kind == "cuda":
+        stats.sanitizer = _sanitized_run(executor, calls)
+    return stats
+
+
+def _host_syncs(executor: Executor, names: Sequence[str]) -> list[dict[str, str]]:
+    """One concurrent pass (every lane on its stream, from this thread) with sync debug mode on "warn".
+
+    Lanes are issued one after another from this thread, so the lane that was running when a warning
+    came is the lane that synchronized.
+    """
+    running: list[str] = ["?"]
+    found: dict[tuple[str, str], dict[str, str]] = {}
+
+    def labelled(index: int, call: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            running[0] = names[index]
+            return call()
+
+        return run
+
+    def record(message: Any, category: Any, filename: str, lineno: int, *_: Any, **__: Any) -> None:
+        if "synchroniz" in str(message):
+            where = f"{filename}:{lineno}"
+            source = linecache.getline(filename, lineno).strip() or str(message)
+            found.setdefault((running[0], where), {"lane": running[0], "where": where, "call": source})
+
+    calls = [labelled(index, lane) for index, lane in enumerate(executor.lanes)]
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            executor.streams(1, calls, "host sync check")
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return list(found.values())
+
+
+def _sanitized_run(executor: Executor, calls: Sequence[Callable[[], Any]]) -> list[str]:
+    """One concurrent pass under PyTorch's CUDA sanitizer; the races it names, or none."""
+    from torch.cuda import _sanitizer
+
+    with _sanitizer_mode(_sanitizer):
+        try:
+            executor.streams(1, calls, "sanitizer check")
+        except Exception as error:
+            cause = error.__cause__ if error.__cause__ is not None else error
+            if isinstance(cause, _sanitizer.CUDASanitizerErrors):
+                return [str(found).strip().splitlines()[0] for found in cause.errors]
+            raise
+    return []
+
+
+_sanitizer_modes: list[Any] = []
+
+
+@contextlib.contextmanager
+def _sanitizer_mode(module: Any) -> Iterator[Any]:
+    """The sanitizer's dispatch mode; made once per process, as it hooks CUDA tracing for good."""
+    if not _sanitizer_modes:
+        _sanitizer_modes.append(module.CUDASanitizerDispatchMode())
+    with _sanitizer_modes[0] as mode:
+        yield mode
+
+
+def _shared_inputs(lanes: Sequence[Lane]) -> list[tuple[str, torch.Tensor]]:
+    """Input tensors that more than one lane reads: a lane writing to one of them races the others."""
+    owners: dict[int, list[str]] = {}
+    tensors: dict[int, torch.Tensor] = {}
+    for lane in lanes:
+        for tensor in iter_tensors((lane.args, lane.kwargs)):
+            key = tensor.untyped_storage().data_ptr()
+            if lane.name not in owners.setdefault(key, []):
+                owners[key].append(lane.name)
+            tensors[key] = tensor
+    return [(" and ".join(names), tensors[key]) for key, names in owners.items() if len(names) > 1]
+
+
+def _snapshot(shared: Sequence[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
+    return [tensor.clone() for _, tensor in shared]
+
+
+def _written_inputs(shared: Sequence[tuple[str, torch.Tensor]], before: Sequence[torch.Tensor]) -> str | None:
+    for (owners, tensor), copy in zip(shared, before, strict=True):
+        if not _same(tensor, copy):
+            return f"an input shared by lanes {owners} was changed in place during the concurrent run"
+    return None
+
+
+def _same(left: torch.Tensor, right: torch.Tensor) -> bool:
+    if left.is_floating_point() or left.is_complex():
+        return torch.equal(left.isnan(), right.isnan()) and torch.equal(left.nan_to_num(), right.nan_to_num())
+    return torch.equal(left, right)

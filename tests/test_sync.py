@@ -1,0 +1,93 @@
+"""Race amplification on CPU: delays really are injected, replayable by seed, and races are caught."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from models import MLP, SleepLane
+
+from pytest_dualgpu import DualGpuUsageError, dual_infer
+from pytest_dualgpu.backends import Backend
+from pytest_dualgpu.sync import DelayInjector
+
+FAST = {"budget": 0.05}
+
+
+class ManyOps(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(40):
+            x = x + 1
+        return x
+
+
+class WritesItsInput(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.add_(1)
+        return x * 2
+
+
+def schedule(seed: int) -> list[tuple[int, float]]:
+    injector = DelayInjector(Backend(torch.device("cpu"), 1), random.Random(seed))
+    with injector:
+        ManyOps()(torch.zeros(2))
+    assert 40 <= injector.operators <= 42
+    return injector.schedule
+
+
+def test_delays_are_injected_before_operators_and_a_seed_replays_them() -> None:
+    first = schedule(7)
+    assert 2 <= len(first) <= 30
+    assert all(1 <= operator <= 42 and 0 <= seconds <= 0.001 for operator, seconds in first)
+    assert schedule(7) == first
+    assert schedule(8) != first
+
+
+def test_a_correct_pair_passes_every_trial_and_keeps_the_seed() -> None:
+    result = dual_infer(MLP(), MLP(), torch.randn(8, 64), race_trials=8, **FAST)
+    assert (result.sync.race_trials, result.sync.race_failures) == (8, 0)
+    assert isinstance(result.sync.seed, int)
+    assert result.sync.first_failure is None
+    again = dual_infer(MLP(), MLP(), torch.randn(8, 64), race_trials=2, race_seed=result.sync.seed, **FAST)
+    assert again.sync.seed == result.sync.seed
+
+
+def test_a_lane_writing_its_shared_input_is_caught_by_the_trials_and_by_the_comparison() -> None:
+    result = dual_infer(WritesItsInput(), SleepLane(0.001), torch.zeros(4), race_trials=4, **FAST)
+    assert not result.correct
+    assert result.sync.race_failures == 4
+    assert result.sync.first_failure == (
+        "trial 1: an input shared by lanes WritesItsInput and SleepLane was changed in place during the "
+        "concurrent run"
+    )
+
+
+def test_own_inputs_written_in_place_still_fail_the_trials_through_their_outputs() -> None:
+    result = dual_infer(
+        WritesItsInput(), SleepLane(0.001), torch.zeros(4), torch.zeros(4), race_trials=3, **FAST
+    )
+    assert result.sync.race_failures == 3
+    assert result.sync.first_failure is not None
+    assert result.sync.first_failure.startswith("trial 1: lane 'WritesItsInput' output: ")
+
+
+def test_host_sync_detection_and_the_sanitizer_are_cuda_only() -> None:
+    result = dual_infer(MLP(), MLP(), torch.randn(2, 64), detect_syncs=True, sanitizer=True, **FAST)
+    assert result.sync.implicit_syncs == []
+    assert result.sync.sanitizer == []
+    assert result.sync.race_trials == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"race_trials": -1}, "race_trials must be an integer >= 0, got -1"),
+        ({"race_trials": True}, "race_trials must be an integer >= 0, got True"),
+        ({"race_seed": "abc"}, "race_seed must be an integer (to replay a failing trial), got 'abc'"),
+        ({"detect_syncs": "yes"}, "detect_syncs must be True or False, got 'yes'"),
+    ],
+)
+def test_bad_sync_settings_are_refused(setting: dict[str, object], message: str) -> None:
+    with pytest.raises(DualGpuUsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        dual_infer(MLP(), MLP(), torch.randn(2, 64), **setting, **FAST)
