@@ -21,9 +21,10 @@ from .backends import Backend, drop_locals, make_backend
 from .compare import Tolerance, compare_lanes
 from .devices import device_name, measuring_lock, resolve_device
 from .errors import ConcurrentOutOfMemoryError, DualGpuError, DualGpuUsageError, LaneError
-from .inputs import make_lanes
+from .inputs import check_models, lane_names_for, make_lanes, to_device
 from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run, StreamsMode
 from .measure import Samples, measure_rounds, reps_for, time_once
+from .pipeline import PIPELINE_MODES, HandOff, PipelineCalls, best_time, split_batch
 from .results import DualResult, LaneResult, Measurement, MemoryStats, ModeProbe, SyncStats
 from .settings import MODES
 from .sync import SyncSettings
@@ -141,9 +142,33 @@ class DualInfer:
         **settings: Any,
     ) -> DualResult:
         """Run N models concurrently, ``inputs[i]`` going to ``models[i]``."""
+        return self._observed(
+            lambda call_settings: run_call(models, inputs, names=names, name=name, settings=call_settings),
+            settings,
+        )
+
+    def pipeline(
+        self,
+        producer: Callable[..., Any],
+        consumer: Callable[..., Any],
+        inputs: Any,
+        micro_batches: int = 4,
+        *,
+        names: Sequence[str] | None = None,
+        name: str | None = None,
+        **settings: Any,
+    ) -> DualResult:
+        """The consumer runs on the producer's output, micro-batch by micro-batch, overlapping the two."""
+        return self._observed(
+            lambda call_settings: run_pipeline(
+                producer, consumer, inputs, micro_batches, names=names, name=name, settings=call_settings
+            ),
+            settings,
+        )
+
+    def _observed(self, run: Callable[[CallSettings], DualResult], settings: dict[str, Any]) -> DualResult:
         try:
-            call_settings = self._settings(settings)
-            result = run_call(models, inputs, names=names, name=name, settings=call_settings)
+            result = run(self._settings(settings))
         except DualGpuError as error:
             if self.on_error is not None:
                 self.on_error(error)
@@ -178,14 +203,58 @@ def run_call(
 ) -> DualResult:
     device = resolve_device(settings.device)
     lanes = make_lanes(models, inputs, names, device)
-    lane_names = [lane.name for lane in lanes]
-    backend = make_backend(device, len(lanes))
+    return _measured(make_backend(device, len(lanes)), lanes, settings, name)
+
+
+def run_pipeline(
+    producer: Callable[..., Any],
+    consumer: Callable[..., Any],
+    inputs: Any,
+    micro_batches: int,
+    *,
+    names: Sequence[str] | None,
+    name: str | None,
+    settings: CallSettings,
+    hand_off_wait: bool = True,
+) -> DualResult:
+    """``hand_off_wait=False`` removes the consumer's wait: a broken pipeline, for the tests only."""
+    device = resolve_device(settings.device)
+    lane_names = lane_names_for([producer, consumer], names)
+    check_models([producer, consumer], [inputs, inputs], lane_names, device)
+    inputs = to_device(inputs, device)
+    backend = make_backend(device, 2)
+    hand_off = HandOff(micro_batches if isinstance(micro_batches, int) else 0, backend, settings.timeout)
+    hand_off.wait = hand_off_wait
+    calls = PipelineCalls(producer, consumer, split_batch(inputs, micro_batches), hand_off)
+    lanes = [
+        Lane(lane_names[0], calls.producer_handing_over),
+        Lane(lane_names[1], calls.consumer_taking_over),
+    ]
+    plan = PipelinePlan(calls, inputs, micro_batches)
+    return _measured(backend, lanes, settings, name or " -> ".join(lane_names), plan)
+
+
+@dataclass
+class PipelinePlan:
+    calls: PipelineCalls
+    inputs: Any
+    micro_batches: int
+
+
+def _measured(
+    backend: Backend,
+    lanes: list[Lane],
+    settings: CallSettings,
+    name: str | None,
+    plan: PipelinePlan | None = None,
+) -> DualResult:
+    device = backend.device
     with measuring_lock(device) as waited:
-        measurement = _Measuring(backend, lanes, settings, lock_wait=waited)
+        measurement = _Measuring(backend, lanes, settings, lock_wait=waited, pipeline=plan)
         if waited > LOCK_WAIT_WARNING_SECONDS:
             measurement.warnings.append(f"waited {waited:.1f} s for the {device.type} measuring lock")
         try:
-            return measurement.run(name or "+".join(lane_names))
+            return measurement.run(name or "+".join(lane.name for lane in lanes))
         except BaseException as error:
             # Every failure gives cached device memory back; after running out of it, the frames that
             # still hold the lane's tensors are cleared first, or there would be nothing to give back.
@@ -206,10 +275,16 @@ class _Measuring:
     """The state of one call while it measures."""
 
     def __init__(
-        self, backend: Backend, lanes: list[Lane], settings: CallSettings, lock_wait: float = 0.0
+        self,
+        backend: Backend,
+        lanes: list[Lane],
+        settings: CallSettings,
+        lock_wait: float = 0.0,
+        pipeline: PipelinePlan | None = None,
     ) -> None:
         self.backend = backend
         self.lock_wait = lock_wait
+        self.pipeline = pipeline
         self.lanes = lanes
         self.settings = settings
         self.names = [lane.name for lane in lanes]
@@ -220,8 +295,12 @@ class _Measuring:
 
     def run(self, name: str) -> DualResult:
         with Executor(self.backend, self.lanes, self.settings.timeout) as executor:
-            eager = Mode(executor)
+            eager = self._mode("sequential", executor)
+            if self.pipeline is not None:
+                self.pipeline.calls.prepare()
             reference = self._warm_up_alone(eager)
+            if self.pipeline is not None:
+                reference[-1] = self.pipeline.calls.whole_batch(self.pipeline.inputs)
             modes = self._build_modes(executor)
             try:
                 reps = reps_for(
@@ -241,6 +320,12 @@ class _Measuring:
         result = self._result(name, chosen.name, samples, reps, memory, outputs, reference)
         result.sync = sync
         return result
+
+    def _best_time(self, alone: list[float]) -> float:
+        """What perfect overlap would take: the slowest lane, or a pipeline's fill time on top of it."""
+        if self.pipeline is None:
+            return max(alone)
+        return best_time(alone, self.pipeline.micro_batches)
 
     def _sync_checks(self, mode: Mode, executor: Executor, reference: list[Any]) -> SyncStats:
         """Host syncs, provoked races and the sanitizer, each with eager calls in the chosen style."""
@@ -282,12 +367,19 @@ class _Measuring:
         )
         return [available[0]]
 
+    def _mode(self, mode_name: str, executor: Executor) -> Mode:
+        if self.pipeline is None:
+            return MODE_CLASSES[mode_name](executor)
+        if mode_name not in PIPELINE_MODES:
+            raise GraphCaptureError.because("graphs are not available for pipelines yet")
+        return PIPELINE_MODES[mode_name](executor, self.pipeline.calls)
+
     def _build_modes(self, executor: Executor) -> list[Mode]:
         modes: list[Mode] = []
         candidates = self._candidate_modes()
         for mode_name in candidates:  # grows when a graphs-only request falls back to threads
             try:
-                mode = MODE_CLASSES[mode_name](executor)
+                mode = self._mode(mode_name, executor)
             except GraphCaptureError as error:
                 self.probes[mode_name] = ModeProbe(mode_name, error=error.reason)
                 if candidates == [mode_name]:
@@ -414,8 +506,9 @@ class _Measuring:
             eager_sequential=measured("eager sequential") if "eager sequential" in samples.elapsed else None,
             speedup=stats.median(ratios),
             speedup_ci=stats.median_ci(ratios),
-            ideal_speedup=sum(alone) / max(alone) if max(alone) > 0 else 1.0,
-            efficiency=_efficiency(samples, len(lanes)),
+            ideal_speedup=sum(alone) / self._best_time(alone) if max(alone) > 0 else 1.0,
+            efficiency=_efficiency(samples, len(lanes), self._best_time),
+            micro_batches=self.pipeline.micro_batches if self.pipeline is not None else None,
             overlap=stats.median(samples.overlaps["concurrent"]),
             correct=comparison.correct,
             max_abs_err=comparison.max_abs_err,
@@ -441,8 +534,11 @@ class _Measuring:
         )
 
 
-def _efficiency(samples: Samples, lane_count: int) -> float | None:
-    """Median over rounds of (sequential - concurrent) / (sequential - slowest lane alone).
+def _efficiency(samples: Samples, lane_count: int, best_time: Callable[[list[float]], float]) -> float | None:
+    """Median over rounds of (sequential - concurrent) / (sequential - best possible concurrent time).
+
+    The best possible time is the slowest lane alone, or for a pipeline of k micro-batches that plus the
+    faster lane's share of one micro-batch.
 
     Per round, like the speedup: on a machine whose speed drifts, the medians of separately sorted
     variants can come from different phases and disagree with the paired speedup.
@@ -451,7 +547,7 @@ def _efficiency(samples: Samples, lane_count: int) -> float | None:
     for round_index in range(samples.rounds):
         sequential = samples.elapsed["sequential"][round_index]
         concurrent = samples.elapsed["concurrent"][round_index]
-        slowest = max(samples.elapsed[f"alone:{lane}"][round_index] for lane in range(lane_count))
-        if sequential > slowest:
-            per_round.append((sequential - concurrent) / (sequential - slowest))
+        best = best_time([samples.elapsed[f"alone:{lane}"][round_index] for lane in range(lane_count)])
+        if sequential > best:
+            per_round.append((sequential - concurrent) / (sequential - best))
     return stats.median(per_round) if per_round else None

@@ -235,6 +235,8 @@ class GraphsMode(StreamsMode):
 
 
 class GraphCaptureError(Exception):
+    """Why a lane could not run as a CUDA graph; the call falls back to ``threads``."""
+
     def __init__(self, lane: str, error: BaseException) -> None:
         # Ending a broken capture raises again; the first error in the chain is the one that explains it.
         while error.__context__ is not None:
@@ -242,6 +244,13 @@ class GraphCaptureError(Exception):
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         self.reason = f"graph capture of lane {lane!r} failed: {type(error).__name__}: {first_line}"
         super().__init__(self.reason)
+
+    @classmethod
+    def because(cls, reason: str) -> GraphCaptureError:
+        error = cls.__new__(cls)
+        error.reason = reason
+        Exception.__init__(error, reason)
+        return error
 
 
 def _returning(replay: Callable[[], None], outputs: Any) -> Callable[[], Any]:

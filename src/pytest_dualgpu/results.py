@@ -160,6 +160,7 @@ class DualResult:
     rounds: int = 0
     reps: int = 1
     lock_wait: float = 0.0
+    micro_batches: int | None = None
     # The last round's busy intervals of each lane (its first repetitions), for traces; overlap used all.
     timelines: dict[str, list[LaneTimeline]] = field(default_factory=dict)
     outputs: list[Any] | None = field(default=None, repr=False, compare=False)
@@ -198,6 +199,7 @@ class DualResult:
             "rounds": self.rounds,
             "reps": self.reps,
             "lock_wait": self.lock_wait,
+            "micro_batches": self.micro_batches,
             "timelines": {
                 run: [{"lane": line.lane, "intervals": [list(iv) for iv in line.intervals]} for line in lines]
                 for run, lines in self.timelines.items()
@@ -242,6 +244,7 @@ class DualResult:
             rounds=data.get("rounds", 0),
             reps=data.get("reps", 1),
             lock_wait=data.get("lock_wait", 0.0),
+            micro_batches=data.get("micro_batches"),
             timelines={
                 run: [
                     LaneTimeline(line["lane"], tuple(_interval(iv) for iv in line["intervals"]))

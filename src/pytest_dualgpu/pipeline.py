@@ -1,0 +1,249 @@
+"""Producer/consumer pipelines: one model's output is the other's input, micro-batch by micro-batch.
+
+The batch is split into micro-batches. The producer's lane runs them one after another and hands each
+output over through a slot; the consumer's lane takes slot i as soon as it is filled and runs on it, so the
+consumer works on micro-batch i while the producer works on i + 1. On CUDA a slot carries an event recorded
+on the producer's stream: the consumer's stream waits for it, and the tensors get ``record_stream`` so the
+allocator does not hand their memory to the producer again while the consumer still reads it. A slot holds
+one micro-batch, so a fast producer waits for the consumer to empty it (back-pressure).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .backends import Backend
+from .errors import DualGpuUsageError
+from .inputs import arguments
+from .lanes import Executor, Mode, Run
+from .trees import iter_tensors, map_tensors
+
+
+def split_batch(inputs: Any, micro_batches: int) -> list[Any]:
+    """The inputs cut along dim 0 into ``micro_batches`` parts; tensors without that batch dim are shared."""
+    tensors = [tensor for tensor in iter_tensors(inputs) if tensor.dim() > 0]
+    if not tensors:
+        raise DualGpuUsageError("pipeline inputs need a tensor with a batch dimension to split")
+    batch = tensors[0].shape[0]
+    if (
+        isinstance(micro_batches, bool)
+        or not isinstance(micro_batches, int)
+        or not 1 <= micro_batches <= batch
+    ):
+        raise DualGpuUsageError(
+            f"micro_batches must be an integer from 1 to the batch size {batch}, got {micro_batches!r}"
+        )
+    return [
+        map_tensors(inputs, functools.partial(_part, batch=batch, count=micro_batches, part=part))
+        for part in range(micro_batches)
+    ]
+
+
+def _part(tensor: torch.Tensor, *, batch: int, count: int, part: int) -> torch.Tensor:
+    if tensor.dim() == 0 or tensor.shape[0] != batch:
+        return tensor
+    return torch.tensor_split(tensor, count)[part]
+
+
+def concat(outputs: Sequence[Any]) -> Any:
+    """The micro-batches' outputs joined along dim 0, in the structure of one of them."""
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(outputs)) if first.dim() > 0 else first
+    if isinstance(first, dict):
+        return type(first)((key, concat([output[key] for output in outputs])) for key in first)
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(concat([output[i] for output in outputs]) for i in range(len(first))))
+    if isinstance(first, (tuple, list)):
+        return type(first)(concat([output[i] for output in outputs]) for i in range(len(first)))
+    return first
+
+
+class HandOff:
+    """One slot per micro-batch between the producer's lane and the consumer's.
+
+    Each slot is tagged with the run it belongs to (the producer's and the consumer's runs are counted
+    separately and always advance together), so a late hand-over from an earlier run is never taken for
+    this run's. ``wait=False`` is the broken pipeline the tests need: the consumer takes what the slot holds
+    for this run without waiting, and an empty slot gives it a poisoned stand-in (NaN, or -1 for integers)
+    shaped like the real output.
+    """
+
+    def __init__(self, count: int, backend: Backend, timeout: float, wait: bool = True) -> None:
+        self.backend = backend
+        self.timeout = timeout
+        self.wait = wait
+        self.slots: list[tuple[int, Any, Any] | None] = [None] * count
+        self.poison: list[Any] = [None] * count
+        self.failed: BaseException | None = None
+        self.changed = threading.Condition()
+
+    def publish(self, run: int, index: int, value: Any) -> None:
+        event = None
+        if self.backend.kind == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        with self.changed:
+            if self.wait and not self.changed.wait_for(lambda: self.slots[index] is None, self.timeout):
+                raise TimeoutError(f"the consumer did not take micro-batch {index} within {self.timeout} s")
+            self.slots[index] = (run, value, event)
+            self.changed.notify_all()
+
+    def take(self, run: int, index: int) -> Any:
+        def ready() -> bool:
+            slot = self.slots[index]
+            return (slot is not None and slot[0] == run) or self.failed is not None
+
+        with self.changed:
+            if self.wait and not self.changed.wait_for(ready, self.timeout):
+                raise TimeoutError(
+                    f"the producer did not hand over micro-batch {index} within {self.timeout} s"
+                )
+            if self.failed is not None:
+                raise RuntimeError("the producer failed, so there is nothing to consume") from self.failed
+            slot = self.slots[index]
+            if slot is None or slot[0] != run:
+                return self.poison[index]
+            self.slots[index] = None
+            self.changed.notify_all()
+        _, value, event = slot
+        if event is not None and self.wait:
+            stream = torch.cuda.current_stream()
+            stream.wait_event(event)
+            for tensor in iter_tensors(value):
+                tensor.record_stream(stream)
+        return value
+
+    def abort(self, error: BaseException) -> None:
+        with self.changed:
+            self.failed = error
+            self.changed.notify_all()
+
+    def reset(self) -> None:
+        with self.changed:
+            self.failed = None
+            self.slots = [None] * len(self.slots)
+
+
+class PipelineCalls:
+    """The four ways the two models run: each alone, and handing over (back to back or at once)."""
+
+    def __init__(
+        self,
+        producer: Callable[..., Any],
+        consumer: Callable[..., Any],
+        parts: Sequence[Any],
+        hand_off: HandOff,
+    ) -> None:
+        self.producer = producer
+        self.consumer = consumer
+        self.parts = [arguments(part) for part in parts]
+        self.hand_off = hand_off
+        self.produced: list[Any] = []
+        self.producer_runs = 0
+        self.consumer_runs = 0
+
+    def prepare(self) -> None:
+        """Run the producer once: the consumer's alone runs need its outputs, the hand-off their shapes."""
+        with torch.no_grad():
+            self.produced = self.producer_alone()
+        self.hand_off.poison = [map_tensors(output, _poisoned) for output in self.produced]
+
+    def whole_batch(self, inputs: Any) -> Any:
+        """The reference: the consumer on the producer's output for the whole batch at once."""
+        args, kwargs = arguments(inputs)
+        with torch.no_grad():
+            return _consume(self.consumer, self.producer(*args, **kwargs))
+
+    def producer_alone(self) -> list[Any]:
+        return [self.producer(*args, **kwargs) for args, kwargs in self.parts]
+
+    def consumer_alone(self) -> Any:
+        return concat([_consume(self.consumer, produced) for produced in self.produced])
+
+    def reset(self) -> None:
+        self.hand_off.reset()
+        self.producer_runs = self.consumer_runs = 0
+
+    def producer_handing_over(self) -> list[Any]:
+        self.producer_runs += 1
+        outputs = []
+        try:
+            for index, (args, kwargs) in enumerate(self.parts):
+                output = self.producer(*args, **kwargs)
+                self.hand_off.publish(self.producer_runs, index, output)
+                outputs.append(output)
+        except BaseException as error:
+            self.hand_off.abort(error)
+            raise
+        return outputs
+
+    def consumer_taking_over(self) -> Any:
+        self.consumer_runs += 1
+        run = self.consumer_runs
+        return concat(
+            [_consume(self.consumer, self.hand_off.take(run, index)) for index in range(len(self.parts))]
+        )
+
+
+def _consume(consumer: Callable[..., Any], produced: Any) -> Any:
+    args, kwargs = arguments(produced)
+    return consumer(*args, **kwargs)
+
+
+def _poisoned(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.is_floating_point() or tensor.is_complex():
+        return torch.full_like(tensor, float("nan"))
+    return torch.full_like(tensor, -1)
+
+
+class PipelineMode(Mode):
+    """Back to back: the producer over every micro-batch, then the consumer (one stream, one thread)."""
+
+    def __init__(self, executor: Executor, calls: PipelineCalls) -> None:
+        super().__init__(executor)
+        self.pipeline = calls
+        self.calls = [calls.producer_handing_over, calls.consumer_taking_over]
+        self.alone: list[Callable[[], Any]] = [calls.producer_alone, calls.consumer_alone]
+
+    def baseline(self, lanes: Sequence[int], reps: int, run: str = "sequential run") -> Run:
+        calls = self.alone if len(lanes) == 1 else self.calls
+        self.pipeline.reset()
+        return self.executor.sequential(lanes, reps, calls, run)
+
+
+class StreamsPipelineMode(PipelineMode):
+    name = "streams"
+
+    def concurrent(self, reps: int) -> Run:
+        self.pipeline.reset()
+        return self.executor.streams(reps, self.calls, f"concurrent run ({self.name})")
+
+
+class ThreadsPipelineMode(PipelineMode):
+    name = "threads"
+
+    def concurrent(self, reps: int) -> Run:
+        self.pipeline.reset()
+        return self.executor.threads(reps, self.calls, f"concurrent run ({self.name})")
+
+
+PIPELINE_MODES: dict[str, type[PipelineMode]] = {
+    "sequential": PipelineMode,
+    "streams": StreamsPipelineMode,
+    "threads": ThreadsPipelineMode,
+}
+
+
+def pipeline_ideal(alone: Sequence[float], micro_batches: int) -> float:
+    """(Tp + Tc) / (max + min / k): the consumer can start only after the producer's first micro-batch."""
+    return sum(alone) / best_time(alone, micro_batches) if max(alone) > 0 else 1.0
+
+
+def best_time(alone: Sequence[float], micro_batches: int) -> float:
+    return max(alone) + min(alone) / micro_batches
