@@ -222,10 +222,10 @@ def run_pipeline(
     lane_names = lane_names_for([producer, consumer], names)
     check_models([producer, consumer], [inputs, inputs], lane_names, device)
     inputs = to_device(inputs, device)
+    parts = split_batch(inputs, micro_batches)
     backend = make_backend(device, 2)
-    hand_off = HandOff(micro_batches if isinstance(micro_batches, int) else 0, backend, settings.timeout)
-    hand_off.wait = hand_off_wait
-    calls = PipelineCalls(producer, consumer, split_batch(inputs, micro_batches), hand_off)
+    hand_off = HandOff(len(parts), backend, settings.timeout, wait=hand_off_wait)
+    calls = PipelineCalls(producer, consumer, parts, hand_off)
     lanes = [
         Lane(lane_names[0], calls.producer_handing_over),
         Lane(lane_names[1], calls.consumer_taking_over),
@@ -297,7 +297,10 @@ class _Measuring:
         with Executor(self.backend, self.lanes, self.settings.timeout) as executor:
             eager = self._mode("sequential", executor)
             if self.pipeline is not None:
-                self.pipeline.calls.prepare()
+                try:
+                    self.pipeline.calls.prepare()
+                except Exception as error:
+                    raise LaneError(self.names[0], f"alone run of lane {self.names[0]!r}", error) from error
             reference = self._warm_up_alone(eager)
             if self.pipeline is not None:
                 reference[-1] = self.pipeline.calls.whole_batch(self.pipeline.inputs)

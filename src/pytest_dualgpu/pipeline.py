@@ -160,6 +160,12 @@ class PipelineCalls:
         with torch.no_grad():
             return _consume(self.consumer, self.producer(*args, **kwargs))
 
+    def back_to_back(self) -> Any:
+        """The baseline: each micro-batch through the producer, then the consumer, on one stream."""
+        return concat(
+            [_consume(self.consumer, self.producer(*args, **kwargs)) for args, kwargs in self.parts]
+        )
+
     def producer_alone(self) -> list[Any]:
         return [self.producer(*args, **kwargs) for args, kwargs in self.parts]
 
@@ -212,9 +218,14 @@ class PipelineMode(Mode):
         self.alone: list[Callable[[], Any]] = [calls.producer_alone, calls.consumer_alone]
 
     def baseline(self, lanes: Sequence[int], reps: int, run: str = "sequential run") -> Run:
-        calls = self.alone if len(lanes) == 1 else self.calls
-        self.pipeline.reset()
-        return self.executor.sequential(lanes, reps, calls, run)
+        """Each stage alone, or both back to back (as one lane: there is nothing to hand over)."""
+        if len(lanes) == 1:
+            return self.executor.sequential(lanes, reps, self.alone, run)
+        return self.executor.sequential([0], reps, [self.pipeline.back_to_back], run)
+
+    def concurrent(self, reps: int) -> Run:
+        """In ``sequential`` mode: each stage over every micro-batch, one after the other."""
+        return self.executor.sequential([0, 1], reps, self.alone, f"concurrent run ({self.name})")
 
 
 class StreamsPipelineMode(PipelineMode):
