@@ -28,6 +28,7 @@ from .report import (
     markdown,
 )
 from .settings import Settings
+from .verdicts import speedup_hint
 
 OURS = (PROPERTY, ERROR_PROPERTY)
 
@@ -134,6 +135,9 @@ class ResultCollector:
                     write(line)
             else:
                 write("no dual_infer results in this session")
+            for row in rows:
+                if row.verdicts.get("speedup") == "fail":
+                    write(f"{row.label}: speedup hint: {speedup_hint(row.result)}", red=True)
             for error in self.sorted_errors():
                 write(f"{error.nodeid}: dual_infer call {error.call + 1} raised {error.error}", red=True)
             for row in rows:

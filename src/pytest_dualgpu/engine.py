@@ -20,6 +20,7 @@ from . import stats
 from .backends import Backend, drop_locals, make_backend
 from .compare import Tolerance, compare_lanes
 from .devices import device_name, measuring_lock, resolve_device
+from .diagnosis import no_overlap_hint
 from .errors import ConcurrentOutOfMemoryError, DualGpuError, DualGpuUsageError, LaneError
 from .inputs import check_models, lane_names_for, make_lanes, to_device
 from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run, StreamsMode
@@ -322,6 +323,7 @@ class _Measuring:
                     mode.close()
         result = self._result(name, chosen.name, samples, reps, memory, outputs, reference)
         result.sync = sync
+        result.hint = no_overlap_hint(result)
         return result
 
     def _best_time(self, alone: list[float]) -> float:

@@ -161,6 +161,7 @@ class DualResult:
     reps: int = 1
     lock_wait: float = 0.0
     micro_batches: int | None = None
+    hint: str | None = None  # why the lanes did not overlap, when they did not
     # The last round's busy intervals of each lane (its first repetitions), for traces; overlap used all.
     timelines: dict[str, list[LaneTimeline]] = field(default_factory=dict)
     outputs: list[Any] | None = field(default=None, repr=False, compare=False)
@@ -200,6 +201,7 @@ class DualResult:
             "reps": self.reps,
             "lock_wait": self.lock_wait,
             "micro_batches": self.micro_batches,
+            "hint": self.hint,
             "timelines": {
                 run: [{"lane": line.lane, "intervals": [list(iv) for iv in line.intervals]} for line in lines]
                 for run, lines in self.timelines.items()
@@ -245,6 +247,7 @@ class DualResult:
             reps=data.get("reps", 1),
             lock_wait=data.get("lock_wait", 0.0),
             micro_batches=data.get("micro_batches"),
+            hint=data.get("hint"),
             timelines={
                 run: [
                     LaneTimeline(line["lane"], tuple(_interval(iv) for iv in line["intervals"]))

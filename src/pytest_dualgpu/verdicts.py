@@ -22,7 +22,6 @@ PASS = "pass"
 FAIL = "fail"
 WARN = "warn"
 VERDICT_KINDS = ("correct", "sync", "speedup", "memory")
-NO_OVERLAP = 0.1
 MiB = 2**20
 
 
@@ -276,21 +275,12 @@ def speedup_hint(result: DualResult) -> str:
     """The likely reason concurrency did not pay, from what was measured."""
     if result.mode == "sequential":
         return "the call ran in 'sequential' mode, which is the baseline itself; use mode='auto'"
-    if result.sync.implicit_syncs:
-        return "host synchronizations inside the lanes (.item(), .cpu(), nonzero) stall the other lanes"
+    if result.hint:
+        return result.hint
     if result.ideal_speedup < 1.2:
         return (
             f"one lane dominates (ideal is only {result.ideal_speedup:.2f}x): balance the lanes, e.g. "
             "their batch sizes, before expecting a speedup"
-        )
-    if result.overlap < NO_OVERLAP:
-        if result.device.startswith("cuda"):
-            return (
-                "lanes never overlapped: both ran on one stream, a host sync serialized them, or a single "
-                "thread could not launch kernels fast enough (try mode='threads' or 'graphs')"
-            )
-        return (
-            "lanes never overlapped: a lane holds the GIL (Python-level work) or one lane waits for the other"
         )
     if result.efficiency is not None and result.efficiency < 0.2:
         return (

@@ -1,0 +1,52 @@
+"""Why lanes did not overlap, named from what was measured. Torch-free: results from JSON work too."""
+
+from __future__ import annotations
+
+from .results import DualResult
+
+NO_OVERLAP = 0.1
+
+
+def no_overlap_hint(result: DualResult) -> str | None:
+    """The likely cause when a concurrent mode overlapped less than 10%, or None when it did overlap."""
+    if result.mode == "sequential" or result.overlap >= NO_OVERLAP:
+        return None
+    syncs = result.sync.implicit_syncs
+    if syncs:
+        first = syncs[0]
+        return (
+            f"host syncs inside the lanes stall the others: lane {first.get('lane')!r} at "
+            f"{first.get('where')} ({first.get('call')}); keep .item(), .cpu() and nonzero out of forward"
+        )
+    saturating = _saturating_lane(result)
+    on_gpu = result.device.startswith("cuda")
+    if saturating is not None and on_gpu:
+        return (
+            f"lane {saturating!r} alone already fills the GPU: in the concurrent run it took as long as "
+            "alone and the other lanes waited; smaller batches, or models that leave room, can overlap"
+        )
+    if not on_gpu:
+        return "a lane holds the GIL (Python-level work between operators), so the lane threads took turns"
+    if result.mode == "streams":
+        return (
+            "one thread issued every lane (streams mode): kernels this short finish before the next lane's "
+            "are launched (launch-bound); try mode='threads' or 'graphs'"
+        )
+    return (
+        "all lanes ran on one stream: a lane may pick its own stream (torch.cuda.stream, default_stream) or "
+        "synchronize the device inside forward"
+    )
+
+
+def _saturating_lane(result: DualResult) -> str | None:
+    """A lane whose repetitions in the concurrent run were no slower than alone: nothing shared its GPU."""
+    for line in result.timelines.get("concurrent", []):
+        lane = next((lane for lane in result.lanes if lane.name == line.lane), None)
+        if lane is None or not line.intervals or lane.alone.median <= 0:
+            continue
+        mean = sum(end - start for start, end in line.intervals) / len(line.intervals)
+        if 0.8 <= mean / lane.alone.median <= 1.25 and lane.alone.median == max(
+            other.alone.median for other in result.lanes
+        ):
+            return lane.name
+    return None
