@@ -62,3 +62,40 @@ def images(batch: int = 16, size: int = 64) -> torch.Tensor:
 
 def tokens(batch: int = 16, length: int = 64, vocab: int = 1000) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length))
+
+
+class Detector(nn.Module):
+    """A detector-like producer: a feature map and a score per location for each image."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.scores = nn.Conv2d(width, 1, 1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(images)
+        return {"features": features, "scores": self.scores(features).sigmoid()}
+
+
+class Classifier(nn.Module):
+    """A classifier-like consumer: pools the detector's features where it scored high, then classifies."""
+
+    def __init__(self, width: int = 32, hidden: int = 1024, classes: int = 10) -> None:
+        super().__init__()
+        self.head = nn.Sequential(
+            nn.Linear(width, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, classes),
+        )
+
+    def forward(self, features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        weights = scores / scores.sum(dim=(2, 3), keepdim=True)
+        pooled = (features * weights).sum(dim=(2, 3))
+        return self.head(pooled)

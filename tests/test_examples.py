@@ -21,13 +21,21 @@ def test_the_example_suite_passes_on_cpu_and_reports_every_call(tmp_path: Path) 
         "--dualgpu-report", f"--dualgpu-report=json:{report}",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "3 passed, 1 skipped" in completed.stdout
+    assert "4 passed, 1 skipped" in completed.stdout
     rows = {row["nodeid"].split("::")[1]: row for row in json.loads(report.read_text())["results"]}
     assert set(rows) == {
         "test_on_the_default_stream_they_run_one_after_the_other",
         "test_dual_infer_runs_them_at_once",
         "test_image_and_text_encoders_share_the_device",
+        "test_detector_feeds_classifier",
     }
+    pipeline = rows["test_detector_feeds_classifier"]
+    assert (
+        pipeline["micro_batches"],
+        pipeline["sync"]["race_trials"],
+        pipeline["sync"]["race_failures"],
+    ) == (4, 8, 0)
+    assert pipeline["verdicts"]["correct"] == pipeline["verdicts"]["sync"] == "pass"
     assert rows["test_on_the_default_stream_they_run_one_after_the_other"]["overlap"] < 0.1
     assert rows["test_image_and_text_encoders_share_the_device"]["verdicts"] == {
         "correct": "pass",

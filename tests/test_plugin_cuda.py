@@ -109,6 +109,6 @@ def test_the_example_suite_passes_on_the_gpu(tmp_path: Path) -> None:
     )  # fmt: skip
     print(completed.stdout)
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "4 passed" in completed.stdout
+    assert "5 passed" in completed.stdout
     verdicts = [row["verdicts"]["speedup"] for row in json.loads(report.read_text())["results"]]
     assert "not judged (cpu)" not in verdicts
