@@ -91,3 +91,23 @@ def test_host_sync_detection_and_the_sanitizer_are_cuda_only() -> None:
 def test_bad_sync_settings_are_refused(setting: dict[str, object], message: str) -> None:
     with pytest.raises(DualGpuUsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         dual_infer(MLP(), MLP(), torch.randn(2, 64), **setting, **FAST)
+
+
+def test_implicit_syncs_fail_warn_or_pass_as_the_marker_says() -> None:
+    from pytest_dualgpu import DualResult
+    from pytest_dualgpu.verdicts import SyncSpec, judge
+
+    measured = dual_infer(MLP(), MLP(), torch.randn(2, 64), **FAST)
+    found = {"lane": "MLP", "where": "model.py:7", "call": "scale = x.max().item()"}
+    synced = DualResult.from_dict({**measured.to_dict(), "sync": {"implicit_syncs": [found]}})
+    verdicts = {
+        implicit: judge(synced, {"dualgpu_sync": SyncSpec(implicit=implicit)})["sync"]
+        for implicit in ("error", "warn", "ignore")
+    }
+    assert verdicts["error"].status == "fail"
+    assert verdicts["error"].message == (
+        "1 host synchronization(s) inside the lanes: MLP: scale = x.max().item() at model.py:7"
+    )
+    assert verdicts["warn"].status == "warn"
+    assert verdicts["ignore"].status == "pass"
+    assert judge(measured, {"dualgpu_sync": SyncSpec()})["sync"].status == "pass"

@@ -69,3 +69,33 @@ def test_a_correct_pair_never_raises_a_false_alarm_over_50_trials() -> None:
     )
     assert (result.sync.race_trials, result.sync.race_failures) == (50, 0)
     assert result.sync.implicit_syncs == []
+
+
+def test_the_marker_fails_or_warns_on_a_host_sync(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+        import torch
+
+        class ItemInForward(torch.nn.Module):
+            def forward(self, x):
+                return x / (x.abs().max().item() + 1)
+
+        @pytest.mark.dualgpu_sync(trials=2)
+        def test_error(dual_infer):
+            dual_infer(ItemInForward(), ItemInForward(), torch.randn(8, device="cuda"))
+
+        @pytest.mark.dualgpu_sync(trials=2, implicit="warn")
+        def test_warn(dual_infer):
+            dual_infer(ItemInForward(), ItemInForward(), torch.randn(8, device="cuda"))
+        """
+    )
+    result = suite.runpytest_subprocess("--dualgpu-budget=0.2")
+    result.assert_outcomes(failed=1, passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*dualgpu_sync failed for 'ItemInForward+ItemInForward-2'*host synchronization(s) inside the "
+            "lanes: ItemInForward: return x / (x.abs().max().item() + 1) at *test_the_marker_fails*.py:6*",
+            "*DualGpuWarning: dualgpu_sync for*",
+        ]
+    )

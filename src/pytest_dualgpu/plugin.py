@@ -270,7 +270,7 @@ def dual_infer(request: pytest.FixtureRequest) -> DualInfer:
         defaults.update(
             race_trials=sync.trials,
             race_seed=sync.seed,
-            detect_syncs=sync.implicit != "ignore",
+            detect_syncs=True,  # "ignore" still reports them; only the verdict lets them pass
             sanitizer=sync.sanitizer,
         )
 
