@@ -31,7 +31,7 @@ class Project(torch.nn.Module):
         return (x @ self.weight).relu()
 
 
-@pytest.mark.parametrize("mode", ["streams", "threads"])
+@pytest.mark.parametrize("mode", ["streams", "threads", "graphs"])
 def test_stages_overlap_on_their_streams(mode: str) -> None:
     x = torch.randn(8, 16, device="cuda")
     result = dual_infer.pipeline(
@@ -43,11 +43,16 @@ def test_stages_overlap_on_their_streams(mode: str) -> None:
     assert result.overlap > 0.5
 
 
-def test_graphs_are_not_used_for_pipelines_and_say_why() -> None:
+class ItemStage(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x.max().item()
+
+
+def test_a_stage_that_cannot_be_captured_falls_back_to_threads_and_says_why() -> None:
     x = torch.randn(8, 16, device="cuda")
-    result = dual_infer.pipeline(SleepThenDouble(), SleepThenDouble(), x, mode="graphs", budget=0.2)
+    result = dual_infer.pipeline(SleepThenDouble(), ItemStage(), x, mode="graphs", budget=0.2)
     assert result.mode == "threads"
-    assert any("graphs are not available for pipelines" in (probe.error or "") for probe in result.modes)
+    assert any("graph capture of lane 'ItemStage' failed" in (probe.error or "") for probe in result.modes)
 
 
 def test_a_missing_event_wait_is_caught_by_race_amplification() -> None:

@@ -245,13 +245,6 @@ class GraphCaptureError(Exception):
         self.reason = f"graph capture of lane {lane!r} failed: {type(error).__name__}: {first_line}"
         super().__init__(self.reason)
 
-    @classmethod
-    def because(cls, reason: str) -> GraphCaptureError:
-        error = cls.__new__(cls)
-        error.reason = reason
-        Exception.__init__(error, reason)
-        return error
-
 
 def _returning(replay: Callable[[], None], outputs: Any) -> Callable[[], Any]:
     def call() -> Any:

@@ -20,7 +20,7 @@ import torch
 from .backends import Backend
 from .errors import DualGpuUsageError
 from .inputs import arguments
-from .lanes import Executor, Mode, Run
+from .lanes import Executor, GraphCaptureError, Mode, Run
 from .trees import iter_tensors, map_tensors
 
 
@@ -216,12 +216,13 @@ class PipelineMode(Mode):
         self.pipeline = calls
         self.calls = [calls.producer_handing_over, calls.consumer_taking_over]
         self.alone: list[Callable[[], Any]] = [calls.producer_alone, calls.consumer_alone]
+        self.back_to_back: Callable[[], Any] = calls.back_to_back
 
     def baseline(self, lanes: Sequence[int], reps: int, run: str = "sequential run") -> Run:
         """Each stage alone, or both back to back (as one lane: there is nothing to hand over)."""
         if len(lanes) == 1:
             return self.executor.sequential(lanes, reps, self.alone, run)
-        return self.executor.sequential([0], reps, [self.pipeline.back_to_back], run)
+        return self.executor.sequential([0], reps, [self.back_to_back], run)
 
     def concurrent(self, reps: int) -> Run:
         """In ``sequential`` mode: each stage over every micro-batch, one after the other."""
@@ -244,10 +245,96 @@ class ThreadsPipelineMode(PipelineMode):
         return self.executor.threads(reps, self.calls, f"concurrent run ({self.name})")
 
 
+class GraphsPipelineMode(StreamsPipelineMode):
+    """Each stage captured once per micro-batch as a CUDA graph; the consumer's graph for micro-batch i
+    reads the producer's static output for i, so the hand-over is two events per micro-batch: "ready"
+    (the producer wrote it) and "free" (the consumer read it, so the next replay may overwrite it).
+
+    The replays are issued from one thread, in order: an event must be recorded before the wait on it
+    is issued, or the wait would see the previous round's record.
+    """
+
+    name = "graphs"
+    static_outputs = True
+
+    def __init__(self, executor: Executor, calls: PipelineCalls) -> None:
+        super().__init__(executor, calls)
+        backend = executor.backend
+        lane_names = [lane.name for lane in executor.lanes]
+        self.produced: list[Any] = []
+        self.consumed: list[Any] = []
+        producers: list[Callable[[], None]] = []
+        consumers: list[Callable[[], None]] = []
+        for lane, stage in ((0, "producer"), (1, "consumer")):
+            try:
+                if stage == "producer":
+                    for args, kwargs in calls.parts:
+                        replay, output = backend.capture(
+                            0, functools.partial(calls.producer, *args, **kwargs)
+                        )
+                        producers.append(replay)
+                        self.produced.append(output)
+                else:
+                    for produced in self.produced:
+                        replay, output = backend.capture(
+                            1, functools.partial(_consume, calls.consumer, produced)
+                        )
+                        consumers.append(replay)
+                        self.consumed.append(output)
+            except Exception as error:
+                raise GraphCaptureError(lane_names[lane], error) from error
+        self.producers, self.consumers = producers, consumers
+        self.ready = [torch.cuda.Event() for _ in producers]
+        self.free = [torch.cuda.Event() for _ in producers]
+        self.calls = [self._produce, self._consume]
+        self.alone = [self._produce_alone, self._consume_alone]
+        self.back_to_back = self._back_to_back
+
+    def _produce(self) -> list[Any]:
+        stream = torch.cuda.current_stream()
+        for replay, ready, free in zip(self.producers, self.ready, self.free, strict=True):
+            stream.wait_event(free)
+            replay()
+            ready.record()
+        return self.produced
+
+    def _consume(self) -> Any:
+        stream = torch.cuda.current_stream()
+        for replay, ready, free in zip(self.consumers, self.ready, self.free, strict=True):
+            stream.wait_event(ready)
+            replay()
+            free.record()
+        return concat(self.consumed)
+
+    def _produce_alone(self) -> list[Any]:
+        for replay in self.producers:
+            replay()
+        return self.produced
+
+    def _consume_alone(self) -> Any:
+        for replay in self.consumers:
+            replay()
+        return concat(self.consumed)
+
+    def _back_to_back(self) -> Any:
+        for produce, consume in zip(self.producers, self.consumers, strict=True):
+            produce()
+            consume()
+        return concat(self.consumed)
+
+    def close(self) -> None:
+        super().close()
+        self.producers.clear()
+        self.consumers.clear()
+        self.produced.clear()
+        self.consumed.clear()
+
+
 PIPELINE_MODES: dict[str, type[PipelineMode]] = {
     "sequential": PipelineMode,
     "streams": StreamsPipelineMode,
     "threads": ThreadsPipelineMode,
+    "graphs": GraphsPipelineMode,
 }
 
 
