@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "dual_infer": "engine",
+    "dual_infer": "api",
     "DualResult": "results",
     "Measurement": "results",
     "place_model": "devices",
@@ -36,8 +36,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from .api import dual_infer
     from .devices import place_model
-    from .engine import dual_infer
     from .errors import (
         ConcurrentOutOfMemoryError,
         DualGpuError,

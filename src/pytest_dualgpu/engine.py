@@ -1,13 +1,13 @@
-"""``dual_infer``: the flow of one call, from the user's models to a ``DualResult``.
+"""The flow of one ``dual_infer`` call (``api.py``), from the user's models to a ``DualResult``.
 
 place inputs -> warm up (each lane alone, then each candidate mode) -> calibrate -> probe modes (auto)
--> measured rounds -> memory peaks (CUDA) -> one checked concurrent run -> compare with the reference.
-Nothing here knows about pytest; the plugin binds settings and collects results through ``on_result``.
+-> measured rounds -> memory peaks (CUDA) -> one checked concurrent run -> compare with the reference
+-> sync checks (host syncs, delayed trials, sanitizer) when asked. A pipeline is two lanes whose calls
+hand micro-batches over (``pipeline.py``). Nothing here knows about pytest.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -21,7 +21,7 @@ from .backends import Backend, drop_locals, make_backend
 from .compare import Tolerance, compare_lanes
 from .devices import device_name, measuring_lock, resolve_device
 from .diagnosis import no_overlap_hint
-from .errors import ConcurrentOutOfMemoryError, DualGpuError, DualGpuUsageError, LaneError
+from .errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError
 from .inputs import check_models, lane_names_for, make_lanes, to_device
 from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run
 from .measure import Samples, measure_rounds, reps_for, time_once
@@ -93,105 +93,6 @@ class CallSettings:
 def _require_positive(name: str, value: object, meaning: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
         raise DualGpuUsageError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}")
-
-
-ResultHook = Callable[[DualResult], None]
-ErrorHook = Callable[[DualGpuError], None]
-
-
-class DualInfer:
-    """The ``dual_infer`` callable: two models with ``()``, N with ``.many``; ``.bind`` sets defaults."""
-
-    def __init__(
-        self,
-        settings: CallSettings | None = None,
-        on_result: ResultHook | None = None,
-        on_error: ErrorHook | None = None,
-    ) -> None:
-        self.settings = settings or CallSettings()
-        self.on_result = on_result
-        self.on_error = on_error
-
-    def bind(
-        self, *, on_result: ResultHook | None = None, on_error: ErrorHook | None = None, **settings: Any
-    ) -> DualInfer:
-        """A copy with other default settings, and hooks that see every result and every failed call."""
-        return DualInfer(self._settings(settings), on_result or self.on_result, on_error or self.on_error)
-
-    def __call__(
-        self,
-        model_a: Callable[..., Any],
-        model_b: Callable[..., Any],
-        inputs: Any,
-        inputs_b: Any = None,
-        *,
-        names: Sequence[str] | None = None,
-        name: str | None = None,
-        **settings: Any,
-    ) -> DualResult:
-        """Run two models concurrently; ``inputs_b`` defaults to the same ``inputs``."""
-        both = [inputs, inputs if inputs_b is None else inputs_b]
-        return self.many([model_a, model_b], both, names=names, name=name, **settings)
-
-    def many(
-        self,
-        models: Sequence[Callable[..., Any]],
-        inputs: Sequence[Any],
-        *,
-        names: Sequence[str] | None = None,
-        name: str | None = None,
-        **settings: Any,
-    ) -> DualResult:
-        """Run N models concurrently, ``inputs[i]`` going to ``models[i]``."""
-        return self._observed(
-            lambda call_settings: run_call(models, inputs, names=names, name=name, settings=call_settings),
-            settings,
-        )
-
-    def pipeline(
-        self,
-        producer: Callable[..., Any],
-        consumer: Callable[..., Any],
-        inputs: Any,
-        micro_batches: int = 4,
-        *,
-        names: Sequence[str] | None = None,
-        name: str | None = None,
-        **settings: Any,
-    ) -> DualResult:
-        """The consumer runs on the producer's output, micro-batch by micro-batch, overlapping the two."""
-        return self._observed(
-            lambda call_settings: run_pipeline(
-                producer, consumer, inputs, micro_batches, names=names, name=name, settings=call_settings
-            ),
-            settings,
-        )
-
-    def _observed(self, run: Callable[[CallSettings], DualResult], settings: dict[str, Any]) -> DualResult:
-        try:
-            result = run(self._settings(settings))
-        except DualGpuError as error:
-            if self.on_error is not None:
-                self.on_error(error)
-            raise
-        if self.on_result is not None:
-            self.on_result(result)
-        return result
-
-    def _settings(self, overrides: dict[str, Any]) -> CallSettings:
-        known = {item.name for item in dataclasses.fields(CallSettings)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise DualGpuUsageError(
-                f"unknown setting(s) {', '.join(unknown)}; dual_infer accepts {', '.join(sorted(known))}"
-            )
-        return dataclasses.replace(self.settings, **overrides)
-
-    def __repr__(self) -> str:
-        return f"<dual_infer {self.settings}>"
-
-
-dual_infer = DualInfer()
 
 
 def run_call(

@@ -35,7 +35,7 @@ from .verdicts import FAIL, MARKERS, WARN, judge, parse_marker
 if TYPE_CHECKING:
     import torch
 
-    from .engine import DualInfer
+    from .api import DualInfer
     from .results import DualResult
 
 settings_key = pytest.StashKey[Settings]()
@@ -256,7 +256,7 @@ def dual_infer(request: pytest.FixtureRequest) -> DualInfer:
     The test's ``dualgpu_correct`` tolerance and ``dualgpu_sync`` checks are the defaults of each call;
     a call's own settings win.
     """
-    from .engine import dual_infer as engine
+    from .api import dual_infer as engine
 
     item = request.node
     settings = request.config.stash[settings_key]
