@@ -127,6 +127,28 @@ def test_a_failing_producer_does_not_leave_the_consumer_waiting() -> None:
     assert threading.active_count() == threads
 
 
+class FailsOnThirdMicroBatch(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > 6:  # fine alone (4 micro-batches) and back to back, fails once handed over
+            raise RuntimeError("consumer broke")
+        return x
+
+
+@pytest.mark.parametrize("mode", ["threads", "sequential"])
+def test_a_failing_consumer_stops_the_producer_too(mode: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(
+        LaneError, match=r"lane 'FailsOnThirdMicroBatch' raised RuntimeError in the .*: consumer broke"
+    ):
+        dual_infer.pipeline(SleepLane(0.001), FailsOnThirdMicroBatch(), torch.ones(8, 2), mode=mode, **FAST)
+    assert time.monotonic() - started < 10
+
+
 def test_a_missing_hand_off_wait_is_caught_by_the_injected_delays() -> None:
     """Without delays the broken pipeline often passes; with 8 delayed trials it is caught nearly always."""
     caught = sum(broken(trials=8).sync.race_failures > 0 for _ in range(20))

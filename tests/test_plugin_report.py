@@ -239,15 +239,17 @@ class SignalTestStart:
 def test_a_long_wait_for_the_measuring_lock_is_reported(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
     started = SignalTestStart()
+    held = threading.Event()
 
     def hold() -> None:
-        with measuring_lock(torch.device("cpu")):
+        with measuring_lock(torch.device("cpu")):  # other processes may hold it first: wait our turn
+            held.set()
             started.event.wait(timeout=60)
             time.sleep(1.5)
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.1)
+    assert held.wait(timeout=120)
     result = suite.runpytest(FAST, "--dualgpu-report", "-k", "parametrized", plugins=[started])
     holder.join()
     result.stdout.fnmatch_lines(

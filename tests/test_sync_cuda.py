@@ -60,6 +60,8 @@ def test_the_sanitizer_names_an_unsynchronized_access() -> None:
     x = torch.randn(256, 256, device="cuda")
     result = dual_infer(SideStreamRace(), MLP(256).cuda().eval(), x, sanitizer=True, **BUDGET)
     assert result.sync.sanitizer, result.sync
+    assert all("without synchronization" in found for found in result.sync.sanitizer), result.sync.sanitizer
+    assert any("CUDA sanitizer stays hooked" in warning for warning in result.warnings)
 
 
 def test_a_correct_pair_never_raises_a_false_alarm_over_50_trials() -> None:

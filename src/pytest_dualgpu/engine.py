@@ -245,6 +245,11 @@ class _Measuring:
                 return executor.sequential(self.everyone, 1, calls, run)
             return executor.threads(1, calls, run)  # threads, and graphs: replays take no delays
 
+        if self.settings.sanitizer and self.backend.kind == "cuda":
+            self.warnings.append(
+                "the CUDA sanitizer stays hooked into CUDA tracing for the rest of this process: later "
+                "timings carry its overhead; run sanitizer checks in a session of their own"
+            )
         return sync_checks(executor, concurrent, reference, self.settings.tolerance, self.settings.sync)
 
     def _warm_up_alone(self, eager: Mode) -> list[Any]:

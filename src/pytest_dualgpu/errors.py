@@ -22,6 +22,10 @@ class LaneError(DualGpuError):
         )
 
 
+class HandOffStopped(RuntimeError):
+    """A pipeline stage stopped because the other stage failed; that other failure is the one reported."""
+
+
 class LaneTimeoutError(DualGpuError, TimeoutError):
     """A lane did not return in time; its thread is abandoned (it is a daemon thread)."""
 

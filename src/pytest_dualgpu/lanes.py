@@ -10,16 +10,17 @@ worker thread (torch 2.13). Each run is timed from the caller's clock, so hand-o
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import wait as wait_futures
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .backends import Backend, Stamps
-from .errors import LaneError, LaneTimeoutError
+from .errors import HandOffStopped, LaneError, LaneTimeoutError
 from .timeline import Interval
 from .workers import Worker
 
@@ -142,10 +143,13 @@ class Executor:
         reps: int,
         run: str,
     ) -> Run:
-        for index in lanes:
-            error = outcomes[index].error
-            if error is not None:
-                raise LaneError(self.lanes[index].name, run, error) from error
+        failed = [index for index in lanes if outcomes[index].error is not None]
+        # A pipeline stage that only stopped because the other one failed is not the story.
+        failed.sort(key=lambda index: isinstance(outcomes[index].error, HandOffStopped))
+        if failed:
+            error = outcomes[failed[0]].error
+            assert error is not None
+            raise LaneError(self.lanes[failed[0]].name, run, error) from error
         timing = self.backend.finish(origin, streams_used, [outcomes[index].stamps for index in lanes])
         outputs = [outcomes[index].output for index in lanes]
         self.backend.protect(outputs)
@@ -165,15 +169,42 @@ def inherited_autocast(device_type: str) -> Callable[[], AbstractContextManager[
     return functools.partial(torch.autocast, device_type, dtype=torch.get_autocast_dtype(device_type))
 
 
+class _BusyStamps(threading.local):
+    backend: Backend | None = None
+    stamps: Stamps | None = None
+
+
+_busy = _BusyStamps()
+
+
+@contextmanager
+def busy() -> Iterator[None]:
+    """Inside a lane's call: mark a stretch of real work, so time spent waiting for input is not busy.
+
+    A call that marks none is busy from its start to its end.
+    """
+    backend, stamps = _busy.backend, _busy.stamps
+    if backend is None or stamps is None:
+        yield
+        return
+    start = backend.stamp()
+    yield
+    stamps.append((start, backend.stamp()))
+
+
 def _repeat(backend: Backend, call: Callable[[], Any], reps: int, outcome: _Outcome) -> None:
     try:
         for _ in range(reps):
+            marked: Stamps = []
+            _busy.backend, _busy.stamps = backend, marked
             start = backend.stamp()
             outcome.output = call()
-            outcome.stamps.append((start, backend.stamp()))
+            outcome.stamps.extend(marked or [(start, backend.stamp())])
     except Exception as error:
         outcome.error = error
         outcome.output = None
+    finally:
+        _busy.backend = _busy.stamps = None
 
 
 class Mode:

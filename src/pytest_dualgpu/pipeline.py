@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from .backends import Backend
-from .errors import DualGpuUsageError
+from .errors import DualGpuUsageError, HandOffStopped
 from .inputs import arguments
-from .lanes import Executor, GraphCaptureError, Mode, Run
+from .lanes import Executor, GraphCaptureError, Mode, Run, busy
 from .trees import iter_tensors, map_tensors
 
 
@@ -82,6 +82,8 @@ class HandOff:
         self.poison: list[Any] = [None] * count
         self.failed: BaseException | None = None
         self.changed = threading.Condition()
+        self.drained_runs = 0
+        self.drained: Any = torch.cuda.Event() if backend.kind == "cuda" else None
 
     def publish(self, run: int, index: int, value: Any) -> None:
         event = None
@@ -89,7 +91,11 @@ class HandOff:
             event = torch.cuda.Event()
             event.record()
         with self.changed:
-            if self.wait and not self.changed.wait_for(lambda: self.slots[index] is None, self.timeout):
+            free = self.changed.wait_for(
+                lambda: self.slots[index] is None or self.failed is not None or not self.wait, self.timeout
+            )
+            self._raise_if_failed("the consumer")
+            if not free:
                 raise TimeoutError(f"the consumer did not take micro-batch {index} within {self.timeout} s")
             self.slots[index] = (run, value, event)
             self.changed.notify_all()
@@ -104,8 +110,7 @@ class HandOff:
                 raise TimeoutError(
                     f"the producer did not hand over micro-batch {index} within {self.timeout} s"
                 )
-            if self.failed is not None:
-                raise RuntimeError("the producer failed, so there is nothing to consume") from self.failed
+            self._raise_if_failed("the producer")
             slot = self.slots[index]
             if slot is None or slot[0] != run:
                 return self.poison[index]
@@ -119,6 +124,26 @@ class HandOff:
                 tensor.record_stream(stream)
         return value
 
+    def start_run(self, run: int) -> None:
+        """Begin a run only once the consumer is done with the one before: each run is one whole batch,
+        filling and draining the pipeline, which is what the ideal speedup describes."""
+        with self.changed:
+            drained = self.changed.wait_for(
+                lambda: self.drained_runs >= run - 1 or self.failed is not None, self.timeout
+            )
+            self._raise_if_failed("the consumer")
+            if not drained:
+                raise TimeoutError(f"the consumer did not finish run {run - 1} within {self.timeout} s")
+        if self.drained is not None:
+            torch.cuda.current_stream().wait_event(self.drained)
+
+    def finish_run(self, run: int) -> None:
+        if self.drained is not None:
+            self.drained.record()
+        with self.changed:
+            self.drained_runs = run
+            self.changed.notify_all()
+
     def abort(self, error: BaseException) -> None:
         with self.changed:
             self.failed = error
@@ -128,6 +153,11 @@ class HandOff:
         with self.changed:
             self.failed = None
             self.slots = [None] * len(self.slots)
+            self.drained_runs = 0
+
+    def _raise_if_failed(self, side: str) -> None:
+        if self.failed is not None:
+            raise HandOffStopped(f"{side} failed, so the hand-over stopped") from self.failed
 
 
 class PipelineCalls:
@@ -178,11 +208,14 @@ class PipelineCalls:
 
     def producer_handing_over(self) -> list[Any]:
         self.producer_runs += 1
+        run = self.producer_runs
         outputs = []
         try:
+            self.hand_off.start_run(run)
             for index, (args, kwargs) in enumerate(self.parts):
-                output = self.producer(*args, **kwargs)
-                self.hand_off.publish(self.producer_runs, index, output)
+                with busy():
+                    output = self.producer(*args, **kwargs)
+                self.hand_off.publish(run, index, output)
                 outputs.append(output)
         except BaseException as error:
             self.hand_off.abort(error)
@@ -192,9 +225,19 @@ class PipelineCalls:
     def consumer_taking_over(self) -> Any:
         self.consumer_runs += 1
         run = self.consumer_runs
-        return concat(
-            [_consume(self.consumer, self.hand_off.take(run, index)) for index in range(len(self.parts))]
-        )
+        results = []
+        try:
+            for index in range(len(self.parts)):
+                produced = self.hand_off.take(run, index)
+                with busy():
+                    results.append(_consume(self.consumer, produced))
+            with busy():
+                joined = concat(results)
+        except BaseException as error:
+            self.hand_off.abort(error)
+            raise
+        self.hand_off.finish_run(run)
+        return joined
 
 
 def _consume(consumer: Callable[..., Any], produced: Any) -> Any:
@@ -275,6 +318,11 @@ class GraphsPipelineMode(StreamsPipelineMode):
                         producers.append(replay)
                         self.produced.append(output)
                 else:
+                    for (
+                        replay
+                    ) in producers:  # the consumer warms up on real outputs, not uninitialized memory
+                        replay()
+                    backend.synchronize()
                     for produced in self.produced:
                         replay, output = backend.capture(
                             1, functools.partial(_consume, calls.consumer, produced)
@@ -286,12 +334,14 @@ class GraphsPipelineMode(StreamsPipelineMode):
         self.producers, self.consumers = producers, consumers
         self.ready = [torch.cuda.Event() for _ in producers]
         self.free = [torch.cuda.Event() for _ in producers]
+        self.drained = torch.cuda.Event()
         self.calls = [self._produce, self._consume]
         self.alone = [self._produce_alone, self._consume_alone]
         self.back_to_back = self._back_to_back
 
     def _produce(self) -> list[Any]:
         stream = torch.cuda.current_stream()
+        stream.wait_event(self.drained)  # one batch per run: start when the last one has gone through
         for replay, ready, free in zip(self.producers, self.ready, self.free, strict=True):
             stream.wait_event(free)
             replay()
@@ -304,7 +354,9 @@ class GraphsPipelineMode(StreamsPipelineMode):
             stream.wait_event(ready)
             replay()
             free.record()
-        return concat(self.consumed)
+        joined = concat(self.consumed)
+        self.drained.record()
+        return joined
 
     def _produce_alone(self) -> list[Any]:
         for replay in self.producers:

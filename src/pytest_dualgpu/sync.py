@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import linecache
+import os
 import random
+import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import torch
@@ -111,6 +114,8 @@ def check(
         stats.seed = random.SystemRandom().randrange(2**31) if settings.seed is None else settings.seed
         shared = _shared_inputs(executor.lanes)
         for trial in range(settings.trials):
+            if backend.kind == "cuda":
+                poison_free_memory(backend.device)
             before = _snapshot(shared)
             run = concurrent(delayed_calls(backend, calls, stats.seed + trial), f"race trial {trial + 1}")
             stats.race_trials += 1
@@ -143,14 +148,18 @@ def _host_syncs(executor: Executor, names: Sequence[str]) -> list[dict[str, str]
 
         return run
 
-    def record(message: Any, category: Any, filename: str, lineno: int, *_: Any, **__: Any) -> None:
-        if "synchroniz" in str(message):
-            where = f"{filename}:{lineno}"
-            source = linecache.getline(filename, lineno).strip() or str(message)
-            found.setdefault((running[0], where), {"lane": running[0], "where": where, "call": source})
+    def record(message: Any, category: Any, filename: str, lineno: int, *rest: Any, **more: Any) -> None:
+        if "synchroniz" not in str(message):
+            shown(message, category, filename, lineno, *rest, **more)
+            return
+        filename, lineno = _user_frame(filename, lineno)
+        where = f"{filename}:{lineno}"
+        source = linecache.getline(filename, lineno).strip() or str(message)
+        found.setdefault((running[0], where), {"lane": running[0], "where": where, "call": source})
 
     calls = [labelled(index, lane) for index, lane in enumerate(executor.lanes)]
     previous = torch.cuda.get_sync_debug_mode()
+    shown = warnings.showwarning
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = record
@@ -162,31 +171,78 @@ def _host_syncs(executor: Executor, names: Sequence[str]) -> list[dict[str, str]
     return list(found.values())
 
 
+def _user_frame(filename: str, lineno: int) -> tuple[str, int]:
+    """The innermost calling frame outside torch, the warnings machinery and this package.
+
+    A sync inside a torch function written in Python (``torch.unique``, printing a tensor) warns from
+    torch's own file; the line to show is the user's call that led there.
+    """
+    skipped = (os.path.dirname(torch.__file__), os.path.dirname(__file__), os.path.dirname(warnings.__file__))
+    if not filename.startswith(skipped):
+        return filename, lineno
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(skipped):
+            return frame.f_code.co_filename, frame.f_lineno
+        frame = frame.f_back
+    return filename, lineno
+
+
+def poison_free_memory(device: torch.device) -> None:
+    """Fill every cached free block with 0xFF bytes (NaN for floats, -1 for integers).
+
+    Each trial reruns the same inputs, and the caching allocator tends to hand a tensor the very block an
+    earlier identical run wrote: a read that comes too early would find the right values already there.
+    Poisoned, the early read shows up as a mismatch.
+    """
+    torch.cuda.synchronize(device)
+    held = []
+    for segment in torch.cuda.memory_snapshot():
+        if segment.get("device") != device.index or tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0):
+            continue
+        stream_id = segment.get("stream", 0)
+        stream = (
+            torch.cuda.ExternalStream(stream_id, device=device)
+            if stream_id
+            else torch.cuda.default_stream(device)
+        )
+        with torch.cuda.stream(stream):
+            for block in segment.get("blocks", []):
+                if block.get("state") == "inactive":
+                    held.append(torch.empty(block["size"], dtype=torch.uint8, device=device).fill_(255))
+    torch.cuda.synchronize(device)
+    held.clear()
+
+
 def _sanitized_run(executor: Executor, calls: Sequence[Callable[[], Any]]) -> list[str]:
-    """One concurrent pass under PyTorch's CUDA sanitizer; the races it names, or none."""
+    """One concurrent pass under PyTorch's CUDA sanitizer; the unsynchronized accesses it names.
+
+    Importing the sanitizer module already sets up its dispatch mode (and hooks CUDA tracing for good);
+    that one mode is entered here, unless the whole process runs under it (``TORCH_CUDA_SANITIZER=1``).
+    """
     from torch.cuda import _sanitizer
 
-    with _sanitizer_mode(_sanitizer):
+    sanitizer = _sanitizer.cuda_sanitizer
+    with contextlib.nullcontext() if sanitizer.enabled else sanitizer.dispatch:
         try:
             executor.streams(1, calls, "sanitizer check")
         except Exception as error:
             cause = error.__cause__ if error.__cause__ is not None else error
             if isinstance(cause, _sanitizer.CUDASanitizerErrors):
-                return [str(found).strip().splitlines()[0] for found in cause.errors]
+                return [_race_text(found) for found in cause.errors]
             raise
     return []
 
 
-_sanitizer_modes: list[Any] = []
-
-
-@contextlib.contextmanager
-def _sanitizer_mode(module: Any) -> Iterator[Any]:
-    """The sanitizer's dispatch mode; made once per process, as it hooks CUDA tracing for good."""
-    if not _sanitizer_modes:
-        _sanitizer_modes.append(module.CUDASanitizerDispatchMode())
-    with _sanitizer_modes[0] as mode:
-        yield mode
+def _race_text(found: Any) -> str:
+    current, previous = getattr(found, "current_access", None), getattr(found, "previous_access", None)
+    if current is None or previous is None:
+        lines = [line.strip() for line in str(found).splitlines() if line.strip().strip("=")]
+        return lines[0] if lines else type(found).__name__
+    return (
+        f"{current.operator} on stream {current.stream} and {previous.operator} on stream {previous.stream} "
+        f"touch the same memory (data pointer {getattr(found, 'data_ptr', '?')}) without synchronization"
+    )
 
 
 def _shared_inputs(lanes: Sequence[Lane]) -> list[tuple[str, torch.Tensor]]:
