@@ -82,6 +82,11 @@ class Column:
     cell: Callable[[ReportRow], str]
 
 
+def _lanes(row: ReportRow) -> str:
+    joint = " + " if row.result.micro_batches is None else f" -> (x{row.result.micro_batches}) "
+    return joint.join(row.result.lane_names)
+
+
 def _alone(row: ReportRow) -> str:
     return " / ".join(_ms(lane.alone.median) for lane in row.result.lanes)
 
@@ -118,7 +123,7 @@ def default_columns() -> list[Column]:
     """The columns of the table, in order; ``pytest_dualgpu_report_columns`` may change the list."""
     return [
         Column("test", lambda row: row.label),
-        Column("lanes", lambda row: " + ".join(row.result.lane_names)),
+        Column("lanes", _lanes),
         Column("device", lambda row: row.result.device),
         Column("mode", lambda row: row.result.mode),
         Column("alone ms", _alone),
