@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from models import MLP, SleepLane
+from models import MLP, SleepLane, in_lane_thread
 
 from pytest_dualgpu import DualGpuUsageError, LaneError, dual_infer
 from pytest_dualgpu.engine import CallSettings, run_pipeline
@@ -42,15 +42,18 @@ class Classifier(torch.nn.Module):
         return boxes.mean(dim=1), scores.sigmoid()
 
 
-class FailsOnSecondMicroBatch(torch.nn.Module):
+class FailsHandingOver(torch.nn.Module):
+    """Fine alone and back to back (the caller's thread); fails on its second micro-batch in a lane thread."""
+
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls % 4 == 2:
-            raise RuntimeError("producer broke on a micro-batch")
+        if in_lane_thread():
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("broke while handing over")
         return x
 
 
@@ -71,7 +74,7 @@ def test_sleeping_stages_overlap_as_the_pipeline_ideal_says() -> None:
     assert result.micro_batches == 4
     assert result.mode == "threads"
     assert result.ideal_speedup == pytest.approx(1.6, rel=0.05)  # 32 ms / (16 + 16 / 4)
-    assert 1.35 < result.speedup < 1.7
+    assert 1.25 < result.speedup < 1.7
     assert result.overlap > 0.5
     assert result.correct
 
@@ -118,8 +121,8 @@ def test_bad_micro_batch_counts_are_refused(micro_batches: Any, message: str) ->
 def test_a_failing_producer_does_not_leave_the_consumer_waiting() -> None:
     threads = threading.active_count()
     started = time.monotonic()
-    with pytest.raises(LaneError, match="lane 'FailsOnSecondMicroBatch' raised RuntimeError"):
-        dual_infer.pipeline(FailsOnSecondMicroBatch(), SleepLane(0.001), torch.ones(8, 2), **FAST)
+    with pytest.raises(LaneError, match=r"lane 'FailsHandingOver' raised RuntimeError in the concurrent run"):
+        dual_infer.pipeline(FailsHandingOver(), SleepLane(0.001), torch.ones(8, 2), **FAST)
     assert time.monotonic() - started < 10
     deadline = time.monotonic() + 5
     while threading.active_count() > threads and time.monotonic() < deadline:
@@ -127,30 +130,16 @@ def test_a_failing_producer_does_not_leave_the_consumer_waiting() -> None:
     assert threading.active_count() == threads
 
 
-class FailsOnThirdMicroBatch(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls > 6:  # fine alone (4 micro-batches) and back to back, fails once handed over
-            raise RuntimeError("consumer broke")
-        return x
-
-
-@pytest.mark.parametrize("mode", ["threads", "sequential"])
-def test_a_failing_consumer_stops_the_producer_too(mode: str) -> None:
+def test_a_failing_consumer_stops_the_producer_too() -> None:
     started = time.monotonic()
-    with pytest.raises(
-        LaneError, match=r"lane 'FailsOnThirdMicroBatch' raised RuntimeError in the .*: consumer broke"
-    ):
-        dual_infer.pipeline(SleepLane(0.001), FailsOnThirdMicroBatch(), torch.ones(8, 2), mode=mode, **FAST)
+    with pytest.raises(LaneError, match=r"lane 'FailsHandingOver' raised RuntimeError in the concurrent run"):
+        dual_infer.pipeline(SleepLane(0.001), FailsHandingOver(), torch.ones(8, 2), **FAST)
     assert time.monotonic() - started < 10
 
 
 def test_a_missing_hand_off_wait_is_caught_by_the_injected_delays() -> None:
-    """Without delays the broken pipeline often passes; with 8 delayed trials it is caught nearly always."""
+    """The broken pipeline passes when nothing delays the producer; 8 delayed trials catch it."""
+    assert sum(broken(trials=0).correct for _ in range(10)) >= 5
     caught = sum(broken(trials=8).sync.race_failures > 0 for _ in range(20))
     assert caught >= 19
 
@@ -160,3 +149,14 @@ def test_the_correct_pipeline_raises_no_false_alarm() -> None:
     for _ in range(20):
         result = dual_infer.pipeline(FastProducer(), SlowConsumer(), x, budget=0.02, race_trials=8)
         assert (result.sync.race_trials, result.sync.race_failures) == (8, 0), result.sync.first_failure
+
+
+def test_one_micro_batch_cannot_overlap_and_says_so() -> None:
+    result = dual_infer.pipeline(
+        SleepLane(0.002), SleepLane(0.002), torch.ones(4, 2), micro_batches=1, **FAST
+    )
+    assert result.ideal_speedup == pytest.approx(1.0)
+    assert result.efficiency is None  # no possible gain to measure a share of
+    assert (
+        result.hint == "a pipeline of one micro-batch cannot overlap: the consumer waits for the whole batch"
+    )

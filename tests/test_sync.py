@@ -39,7 +39,7 @@ def schedule(seed: int) -> list[tuple[int, float]]:
 def test_delays_are_injected_before_operators_and_a_seed_replays_them() -> None:
     first = schedule(7)
     assert 2 <= len(first) <= 30
-    assert all(1 <= operator <= 42 and 0 <= seconds <= 0.001 for operator, seconds in first)
+    assert all(1 <= operator <= 42 and 0 <= seconds <= 0.002 for operator, seconds in first)
     assert schedule(7) == first
     assert schedule(8) != first
 
@@ -111,3 +111,12 @@ def test_implicit_syncs_fail_warn_or_pass_as_the_marker_says() -> None:
     assert verdicts["warn"].status == "warn"
     assert verdicts["ignore"].status == "pass"
     assert judge(measured, {"dualgpu_sync": SyncSpec()})["sync"].status == "pass"
+
+
+def test_writes_to_a_view_of_a_buffer_another_lane_reads_are_caught() -> None:
+    buffer = torch.zeros(8)
+    result = dual_infer(WritesItsInput(), SleepLane(0.001), buffer[:4], buffer[4:], race_trials=2, **FAST)
+    assert result.sync.race_failures == 2
+    assert "an input shared by lanes WritesItsInput and SleepLane was changed in place" in (
+        result.sync.first_failure or ""
+    )

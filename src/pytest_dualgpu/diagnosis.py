@@ -11,6 +11,8 @@ def no_overlap_hint(result: DualResult) -> str | None:
     """The likely cause when a concurrent mode overlapped less than 10%, or None when it did overlap."""
     if result.mode == "sequential" or result.overlap >= NO_OVERLAP:
         return None
+    if result.micro_batches == 1:
+        return "a pipeline of one micro-batch cannot overlap: the consumer waits for the whole batch"
     syncs = result.sync.implicit_syncs
     if syncs:
         first = syncs[0]
@@ -40,6 +42,8 @@ def no_overlap_hint(result: DualResult) -> str | None:
 
 def _saturating_lane(result: DualResult) -> str | None:
     """A lane whose repetitions in the concurrent run were no slower than alone: nothing shared its GPU."""
+    if result.micro_batches is not None:
+        return None  # a pipeline stage marks one interval per micro-batch, not per repetition
     for line in result.timelines.get("concurrent", []):
         lane = next((lane for lane in result.lanes if lane.name == line.lane), None)
         if lane is None or not line.intervals or lane.alone.median <= 0:

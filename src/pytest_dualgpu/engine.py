@@ -35,6 +35,7 @@ from .trees import map_tensors
 
 PROBE_ROUNDS = 3
 TIMELINE_REPS = 50  # intervals kept per lane: enough to draw, small enough to travel in every report
+MEANINGFUL_GAIN = 0.05  # efficiency needs a possible gain of at least this share of the sequential time
 LOCK_WAIT_WARNING_SECONDS = 1.0
 
 
@@ -457,6 +458,6 @@ def _efficiency(samples: Samples, lane_count: int, best_time: Callable[[list[flo
         sequential = samples.elapsed["sequential"][round_index]
         concurrent = samples.elapsed["concurrent"][round_index]
         best = best_time([samples.elapsed[f"alone:{lane}"][round_index] for lane in range(lane_count)])
-        if sequential > best:
+        if sequential - best > MEANINGFUL_GAIN * sequential:  # else the ratio divides noise by noise
             per_round.append((sequential - concurrent) / (sequential - best))
     return stats.median(per_round) if per_round else None

@@ -32,8 +32,8 @@ from .lanes import Executor, Lane
 from .results import SyncStats
 from .trees import iter_tensors
 
-START_DELAY_SECONDS = 0.003
-OPERATOR_DELAY_SECONDS = 0.001
+START_DELAY_SECONDS = 0.005
+OPERATOR_DELAY_SECONDS = 0.002
 OPERATOR_DELAY_PROBABILITY = 0.25
 MAX_DELAYS_PER_LANE = 32
 GPU_CYCLES_PER_SECOND = 1.5e9  # torch.cuda._sleep spins in clock cycles; about right for current GPUs
@@ -246,16 +246,22 @@ def _race_text(found: Any) -> str:
 
 
 def _shared_inputs(lanes: Sequence[Lane]) -> list[tuple[str, torch.Tensor]]:
-    """Input tensors that more than one lane reads: a lane writing to one of them races the others."""
+    """The storages (as flat bytes) that more than one lane reads: a lane writing one races the others.
+
+    Whole storages, not the tensors: two lanes may read different views of one buffer.
+    """
     owners: dict[int, list[str]] = {}
-    tensors: dict[int, torch.Tensor] = {}
+    storages: dict[int, torch.Tensor] = {}
     for lane in lanes:
         for tensor in iter_tensors((lane.args, lane.kwargs)):
-            key = tensor.untyped_storage().data_ptr()
+            storage = tensor.untyped_storage()
+            if storage.nbytes() == 0:
+                continue
+            key = storage.data_ptr()
             if lane.name not in owners.setdefault(key, []):
                 owners[key].append(lane.name)
-            tensors[key] = tensor
-    return [(" and ".join(names), tensors[key]) for key, names in owners.items() if len(names) > 1]
+            storages[key] = torch.empty(0, dtype=torch.uint8, device=tensor.device).set_(storage)
+    return [(" and ".join(names), storages[key]) for key, names in owners.items() if len(names) > 1]
 
 
 def _snapshot(shared: Sequence[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
@@ -264,12 +270,6 @@ def _snapshot(shared: Sequence[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
 
 def _written_inputs(shared: Sequence[tuple[str, torch.Tensor]], before: Sequence[torch.Tensor]) -> str | None:
     for (owners, tensor), copy in zip(shared, before, strict=True):
-        if not _same(tensor, copy):
+        if not torch.equal(tensor, copy):
             return f"an input shared by lanes {owners} was changed in place during the concurrent run"
     return None
-
-
-def _same(left: torch.Tensor, right: torch.Tensor) -> bool:
-    if left.is_floating_point() or left.is_complex():
-        return torch.equal(left.isnan(), right.isnan()) and torch.equal(left.nan_to_num(), right.nan_to_num())
-    return torch.equal(left, right)
