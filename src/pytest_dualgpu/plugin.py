@@ -256,7 +256,7 @@ def dual_infer(request: pytest.FixtureRequest) -> DualInfer:
     The test's ``dualgpu_correct`` tolerance and ``dualgpu_sync`` checks are the defaults of each call;
     a call's own settings win.
     """
-    from .api import dual_infer as engine
+    from .api import dual_infer as unbound
 
     item = request.node
     settings = request.config.stash[settings_key]
@@ -285,7 +285,7 @@ def dual_infer(request: pytest.FixtureRequest) -> DualInfer:
         )
         _record(item, failed)
 
-    return engine.bind(
+    return unbound.bind(
         on_result=record_result,
         on_error=record_error,
         mode=settings.mode,
