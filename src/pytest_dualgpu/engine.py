@@ -457,7 +457,10 @@ def _efficiency(samples: Samples, lane_count: int, best_time: Callable[[list[flo
     for round_index in range(samples.rounds):
         sequential = samples.elapsed["sequential"][round_index]
         concurrent = samples.elapsed["concurrent"][round_index]
-        best = best_time([samples.elapsed[f"alone:{lane}"][round_index] for lane in range(lane_count)])
-        if sequential - best > MEANINGFUL_GAIN * sequential:  # else the ratio divides noise by noise
+        alone = [samples.elapsed[f"alone:{lane}"][round_index] for lane in range(lane_count)]
+        best = best_time(alone)
+        # Where overlap could save (almost) nothing, as in a pipeline of one micro-batch, the ratio would
+        # divide noise by noise: that is decided from the alone times, not from the noisy difference.
+        if sum(alone) - best > MEANINGFUL_GAIN * sum(alone) and sequential > best:
             per_round.append((sequential - concurrent) / (sequential - best))
     return stats.median(per_round) if per_round else None
