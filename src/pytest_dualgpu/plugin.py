@@ -82,18 +82,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     """Choose this process's GPU before any conftest can start CUDA (and so fix the visible GPUs)."""
     settings = _resolve_settings(early_config, vars(early_config.known_args_namespace))
+    early_config.stash[settings_key] = settings
     early_config.stash[assigned_gpu_key] = _assign_gpu(settings, early_config.known_args_namespace)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for _, description in MARKERS.values():
         config.addinivalue_line("markers", description)
-    settings = _resolve_settings(config, vars(config.option))
-    if assigned_gpu_key not in config.stash:  # loaded too late for pytest_load_initial_conftests
-        config.stash[assigned_gpu_key] = _assign_gpu(settings, config.option)
+    if settings_key not in config.stash:  # loaded too late for pytest_load_initial_conftests
+        config.stash[settings_key] = _resolve_settings(config, vars(config.option))
+        config.stash[assigned_gpu_key] = _assign_gpu(config.stash[settings_key], config.option)
+    settings = config.stash[settings_key]
     if settings.require_cuda:
         _require_cuda()
-    config.stash[settings_key] = settings
     collector = ResultCollector(config, settings)
     config.stash[collector_key] = collector
     config.pluginmanager.register(collector, "dualgpu-collector")
