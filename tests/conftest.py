@@ -88,7 +88,9 @@ def _torch_fully_imported() -> None:
     from pytest_dualgpu import dual_infer
 
     stateful = ModuleWithCounter()
-    dual_infer(stateful, SleepLane(0.001), torch.ones(2), budget=0.01, min_rounds=1, race_trials=1)
+    dual_infer(
+        stateful, SleepLane(0.001), torch.ones(2), budget=0.01, min_rounds=1, race_trials=1, profile=True
+    )
 
 
 class ModuleWithCounter(torch.nn.Module):

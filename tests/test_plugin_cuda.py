@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_dualgpu.devices import machine_info
+from pytest_dualgpu.machine import machine_info
 
 pytestmark = [
     pytest.mark.cuda,
@@ -97,7 +97,11 @@ def test_a_chosen_gpu_is_the_only_one_the_process_sees(suite: pytest.Pytester) -
 def test_machine_names_the_gpus() -> None:
     machine = machine_info()
     assert machine["gpus"][0]["name"] == torch.cuda.get_device_name(0)
+    assert machine["gpus"][0]["uuid"].startswith(("GPU-", "MIG-"))
+    assert machine["gpus"][0]["memory_bytes"] > 2**30
     assert machine["cuda"] == torch.version.cuda
+    assert machine["cudnn"] == torch.backends.cudnn.version()
+    assert machine["driver"]
 
 
 def test_the_example_suite_passes_on_the_gpu(tmp_path: Path) -> None:

@@ -85,8 +85,31 @@ def test_cli_beats_environment_beats_ini(
         (
             ["--dualgpu-report=html:out"],
             "ERROR: dualgpu: --dualgpu-report='html:out': report target 'html:out' is not one of term, "
-            "json:PATH, md or md:PATH",
+            "json:PATH, md, md:PATH, trace:DIR or png:DIR",
         ),
+        (
+            ["--dualgpu-report=trace"],
+            "ERROR: dualgpu: --dualgpu-report='trace': report target 'trace' needs a directory: trace:DIR*",
+        ),
+        (
+            ["--dualgpu-compare-fail=speed:10%", "--dualgpu-compare=base.json"],
+            "ERROR: dualgpu: --dualgpu-compare-fail='speed:10%': regression threshold 'speed:10%' is not "
+            "METRIC:LIMIT; use speedup:10%*",
+        ),
+        (
+            ["--dualgpu-compare-fail=speedup:lots", "--dualgpu-compare=base.json"],
+            "*regression threshold 'speedup:lots': cannot read the limit 'lots'*",
+        ),
+        (
+            ["--dualgpu-compare-fail=speedup:10%"],
+            "ERROR: dualgpu: compare_fail needs a baseline to compare with: add --dualgpu-compare=PATH*",
+        ),
+        (
+            ["--dualgpu-compare=missing.json"],
+            "ERROR: dualgpu: --dualgpu-compare=missing.json: no such file; save one with "
+            "--dualgpu-save=missing.json*",
+        ),
+        ({"DUALGPU_PROFILE": "sometimes"}, "ERROR: dualgpu: DUALGPU_PROFILE='sometimes': expected a yes/no*"),
         (
             ["--dualgpu-report=json"],
             "ERROR: dualgpu: --dualgpu-report='json': report target 'json' needs a file: json:PATH*",

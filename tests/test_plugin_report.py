@@ -95,7 +95,7 @@ def test_json_rows_are_complete_results(suite: pytest.Pytester) -> None:
     document = report(suite.path / "r.json")
     assert document["version"] == 1
     assert document["machine"]["torch"] == torch.__version__
-    assert document["machine"]["cpu_count"] >= 1
+    assert document["machine"]["cpu"]["cores"] >= 1
     assert document["errors"] == []
     first = document["results"][0]
     result = DualResult.from_dict(first)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from .baseline import Baseline, Comparison, compare
+from .errors import DualGpuUsageError
 from .report import (
     ERROR_PROPERTY,
     PROPERTY,
@@ -28,6 +30,7 @@ from .report import (
     markdown,
 )
 from .settings import Settings
+from .timeline import chrome_trace, result_file_stem
 from .verdicts import speedup_hint
 
 OURS = (PROPERTY, ERROR_PROPERTY)
@@ -43,6 +46,13 @@ class ResultCollector:
         self.errors: dict[str, list[CallError]] = {}
         self.order: dict[str, int] = {}
         self.problems: list[str] = []
+        self.baseline: Baseline | None = None
+        self.comparison: Comparison | None = None
+        if settings.compare is not None and not self.is_worker:
+            try:
+                self.baseline = Baseline.load(settings.compare)
+            except DualGpuUsageError as error:
+                raise pytest.UsageError(f"dualgpu: {error}") from None
 
     @property
     def is_worker(self) -> bool:
@@ -79,9 +89,25 @@ class ResultCollector:
     def _position(self, nodeid: str) -> int:
         return self.order.get(nodeid, len(self.order))
 
+    def compare_with_baseline(self) -> Comparison | None:
+        """Compare every row with the baseline (once); the plugin fails the session on a regression."""
+        if self.baseline is None or self.comparison is not None:
+            return self.comparison
+        rows = self.sorted_rows()
+        import torch
+
+        self.comparison = compare(rows, self.baseline, self.settings.compare_fail, torch.__version__)
+        for row in rows:
+            judged = self.comparison.for_row(row)
+            if judged is not None:
+                row.vs_base = judged.cell()
+                row.baseline = judged.to_dict()
+        return self.comparison
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
             return
+        self.compare_with_baseline()
         for target in self.settings.reports:
             if target.kind == "term":
                 continue
@@ -90,18 +116,31 @@ class ResultCollector:
             except OSError as error:
                 self.problems.append(f"could not write the {target} report: {error}")
                 session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+            except DualGpuUsageError as error:
+                self.problems.append(f"{target} skipped: {error}")
 
     def _write(self, kind: str, path: str | None) -> None:
+        if kind == "trace":
+            assert path is not None
+            self._write_traces(Path(path).expanduser())
+            return
+        if kind == "png":
+            assert path is not None
+            self._write_pngs(Path(path).expanduser())
+            return
         rows = self.sorted_rows()
         errors = self.sorted_errors()
+        comparison = self.comparison
         if kind == "json":
             assert path is not None
-            from .devices import machine_info
+            from .machine import machine_info
 
-            text = dumps(json_document(rows, errors, machine_info()))
+            text = dumps(
+                json_document(rows, errors, machine_info(), comparison.to_dict() if comparison else None)
+            )
             mode = "w"
         else:
-            text = markdown(rows, errors, self.columns())
+            text = markdown(rows, errors, self.columns(), self._baseline_notes())
             mode = "w" if path else "a"
             if path is None:
                 path = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -116,6 +155,44 @@ class ResultCollector:
         with target.open(mode, encoding="utf-8") as file:
             file.write(text)
 
+    def _write_traces(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for row in self.sorted_rows():
+            result = row.result
+            details = {
+                "nodeid": row.nodeid,
+                "call": row.call,
+                "name": result.name,
+                "device": result.device_name,
+                "mode": result.mode,
+                "speedup": result.speedup,
+                "ideal_speedup": result.ideal_speedup,
+                "overlap": result.overlap,
+                "kernel_overlap": result.kernel_overlap,
+            }
+            trace = chrome_trace(result.timelines, row.label, details)
+            path = directory / f"{result_file_stem(row.nodeid, row.call)}.trace.json"
+            path.write_text(dumps(trace, indent=None), encoding="utf-8")
+
+    def _write_pngs(self, directory: Path) -> None:
+        from . import plots
+
+        plots.require_matplotlib()
+        rows = self.sorted_rows()
+        for row in rows:
+            plots.write_timeline_png(row, directory / f"{result_file_stem(row.nodeid, row.call)}.png")
+        if rows:
+            plots.write_session_png(rows, directory / "session.png")
+
+    def _baseline_notes(self) -> list[str]:
+        if self.comparison is None:
+            return []
+        notes = [
+            f"baseline {self.comparison.baseline.path}: {warning}" for warning in self.comparison.warnings
+        ]
+        notes += [f"regressed: {line}" for line in self.comparison.regression_lines()]
+        return notes
+
     def columns(self) -> list[Column]:
         columns = default_columns()
         self.config.hook.pytest_dualgpu_report_columns(columns=columns, config=self.config)
@@ -123,7 +200,7 @@ class ResultCollector:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         wants_table = any(target.kind == "term" for target in self.settings.reports)
-        if self.is_worker or not (wants_table or self.problems):
+        if self.is_worker or not (wants_table or self.problems or self.comparison is not None):
             return
         write = terminalreporter.write_line
         terminalreporter.write_sep("=", "dualgpu")
@@ -146,8 +223,26 @@ class ResultCollector:
             lock_line = _lock_summary_line(rows)
             if lock_line:
                 write(lock_line, yellow=True)
+        if self.comparison is not None:
+            compared = f"compared with {self.comparison.baseline.path}"
+            for warning in self.comparison.warnings:
+                write(f"{compared}: {warning}", yellow=True)
+            regressions = self.comparison.regression_lines()
+            if regressions:
+                limits = limits_text(self.comparison)
+                write(f"regression gate ({limits}) failed for {len(regressions)} result(s):", red=True)
+                for line in regressions:
+                    write(f"  {line}", red=True)
+            elif self.comparison.thresholds:
+                write(
+                    f"regression gate: no result regressed beyond {limits_text(self.comparison)}", green=True
+                )
         for problem in self.problems:
             write(f"dualgpu: {problem}", red=True)
+
+
+def limits_text(comparison: Comparison) -> str:
+    return ", ".join(str(threshold) for threshold in comparison.thresholds)
 
 
 def _lock_summary_line(rows: list[ReportRow]) -> str | None:

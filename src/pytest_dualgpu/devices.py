@@ -1,15 +1,16 @@
-"""Which device to measure on, putting models there, machine facts, and the lock that keeps measurements
-apart. (Which GPU each xdist worker gets is ``gpus.py``: that must happen before torch touches CUDA.)"""
+"""Which device to measure on, putting models there, and the lock that keeps measurements apart.
+
+Which GPU each xdist worker gets is ``gpus.py`` (that must happen before torch touches CUDA); what the
+report says about the machine is ``machine.py``.
+"""
 
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from filelock import FileLock
 
 from .errors import DualGpuUsageError
 from .gpus import nvidia_smi
+from .machine import cpu_model
 
 
 def resolve_device(spec: str | torch.device | None = None) -> torch.device:
@@ -90,18 +92,6 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_model()} ({os.cpu_count()} cores)"
 
 
-@cache
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
-
-
 def lock_path(device: torch.device) -> str:
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
@@ -138,33 +128,6 @@ def describe_device(device: torch.device) -> str:
         f"{f', driver {driver}' if driver else ''}), {versions}, CUDA {torch.version.cuda}, "
         f"cuDNN {torch.backends.cudnn.version()}"  # type: ignore[no-untyped-call]
     )
-
-
-def machine_info() -> dict[str, Any]:
-    """What the JSON report says about the machine the results were measured on."""
-    gpus = []
-    if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
-            properties = torch.cuda.get_device_properties(index)
-            gpus.append(
-                {
-                    "index": index,
-                    "name": properties.name,
-                    "compute_capability": f"{properties.major}.{properties.minor}",
-                    "memory_bytes": properties.total_memory,
-                }
-            )
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "gpus": gpus,
-        "driver": _nvidia_driver() if gpus else None,
-    }
 
 
 def _nvidia_driver() -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from .inputs import check_models, lane_names_for, make_lanes, to_device
 from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run
 from .measure import Samples, measure_rounds, reps_for, time_once
 from .pipeline import PIPELINE_MODES, HandOff, PipelineCalls, best_time, split_batch
+from .profiling import KernelProfile, profile_pass
 from .results import DualResult, LaneResult, Measurement, MemoryStats, ModeProbe, SyncStats
 from .settings import MODES
 from .sync import SyncSettings
@@ -56,6 +58,7 @@ class CallSettings:
     race_seed: int | None = None
     detect_syncs: bool = False
     sanitizer: bool = False
+    profile: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", *MODES):
@@ -78,7 +81,7 @@ class CallSettings:
             raise DualGpuUsageError(
                 f"race_seed must be an integer (to replay a failing trial), got {self.race_seed!r}"
             )
-        for flag in ("detect_syncs", "sanitizer"):
+        for flag in ("detect_syncs", "sanitizer", "profile"):
             if not isinstance(getattr(self, flag), bool):
                 raise DualGpuUsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
 
@@ -219,12 +222,17 @@ class _Measuring:
                 samples = self._measure(chosen, eager, reps)
                 memory = self._memory(chosen, executor)
                 outputs = self._checked_outputs(chosen)
+                profile = self._profile(chosen, executor, reps) if self.settings.profile else None
                 sync = self._sync_checks(chosen, executor, reference)
             finally:
                 for mode in modes:
                     mode.close()
         result = self._result(name, chosen.name, samples, reps, memory, outputs, reference)
         result.sync = sync
+        if profile is not None:
+            result.kernel_overlap = profile.kernel_overlap
+            result.timelines["kernels"] = profile.tracks
+            result.warnings.extend(profile.warnings)
         result.hint = no_overlap_hint(result)
         return result
 
@@ -233,6 +241,15 @@ class _Measuring:
         if self.pipeline is None:
             return max(alone)
         return best_time(alone, self.pipeline.micro_batches)
+
+    def _profile(self, mode: Mode, executor: Executor, reps: int) -> KernelProfile:
+        """One more concurrent pass under torch.profiler, outside the measured rounds (it slows them)."""
+        threads = [
+            (worker.native_id, f"thread of {lane_name}")
+            for worker, lane_name in zip(executor.lane_workers, self.names, strict=True)
+        ]
+        threads.append((threading.get_native_id(), "caller's thread"))
+        return profile_pass(lambda: mode.concurrent(reps), self.backend.kind, threads)
 
     def _sync_checks(self, mode: Mode, executor: Executor, reference: list[Any]) -> SyncStats:
         """Host syncs, provoked races and the sanitizer, each with eager calls in the chosen style."""
@@ -387,6 +404,7 @@ class _Measuring:
         sequential, concurrent = measured("sequential"), measured("concurrent")
         ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
         alone = [lane.alone.median for lane in lanes]
+        efficiencies = _efficiencies(samples, len(lanes), self._best_time)
         comparison = compare_lanes(self.names, reference, outputs, self.settings.tolerance)
         self.probes[mode_name] = ModeProbe(
             mode_name,
@@ -417,7 +435,8 @@ class _Measuring:
             speedup=stats.median(ratios),
             speedup_ci=stats.median_ci(ratios),
             ideal_speedup=sum(alone) / self._best_time(alone) if max(alone) > 0 else 1.0,
-            efficiency=_efficiency(samples, len(lanes), self._best_time),
+            efficiency=stats.median(efficiencies) if efficiencies else None,
+            efficiency_ci=stats.median_ci(efficiencies) if efficiencies else None,
             micro_batches=self.pipeline.micro_batches if self.pipeline is not None else None,
             overlap=stats.median(samples.overlaps["concurrent"]),
             correct=comparison.correct,
@@ -444,8 +463,10 @@ class _Measuring:
         )
 
 
-def _efficiency(samples: Samples, lane_count: int, best_time: Callable[[list[float]], float]) -> float | None:
-    """Median over rounds of (sequential - concurrent) / (sequential - best possible concurrent time).
+def _efficiencies(
+    samples: Samples, lane_count: int, best_time: Callable[[list[float]], float]
+) -> list[float]:
+    """Per round: (sequential - concurrent) / (sequential - best possible concurrent time).
 
     The best possible time is the slowest lane alone, or for a pipeline of k micro-batches that plus the
     faster lane's share of one micro-batch.
@@ -463,4 +484,4 @@ def _efficiency(samples: Samples, lane_count: int, best_time: Callable[[list[flo
         # divide noise by noise: that is decided from the alone times, not from the noisy difference.
         if sum(alone) - best > MEANINGFUL_GAIN * sum(alone) and sequential > best:
             per_round.append((sequential - concurrent) / (sequential - best))
-    return stats.median(per_round) if per_round else None
+    return per_round

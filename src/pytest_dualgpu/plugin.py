@@ -69,6 +69,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 option.flag, action="append", nargs="?", const="term", dest=dest, metavar=option.metavar,
                 help=option.help,
             )  # fmt: skip
+        elif option.ini_type == "args":
+            group.addoption(option.flag, action="append", dest=dest, metavar=option.metavar, help=option.help)
         elif option.ini_type == "bool":
             group.addoption(
                 option.flag, action=argparse.BooleanOptionalAction, default=None, dest=dest, help=option.help
@@ -98,6 +100,13 @@ def pytest_configure(config: pytest.Config) -> None:
     collector = ResultCollector(config, settings)
     config.stash[collector_key] = collector
     config.pluginmanager.register(collector, "dualgpu-collector")
+    html_path = getattr(config.option, "htmlpath", None)
+    if config.pluginmanager.hasplugin("html") and html_path:
+        from .html_extras import HtmlExtras
+
+        traces = next((target.path for target in settings.reports if target.kind == "trace"), None)
+        extras = HtmlExtras(_recorded_rows, collector.columns, traces, html_path)
+        config.pluginmanager.register(extras, "dualgpu-html")
 
 
 def _resolve_settings(config: pytest.Config, cli: dict[str, Any]) -> Settings:
@@ -143,6 +152,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if collector is not None:
         config.pluginmanager.unregister(collector)
         del config.stash[collector_key]
+    extras = config.pluginmanager.get_plugin("dualgpu-html")
+    if extras is not None:
+        config.pluginmanager.unregister(extras)
+
+
+def _recorded_rows(item: pytest.Item) -> list[ReportRow]:
+    return [call.entry for call in item.stash.get(calls_key, []) if isinstance(call.entry, ReportRow)]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -207,6 +223,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reason = f"dualgpu_cuda: needs a CUDA GPU; {missing}"
     for item in needs_cuda:
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
+    """The regression gate: after the last test, a result that regressed against the baseline fails the
+    session (exit code 1) the way a failed test does, with the rows listed in the summary."""
+    outcome = yield
+    collector = session.config.stash.get(collector_key, None)
+    if collector is not None and not collector.is_worker:
+        comparison = collector.compare_with_baseline()
+        if comparison is not None and comparison.regressions:
+            session.testsfailed += 1
+    return outcome
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -292,6 +321,7 @@ def dual_infer(request: pytest.FixtureRequest) -> DualInfer:
         mode=settings.mode,
         device=_session_device(request.config),
         budget=settings.budget,
+        profile=settings.profile,
         **defaults,
     )
 

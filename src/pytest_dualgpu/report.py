@@ -31,6 +31,9 @@ class ReportRow:
     result: DualResult
     verdicts: dict[str, str] = field(default_factory=dict)
     call: int = 0
+    # Set on the controller when the session compares with a baseline (``baseline.py``).
+    vs_base: str | None = None
+    baseline: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -50,6 +53,7 @@ class ReportRow:
             "call": self.call,
             **self.result.to_dict(),
             "verdicts": {kind: self.verdicts.get(kind) for kind in VERDICT_KINDS},
+            **({"baseline": self.baseline} if self.baseline is not None else {}),
         }
 
     @classmethod
@@ -76,10 +80,14 @@ class CallError:
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: a header and how to render a row's cell."""
+    """One table column: a header and how to render a row's cell.
+
+    An ``optional`` column is left out of a table where no row has anything in it ("-" everywhere).
+    """
 
     header: str
     cell: Callable[[ReportRow], str]
+    optional: bool = False
 
 
 def _lanes(row: ReportRow) -> str:
@@ -105,6 +113,10 @@ def _memory(row: ReportRow) -> str:
     if memory is None:
         return "-"
     return f"{memory.sequential / 2**20:.1f} / {memory.concurrent / 2**20:.1f}"
+
+
+def _kernel_overlap(row: ReportRow) -> str:
+    return "-" if row.result.kernel_overlap is None else f"{row.result.kernel_overlap:.2f}"
 
 
 def _error(row: ReportRow) -> str:
@@ -133,9 +145,11 @@ def default_columns() -> list[Column]:
         Column("ideal", lambda row: f"{row.result.ideal_speedup:.2f}x"),
         Column("eff", _efficiency),
         Column("overlap", lambda row: f"{row.result.overlap:.2f}"),
+        Column("kernel overlap", _kernel_overlap, optional=True),
         Column("peak MiB seq / conc", _memory),
         Column("max err", _error),
         Column("verdicts", _verdicts),
+        Column("vs base", lambda row: row.vs_base or "-", optional=True),
     ]
 
 
@@ -147,15 +161,18 @@ def format_table(
 ) -> str:
     """The table; ``highlight`` marks up every cell of a row with a failed verdict."""
     columns = default_columns() if columns is None else columns
+    cells = [[column.cell(row) for column in columns] for row in rows]
+    shown = [
+        index
+        for index, column in enumerate(columns)
+        if not column.optional or any(line[index] != "-" for line in cells)
+    ]
     table = []
-    for row in rows:
-        cells = [column.cell(row) for column in columns]
-        if highlight is not None and row.failed:
-            cells = [highlight(cell) for cell in cells]
-        table.append(cells)
-    return tabulate(
-        table, headers=[column.header for column in columns], tablefmt=tablefmt, disable_numparse=True
-    )
+    for row, line in zip(rows, cells, strict=True):
+        kept = [line[index] for index in shown]
+        table.append([highlight(cell) for cell in kept] if highlight is not None and row.failed else kept)
+    headers = [columns[index].header for index in shown]
+    return tabulate(table, headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
 
 def format_results(results: Iterable[DualResult], tablefmt: str = "simple") -> str:
@@ -166,24 +183,40 @@ def format_results(results: Iterable[DualResult], tablefmt: str = "simple") -> s
 
 
 def json_document(
-    rows: Sequence[ReportRow], errors: Sequence[CallError], machine: dict[str, Any]
+    rows: Sequence[ReportRow],
+    errors: Sequence[CallError],
+    machine: dict[str, Any],
+    comparison: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The JSON report (``docs/report-schema.json``); ``comparison`` when a baseline was compared."""
+    document = {
         "version": JSON_VERSION,
         "machine": machine,
         "results": [row.to_dict() for row in rows],
         "errors": [error.to_dict() for error in errors],
     }
+    if comparison is not None:
+        document["comparison"] = comparison
+    return document
 
 
-def markdown(rows: Sequence[ReportRow], errors: Sequence[CallError], columns: Sequence[Column]) -> str:
+def markdown(
+    rows: Sequence[ReportRow],
+    errors: Sequence[CallError],
+    columns: Sequence[Column],
+    notes: Sequence[str] = (),
+) -> str:
+    """The table for a CI summary page, then the calls that raised and ``notes`` (baseline findings)."""
     lines = ["## pytest-dualgpu", ""]
     if rows:
         lines.append(format_table(rows, columns, tablefmt="github"))
     else:
         lines.append("No dual_infer results in this session.")
-    for error in errors:
-        lines.append(f"\n- `{error.nodeid}` call {error.call + 1} raised: {error.error}")
+    bullets = [f"`{error.nodeid}` call {error.call + 1} raised: {error.error}" for error in errors]
+    bullets += list(notes)
+    if bullets:
+        lines.append("")
+        lines += [f"- {bullet}" for bullet in bullets]
     return "\n".join(lines) + "\n"
 
 

@@ -151,6 +151,7 @@ class DualResult:
     max_abs_err: float
     max_rel_err: float
     mismatches: list[str] = field(default_factory=list)
+    efficiency_ci: tuple[float, float] | None = None
     kernel_overlap: float | None = None
     memory: MemoryStats | None = None
     eager_sequential: Measurement | None = None
@@ -187,6 +188,7 @@ class DualResult:
             "speedup_ci": list(self.speedup_ci),
             "ideal_speedup": self.ideal_speedup,
             "efficiency": self.efficiency,
+            "efficiency_ci": list(self.efficiency_ci) if self.efficiency_ci else None,
             "overlap": self.overlap,
             "kernel_overlap": self.kernel_overlap,
             "memory": self.memory.to_dict() if self.memory else None,
@@ -233,6 +235,7 @@ class DualResult:
             speedup_ci=(lo, hi),
             ideal_speedup=data["ideal_speedup"],
             efficiency=data["efficiency"],
+            efficiency_ci=_pair(data.get("efficiency_ci")),
             overlap=data["overlap"],
             kernel_overlap=data.get("kernel_overlap"),
             memory=MemoryStats.from_dict(data["memory"]) if data.get("memory") else None,
@@ -256,6 +259,10 @@ class DualResult:
                 for run, lines in data.get("timelines", {}).items()
             },
         )
+
+
+def _pair(values: Sequence[float] | None) -> tuple[float, float] | None:
+    return None if values is None else _interval(values)
 
 
 def _interval(pair: Sequence[float]) -> Interval:

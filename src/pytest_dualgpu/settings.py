@@ -13,18 +13,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .baseline import Threshold, parse_threshold
 from .errors import DualGpuUsageError
 
 MODES = ("sequential", "streams", "threads", "graphs")
-REPORT_KINDS = ("term", "json", "md")
+ReportKind = Literal["term", "json", "md", "trace", "png"]
+REPORT_KINDS: tuple[ReportKind, ...] = ("term", "json", "md", "trace", "png")
+TARGET_FORMS = "term, json:PATH, md, md:PATH, trace:DIR or png:DIR"
 DEFAULT_BUDGET = 1.0
 
 
 @dataclass(frozen=True)
 class ReportTarget:
-    """Where one report goes: ``term``, ``json:PATH`` or ``md[:PATH]``."""
+    """Where one report goes: ``term``, ``json:PATH``, ``md[:PATH]``, ``trace:DIR`` or ``png:DIR``."""
 
-    kind: Literal["term", "json", "md"]
+    kind: ReportKind
     path: str | None = None
 
     def __str__(self) -> str:
@@ -56,8 +59,8 @@ class Option:
 OPTIONS = (
     Option(
         "report",
-        "Report the dualgpu results: term (default), json:PATH, md[:PATH] (no path: $GITHUB_STEP_SUMMARY); "
-        "repeatable",
+        "Report the dualgpu results: term (default), json:PATH, md[:PATH] (no path: $GITHUB_STEP_SUMMARY), "
+        "trace:DIR (a Chrome/Perfetto trace per result), png:DIR (plots; needs matplotlib); repeatable",
         "args",
         "TARGET",
     ),
@@ -72,6 +75,20 @@ OPTIONS = (
         "auto|0,1,...",
     ),
     Option("require_cuda", "Make a missing CUDA GPU an error at session start", "bool"),
+    Option(
+        "profile",
+        "Run one more concurrent pass of every dual_infer call under torch.profiler, for kernel overlap",
+        "bool",
+    ),
+    Option("compare", "Compare the results with an earlier JSON report (a vs base column)", "string", "PATH"),
+    Option(
+        "compare_fail",
+        "Fail the session when a result regressed against --dualgpu-compare by more than this: "
+        "speedup:10%, efficiency:0.1, concurrent:10%, memory:10%; repeatable",
+        "args",
+        "METRIC:LIMIT",
+    ),
+    Option("save", "Save the results as a JSON report for later --dualgpu-compare runs", "string", "PATH"),
 )
 
 
@@ -85,6 +102,9 @@ class Settings:
     budget: float = DEFAULT_BUDGET
     devices: tuple[int, ...] | Literal["auto"] | None = None
     require_cuda: bool = False
+    profile: bool = False
+    compare: str | None = None
+    compare_fail: tuple[Threshold, ...] = ()
 
     @classmethod
     def resolve(cls, sources: Sequence[tuple[str, Mapping[str, Any]]]) -> Settings:
@@ -104,14 +124,25 @@ class Settings:
                 except DualGpuUsageError as error:
                     raise DualGpuUsageError(f"{where}={_shown(raw)}: {error}") from None
                 break
+        reports = values.get("report", ())
+        if "save" in values:
+            reports = (*reports, ReportTarget("json", values["save"]))
         settings = cls(
-            reports=values.get("report", ()),
+            reports=reports,
             device=values.get("device", "auto"),
             mode=values.get("mode", "auto"),
             budget=values.get("budget", DEFAULT_BUDGET),
             devices=values.get("devices"),
             require_cuda=values.get("require_cuda", False),
+            profile=values.get("profile", False),
+            compare=values.get("compare"),
+            compare_fail=values.get("compare_fail", ()),
         )
+        if settings.compare_fail and settings.compare is None:
+            raise DualGpuUsageError(
+                "compare_fail needs a baseline to compare with: add --dualgpu-compare=PATH "
+                "(a JSON report saved earlier with --dualgpu-save=PATH)"
+            )
         if settings.require_cuda and settings.device == "cpu":
             raise DualGpuUsageError(
                 "require_cuda is set but the device is cpu (from --dualgpu-*, DUALGPU_* or dualgpu_* in "
@@ -128,14 +159,16 @@ def parse_report_targets(raw: str | Sequence[str]) -> tuple[ReportTarget, ...]:
 def _report_target(word: str) -> ReportTarget:
     kind, _, path = word.partition(":")
     if kind not in REPORT_KINDS:
-        raise DualGpuUsageError(f"report target {word!r} is not one of term, json:PATH, md or md:PATH")
+        raise DualGpuUsageError(f"report target {word!r} is not one of {TARGET_FORMS}")
     if kind == "term" and path:
         raise DualGpuUsageError(f"report target {word!r}: term takes no path")
     if kind == "json" and not path:
         raise DualGpuUsageError("report target 'json' needs a file: json:PATH, e.g. json:dualgpu.json")
-    if kind == "term":
-        return ReportTarget("term")
-    return ReportTarget("json" if kind == "json" else "md", path or None)
+    if kind in ("trace", "png") and not path:
+        raise DualGpuUsageError(
+            f"report target {kind!r} needs a directory: {kind}:DIR, e.g. {kind}:dualgpu-{kind}"
+        )
+    return ReportTarget(kind, path or None)
 
 
 def parse_device(raw: object) -> str:
@@ -176,6 +209,18 @@ def parse_devices(raw: object) -> tuple[int, ...] | Literal["auto"]:
     return tuple(int(index) for index in indices)
 
 
+def parse_path(raw: object) -> str:
+    text = str(raw).strip()
+    if not text:
+        raise DualGpuUsageError("expected a file path")
+    return text
+
+
+def parse_thresholds(raw: str | Sequence[str]) -> tuple[Threshold, ...]:
+    words = shlex.split(raw) if isinstance(raw, str) else [str(word) for word in raw]
+    return tuple(parse_threshold(word) for word in words)
+
+
 def parse_bool(raw: object) -> bool:
     if isinstance(raw, bool):
         return raw
@@ -194,6 +239,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "budget": parse_budget,
     "devices": parse_devices,
     "require_cuda": parse_bool,
+    "profile": parse_bool,
+    "compare": parse_path,
+    "compare_fail": parse_thresholds,
+    "save": parse_path,
 }
 
 

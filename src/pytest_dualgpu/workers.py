@@ -26,6 +26,11 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def native_id(self) -> int | None:
+        """The thread's id as the OS (and so torch.profiler) knows it."""
+        return self._thread.native_id
+
     def submit(self, task: Callable[[], Any]) -> Future[Any]:
         future: Future[Any] = Future()
         self._tasks.put((future, task))

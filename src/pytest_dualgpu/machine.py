@@ -1,0 +1,138 @@
+"""What a report says about the machine its results were measured on.
+
+A baseline measured on another GPU, driver or torch says little about this run, so the JSON report
+carries enough to tell (and the regression gate warns on a mismatch). GPU facts come from nvidia-smi,
+which does not start CUDA: the writer is the xdist controller, which must not hold a CUDA context. Only
+where nvidia-smi is missing and this process uses CUDA anyway do they come from torch.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from functools import cache
+from typing import Any
+
+from .gpus import nvidia_smi, visible_entries
+
+#: Environment variables that change how lanes overlap, or whether results repeat.
+CONCURRENCY_ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_MAX_CONNECTIONS",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "PYTORCH_CUDA_ALLOC_CONF",
+)
+GPU_FIELDS = (
+    "index",
+    "name",
+    "uuid",
+    "compute_cap",
+    "memory.total",
+    "driver_version",
+    "mig.mode.current",
+    "compute_mode",
+)
+DEFAULT_MPS_PIPE_DIRECTORY = "/tmp/nvidia-mps"
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine, as the JSON report's ``machine`` object (``docs/report-schema.json``)."""
+    import torch
+
+    gpus = _gpus_from_nvidia_smi() or _gpus_from_torch()
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": _cudnn_version(),
+        "cpu": {"model": cpu_model(), "cores": os.cpu_count()},
+        "gpus": gpus,
+        "driver": next((gpu["driver"] for gpu in gpus if gpu["driver"]), None),
+        "mps": _mps_state(),
+        "env": {name: os.environ.get(name) for name in CONCURRENCY_ENV},
+    }
+
+
+def _gpus_from_nvidia_smi() -> list[dict[str, Any]]:
+    rows = [row for row in nvidia_smi(*GPU_FIELDS) if len(row) == len(GPU_FIELDS)]
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = None if listed is None else visible_entries(listed)
+    gpus = []
+    for index, name, uuid, compute, memory, driver, mig, compute_mode in rows:
+        gpus.append(
+            {
+                "index": int(index),
+                "name": name,
+                "uuid": uuid,
+                "compute_capability": compute,
+                "memory_bytes": _mebibytes(memory),
+                "driver": driver,
+                "mig": _known(mig),
+                "compute_mode": _known(compute_mode),
+                "visible": visible is None or any(entry in (index, uuid) for entry in visible),
+            }
+        )
+    return gpus
+
+
+def _gpus_from_torch() -> list[dict[str, Any]]:
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return []
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        properties = torch.cuda.get_device_properties(index)
+        uuid = str(getattr(properties, "uuid", "")) or None
+        gpus.append(
+            {
+                "index": index,
+                "name": properties.name,
+                "uuid": f"GPU-{uuid}" if uuid and not uuid.startswith("GPU-") else uuid,
+                "compute_capability": f"{properties.major}.{properties.minor}",
+                "memory_bytes": properties.total_memory,
+                "driver": None,
+                "mig": None,
+                "compute_mode": None,
+                "visible": True,
+            }
+        )
+    return gpus
+
+
+def _mps_state() -> dict[str, Any]:
+    """Whether an MPS control daemon listens: its pipe directory holds a ``control`` pipe then."""
+    directory = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_MPS_PIPE_DIRECTORY)
+    return {"pipe_directory": directory, "daemon": os.path.exists(os.path.join(directory, "control"))}
+
+
+def _cudnn_version() -> int | None:
+    import torch
+
+    if not torch.backends.cudnn.is_available():  # type: ignore[no-untyped-call]
+        return None
+    version: int | None = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
+    return version
+
+
+def _mebibytes(text: str) -> int | None:
+    number = text.split()[0] if text else ""
+    return int(number) * 2**20 if number.isdigit() else None
+
+
+def _known(text: str) -> str | None:
+    return None if not text or text.startswith("[") or text == "N/A" else text
+
+
+@cache
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"

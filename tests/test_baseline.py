@@ -1,0 +1,207 @@
+"""The baseline comparison and the regression gate: noise alone never fails it, a real regression does."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from models import SleepLane
+
+from pytest_dualgpu import dual_infer
+from pytest_dualgpu.baseline import Baseline, compare, parse_threshold
+from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.report import ReportRow, dumps, json_document
+from pytest_dualgpu.results import DualResult
+
+FAST = "--dualgpu-budget=0.05"
+
+
+@pytest.mark.parametrize(
+    ("text", "limit_of_base_2"),
+    [
+        ("speedup:10%", 1.8),
+        ("efficiency:0.1", 1.9),
+        ("efficiency:10%", 1.8),
+        ("concurrent:10%", 2.2),
+        ("concurrent:2ms", 2.002),
+        ("memory:50%", 3.0),
+        ("memory:1KiB", 1026.0),
+    ],
+)
+def test_thresholds_move_the_base_the_wrong_way(text: str, limit_of_base_2: float) -> None:
+    assert parse_threshold(text).limit(2.0) == pytest.approx(limit_of_base_2)
+    assert str(parse_threshold(text)) == text
+
+
+@pytest.mark.parametrize(
+    "text", ["speedup", "speed:10%", "speedup:fast", "speedup:-5%", "memory:lots", "speedup:2"]
+)
+def test_bad_thresholds_say_what_is_accepted(text: str) -> None:
+    with pytest.raises(DualGpuUsageError, match="use speedup:10%"):
+        parse_threshold(text)
+
+
+@pytest.fixture(scope="module")
+def measured() -> DualResult:
+    return dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.05)
+
+
+def moved(result: DualResult, speedup: float, ci: tuple[float, float], **changes: object) -> DualResult:
+    return dataclasses.replace(result, speedup=speedup, speedup_ci=ci, **changes)  # type: ignore[arg-type]
+
+
+def baseline_of(*rows: ReportRow, torch_version: str = "2.13.0") -> Baseline:
+    return Baseline("base.json", {"torch": torch_version}, {(r.nodeid, r.result.name, 0): r for r in rows})
+
+
+def test_regression_needs_the_whole_interval_beyond_the_limit(measured: DualResult) -> None:
+    base = ReportRow("t.py::test", moved(measured, 2.0, (1.9, 2.1)))
+    gate = (parse_threshold("speedup:10%"),)
+    noisy = ReportRow("t.py::test", moved(measured, 1.7, (1.5, 1.85)))  # median beyond, interval reaches in
+    slower = ReportRow("t.py::test", moved(measured, 1.6, (1.55, 1.75)))  # all of it below 1.8
+    assert compare([noisy], baseline_of(base), gate, "2.13.0").regressions == []
+    comparison = compare([slower], baseline_of(base), gate, "2.13.0")
+    [(row, change)] = comparison.regressions
+    assert row is slower
+    assert change.metric == "speedup"
+    assert change.limit == pytest.approx(1.8)
+    assert comparison.for_row(slower).cell() == "speedup -20.0% REGRESSED"  # type: ignore[union-attr]
+    assert (
+        "speedup 1.60x [95% CI 1.55x, 1.75x] vs base 2.00x (-20.0%); limit 1.80x (speedup:10%)"
+        in (comparison.regression_lines()[0])
+    )
+
+
+def test_time_regresses_upwards_and_improvements_never_fail(measured: DualResult) -> None:
+    base = ReportRow("t.py::test", measured)
+    gate = (parse_threshold("concurrent:10%"),)
+    slower_samples = tuple(sample * 1.5 for sample in measured.concurrent.samples)
+    slower = dataclasses.replace(
+        measured, concurrent=dataclasses.replace(measured.concurrent, median=measured.concurrent.median * 1.5,
+                                                 samples=slower_samples),
+    )  # fmt: skip
+    faster = dataclasses.replace(
+        measured, concurrent=dataclasses.replace(measured.concurrent, median=measured.concurrent.median / 2,
+                                                 samples=tuple(s / 2 for s in measured.concurrent.samples)),
+    )  # fmt: skip
+    assert len(compare([ReportRow("t.py::test", slower)], baseline_of(base), gate, None).regressions) == 1
+    assert compare([ReportRow("t.py::test", faster)], baseline_of(base), gate, None).regressions == []
+
+
+def test_rows_match_by_node_id_name_and_occurrence(measured: DualResult) -> None:
+    first = ReportRow("t.py::test", moved(measured, 2.0, (2.0, 2.0)), call=0)
+    second = ReportRow("t.py::test", moved(measured, 1.0, (1.0, 1.0)), call=1)
+    gate = (parse_threshold("speedup:10%"),)
+    now = [ReportRow("t.py::test", moved(measured, 1.0, (1.0, 1.0)), call=0),
+           ReportRow("t.py::test", moved(measured, 1.0, (1.0, 1.0)), call=1),
+           ReportRow("t.py::other", moved(measured, 1.0, (1.0, 1.0)))]  # fmt: skip
+    base = Baseline(
+        "b.json", {}, {("t.py::test", measured.name, 0): first, ("t.py::test", measured.name, 1): second}
+    )
+    comparison = compare(now, base, gate, None)
+    assert [row.call for row, _ in comparison.regressions] == [0]
+    assert comparison.for_row(now[2]).cell() == "new"  # type: ignore[union-attr]
+    assert "1 result(s) have no row in the base (b.json)" in comparison.warnings
+
+
+def test_another_gpu_or_torch_is_a_warning_and_another_device_is_not_gated(measured: DualResult) -> None:
+    base = ReportRow("t.py::test", moved(measured, 2.0, (2.0, 2.0), device_name="NVIDIA H100 80GB HBM3"))
+    now = ReportRow("t.py::test", moved(measured, 1.0, (1.0, 1.0)))
+    comparison = compare(
+        [now], baseline_of(base, torch_version="2.5.0"), (parse_threshold("speedup:10%"),), "2.13.0"
+    )
+    assert comparison.regressions == []
+    assert comparison.for_row(now).cell().endswith("(other device)")  # type: ignore[union-attr]
+    assert any("base measured on NVIDIA H100 80GB HBM3" in warning for warning in comparison.warnings)
+    assert "base measured with torch 2.5.0, this run with torch 2.13.0" in comparison.warnings
+
+
+def test_a_baseline_reads_back_what_a_report_wrote(
+    measured: DualResult, tmp_path: pytest.TempPathFactory
+) -> None:
+    path = tmp_path / "base.json"  # type: ignore[operator]
+    path.write_text(dumps(json_document([ReportRow("t.py::test", measured)], [], {"torch": "x"})))
+    baseline = Baseline.load(str(path))
+    assert baseline.machine == {"torch": "x"}
+    assert baseline.rows[("t.py::test", measured.name, 0)].result.speedup == measured.speedup
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{not json", "not JSON"), ('{"results": 3}', "not a pytest-dualgpu JSON report"),
+     ('{"results": [{"nodeid": "x"}]}', "a result could not be read")],
+)  # fmt: skip
+def test_a_broken_baseline_is_a_clear_error(
+    tmp_path: pytest.TempPathFactory, content: str, message: str
+) -> None:
+    path = tmp_path / "base.json"  # type: ignore[operator]
+    path.write_text(content)
+    with pytest.raises(DualGpuUsageError, match=message):
+        Baseline.load(str(path))
+
+
+# 21 rounds, not the default 7: with 7 the 95% interval of a median is the whole range, and one
+# disturbed round would keep a real regression from being proven.
+SWITCHABLE = """
+import os
+import torch
+from inner_models import Gil, Sleep
+
+def test_pair(dual_infer):
+    lane = Gil if os.environ.get("LANES") == "gil" else Sleep
+    dual_infer(lane(0.003), lane(0.003), torch.ones(2), name="pair", min_rounds=21)
+
+def test_steady(dual_infer):
+    dual_infer(Sleep(0.003), Sleep(0.003), torch.ones(2), name="steady", min_rounds=21)
+"""
+
+
+def test_the_gate_fails_the_session_on_a_real_regression_and_passes_without_one(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite.makepyfile(test_gate=SWITCHABLE)
+    suite.runpytest(FAST, "--dualgpu-save=base/dualgpu.json").assert_outcomes(passed=2)
+    assert json.loads((suite.path / "base" / "dualgpu.json").read_text())["results"]
+
+    unchanged = suite.runpytest(
+        FAST, "--dualgpu-compare=base/dualgpu.json", "--dualgpu-compare-fail=speedup:30%", "--dualgpu-report"
+    )
+    assert unchanged.ret == pytest.ExitCode.OK
+    unchanged.stdout.fnmatch_lines(["*vs base*", "regression gate: no result regressed beyond speedup:30%"])
+
+    monkeypatch.setenv("LANES", "gil")  # sleeping lanes overlap (~1.9x), GIL-holding ones cannot (~1x)
+    regressed = suite.runpytest(
+        FAST, "--dualgpu-compare=base/dualgpu.json", "--dualgpu-compare-fail=speedup:30%",
+        "--dualgpu-report=json:new.json", "--dualgpu-report=md:summary.md",
+    )  # fmt: skip
+    assert regressed.ret == pytest.ExitCode.TESTS_FAILED
+    regressed.assert_outcomes(passed=2)
+    regressed.stdout.fnmatch_lines(
+        [
+            "regression gate (speedup:30%) failed for 1 result(s):",
+            "  test_gate.py::test_pair [[]pair]: speedup *x [[]95% CI *] vs base *x (-*%); "
+            "limit *x (speedup:30%)",
+        ]
+    )
+    assert "test_steady" not in "".join(line for line in regressed.outlines if line.startswith("  test_"))
+    document = json.loads((suite.path / "new.json").read_text())
+    assert [entry["nodeid"] for entry in document["comparison"]["regressions"]] == ["test_gate.py::test_pair"]
+    assert document["results"][0]["baseline"]["metrics"]["speedup"]["regressed"] is True
+    summary = (suite.path / "summary.md").read_text()
+    assert "| vs base" in summary.replace("|  vs base", "| vs base") or "vs base" in summary
+    assert "- regressed: test_gate.py::test_pair [pair]: speedup" in summary
+
+
+def test_the_gate_reaches_the_exit_code_under_xdist(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite.makepyfile(test_gate=SWITCHABLE)
+    suite.runpytest_subprocess(FAST, "-n", "2", "--dualgpu-save=base.json").assert_outcomes(passed=2)
+    monkeypatch.setenv("LANES", "gil")
+    result = suite.runpytest_subprocess(
+        FAST, "-n", "2", "--dualgpu-compare=base.json", "--dualgpu-compare-fail=speedup:30%"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*regression gate (speedup:30%) failed for 1 result(s):*"])

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+from models import GilLane, SleepLane
+
+import pytest_dualgpu
+from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.plots import (
+    MATPLOTLIB_MISSING,
+    require_matplotlib,
+    write_session_png,
+    write_timeline_png,
+)
+from pytest_dualgpu.report import ReportRow
+from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.timeline import LaneTimeline
+
+NODEID = "test_x.py::test_y"
+
+needs_matplotlib = pytest.mark.skipif(
+    find_spec("matplotlib") is None, reason="the [plot] extra is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def sleeping() -> DualResult:
+    return pytest_dualgpu.dual_infer(
+        SleepLane(0.002), SleepLane(0.002), torch.ones(2), budget=0.05, mode="threads"
+    )
+
+
+@pytest.fixture(scope="module")
+def gil_bound() -> DualResult:
+    return pytest_dualgpu.dual_infer(
+        GilLane(0.002), GilLane(0.002), torch.ones(2), budget=0.05, mode="threads"
+    )
+
+
+@pytest.fixture(scope="module")
+def three_lanes() -> DualResult:
+    models = [SleepLane(0.002), SleepLane(0.002), SleepLane(0.002)]
+    return pytest_dualgpu.dual_infer.many(models, [torch.ones(2)] * 3, budget=0.05, mode="threads")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def pixels(path: Path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.tobytes()
+
+
+def tracks(result: DualResult) -> int:
+    return sum(len(lines) for lines in result.timelines.values())
+
+
+@needs_matplotlib
+def test_timeline_png_is_ten_inches_wide_with_a_row_of_height_per_track(
+    tmp_path: Path, sleeping: DualResult, gil_bound: DualResult
+) -> None:
+    for result in (sleeping, gil_bound):
+        path = tmp_path / "nested" / "dir" / f"{result.lanes[0].name}.png"
+        write_timeline_png(ReportRow(NODEID, result), path)
+        assert tracks(result) == 4
+        assert png_size(path) == (1000, round(100 * (1.2 + 0.45 * 4)))
+
+
+@needs_matplotlib
+def test_more_lanes_make_a_taller_timeline(
+    tmp_path: Path, sleeping: DualResult, three_lanes: DualResult
+) -> None:
+    write_timeline_png(ReportRow(NODEID, sleeping), tmp_path / "two.png")
+    write_timeline_png(ReportRow(NODEID, three_lanes), tmp_path / "three.png")
+    assert tracks(three_lanes) == 6
+    width, height = png_size(tmp_path / "three.png")
+    assert (width, height) == (1000, round(100 * (1.2 + 0.45 * 6)))
+    assert height > png_size(tmp_path / "two.png")[1]
+
+
+@needs_matplotlib
+def test_kernel_tracks_are_drawn_below_the_runs(tmp_path: Path, sleeping: DualResult) -> None:
+    streams = [
+        LaneTimeline("stream 7", ((0.0, 0.001), (0.0015, 0.002))),
+        LaneTimeline("stream 13", ((0.0005, 0.003),)),
+    ]
+    profiled = dataclasses.replace(sleeping, timelines={**sleeping.timelines, "kernels": streams})
+    write_timeline_png(ReportRow(NODEID, profiled), tmp_path / "kernels.png")
+    assert png_size(tmp_path / "kernels.png") == (1000, round(100 * (1.2 + 0.45 * 6)))
+
+
+@needs_matplotlib
+def test_empty_timelines_draw_without_crashing(tmp_path: Path, sleeping: DualResult) -> None:
+    idle = [LaneTimeline(name, ()) for name in sleeping.lane_names]
+    empty = dataclasses.replace(sleeping, timelines={"concurrent": idle, "sequential": idle})
+    write_timeline_png(ReportRow(NODEID, empty), tmp_path / "idle.png")
+    assert png_size(tmp_path / "idle.png") == (1000, round(100 * (1.2 + 0.45 * 4)))
+    write_timeline_png(ReportRow(NODEID, dataclasses.replace(sleeping, timelines={})), tmp_path / "none.png")
+    assert png_size(tmp_path / "none.png")[0] == 1000
+
+
+@needs_matplotlib
+def test_session_png_grows_with_rows(
+    tmp_path: Path, sleeping: DualResult, gil_bound: DualResult, three_lanes: DualResult
+) -> None:
+    rows = [
+        ReportRow(f"test_x.py::test_{index}", result) for index, result in enumerate((sleeping, gil_bound))
+    ]
+    write_session_png(rows, tmp_path / "out" / "two.png")
+    rows.append(ReportRow("test_x.py::test_" + "very_long_parametrized_name_" * 5, three_lanes))
+    write_session_png(rows, tmp_path / "out" / "three.png")
+    two, three = png_size(tmp_path / "out" / "two.png"), png_size(tmp_path / "out" / "three.png")
+    assert two[0] == three[0] == 1000
+    assert three[1] > two[1]
+
+
+@needs_matplotlib
+def test_session_png_with_a_hundred_rows_and_with_none(tmp_path: Path, sleeping: DualResult) -> None:
+    rows = [ReportRow(f"test_x.py::test_case[{index}]", sleeping) for index in range(100)]
+    write_session_png(rows, tmp_path / "many.png")
+    write_session_png([], tmp_path / "none.png")
+    assert png_size(tmp_path / "many.png")[1] > png_size(tmp_path / "none.png")[1]
+
+
+@needs_matplotlib
+def test_a_row_read_back_from_json_plots_the_same(tmp_path: Path, sleeping: DualResult) -> None:
+    restored = DualResult.from_dict(json.loads(json.dumps(sleeping.to_dict())))
+    write_timeline_png(ReportRow(NODEID, sleeping), tmp_path / "timeline.png")
+    write_timeline_png(ReportRow(NODEID, restored), tmp_path / "timeline-json.png")
+    assert pixels(tmp_path / "timeline.png") == pixels(tmp_path / "timeline-json.png")
+    write_session_png([ReportRow(NODEID, sleeping)], tmp_path / "session.png")
+    write_session_png([ReportRow(NODEID, restored)], tmp_path / "session-json.png")
+    assert pixels(tmp_path / "session.png") == pixels(tmp_path / "session-json.png")
+
+
+def test_missing_matplotlib_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(DualGpuUsageError, match="pip install 'pytest-dualgpu\\[plot\\]'") as caught:
+        require_matplotlib()
+    assert str(caught.value) == MATPLOTLIB_MISSING
+    with pytest.raises(DualGpuUsageError, match="need matplotlib"):
+        write_session_png([], tmp_path / "never.png")
+    assert not (tmp_path / "never.png").exists()
