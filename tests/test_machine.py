@@ -1,0 +1,85 @@
+"""The machine description every JSON report carries."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_dualgpu.machine import CONCURRENCY_ENV, machine_info
+
+# What `nvidia-smi --query-gpu=... --format=csv,noheader` prints on a two-GPU machine, one with MIG on.
+TWO_GPUS = "".join(
+    f"{index}, NVIDIA H100 80GB HBM3, GPU-{uuid}, 9.0, 81559 MiB, 550.54.15, {mig}, {mode}\n"
+    for index, uuid, mig, mode in [
+        (0, "11111111-2222-3333-4444-555555555555", "Disabled", "Default"),
+        (1, "66666666-7777-8888-9999-000000000000", "Enabled", "Exclusive_Process"),
+    ]
+)
+
+
+@pytest.fixture
+def two_gpu_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An nvidia-smi on PATH that answers like the real one on a two-GPU machine (this one has none)."""
+    script = tmp_path / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{TWO_GPUS}EOF\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_versions_cpu_and_the_environment_that_changes_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    machine = machine_info()
+    assert machine["torch"] == torch.__version__
+    assert machine["cuda"] == torch.version.cuda
+    assert machine["cpu"]["cores"] == os.cpu_count()
+    assert machine["cpu"]["model"]
+    assert set(machine["env"]) == set(CONCURRENCY_ENV)
+    assert machine["env"]["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"
+    assert machine["env"]["PYTORCH_CUDA_ALLOC_CONF"] is None
+    assert machine["mps"]["daemon"] is False
+
+
+def test_gpus_come_from_nvidia_smi_with_mig_mode_and_visibility(
+    two_gpu_nvidia_smi: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-66666666-7777-8888-9999-000000000000")
+    machine = machine_info()
+    first, second = machine["gpus"]
+    assert first == {
+        "index": 0,
+        "name": "NVIDIA H100 80GB HBM3",
+        "uuid": "GPU-11111111-2222-3333-4444-555555555555",
+        "compute_capability": "9.0",
+        "memory_bytes": 81559 * 2**20,
+        "driver": "550.54.15",
+        "mig": "Disabled",
+        "compute_mode": "Default",
+        "visible": False,
+    }
+    assert (second["mig"], second["compute_mode"], second["visible"]) == (
+        "Enabled",
+        "Exclusive_Process",
+        True,
+    )
+    assert machine["driver"] == "550.54.15"
+
+
+def test_every_gpu_is_visible_without_cuda_visible_devices(
+    two_gpu_nvidia_smi: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert [gpu["visible"] for gpu in machine_info()["gpus"]] == [True, True]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert [gpu["visible"] for gpu in machine_info()["gpus"]] == [False, True]
+
+
+def test_an_mps_daemon_is_seen_by_its_control_pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    assert machine_info()["mps"] == {"pipe_directory": str(tmp_path), "daemon": False}
+    os.mkfifo(tmp_path / "control")
+    assert machine_info()["mps"]["daemon"] is True
