@@ -200,3 +200,20 @@ def test_a_raising_lane_in_streams_mode_leaves_the_next_call_working(cuda_input:
         dual_infer(StreamRaiser(), KernelSleep(), cuda_input, mode="streams", **BUDGET)
     result = dual_infer(KernelSleep(), KernelSleep(), cuda_input, mode="streams", **BUDGET)
     assert result.overlap > 0.8
+
+
+@pytest.mark.parametrize("mode", ["streams", "threads"])
+def test_profiled_sleeping_kernels_overlap_on_their_streams(mode: str, cuda_input: torch.Tensor) -> None:
+    result = dual_infer(KernelSleep(), KernelSleep(), cuda_input, mode=mode, profile=True, **BUDGET)
+    assert result.kernel_overlap is not None, result.warnings
+    assert result.kernel_overlap > 0.8
+    streams = [line for line in result.timelines["kernels"] if line.intervals]
+    assert len(streams) >= 2
+    assert all(line.lane.startswith("stream ") for line in streams)
+    if mode == "threads":  # launches come from the lane threads, so each stream is named after its lane
+        assert any("KernelSleep" in line.lane for line in streams), [line.lane for line in streams]
+
+
+def test_profiled_kernels_back_to_back_do_not_overlap(cuda_input: torch.Tensor) -> None:
+    result = dual_infer(KernelSleep(), KernelSleep(), cuda_input, mode="sequential", profile=True, **BUDGET)
+    assert result.kernel_overlap == 0.0
