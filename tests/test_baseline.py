@@ -190,7 +190,16 @@ def test_the_gate_fails_the_session_on_a_real_regression_and_passes_without_one(
     assert [entry["nodeid"] for entry in document["comparison"]["regressions"]] == ["test_gate.py::test_pair"]
     assert document["results"][0]["baseline"]["metrics"]["speedup"]["regressed"] is True
     summary = (suite.path / "summary.md").read_text()
-    assert "| vs base" in summary.replace("|  vs base", "| vs base") or "vs base" in summary
+    header, _, *body = [line for line in summary.splitlines() if line.startswith("|")]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    table = [
+        dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
+        for line in body
+    ]
+    assert [(row["test"], row["vs base"].endswith("REGRESSED")) for row in table] == [
+        ("test_gate.py::test_pair [pair]", True),
+        ("test_gate.py::test_steady [steady]", False),
+    ]
     assert "- regressed: test_gate.py::test_pair [pair]: speedup" in summary
 
 
