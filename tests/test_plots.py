@@ -15,7 +15,9 @@ from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.plots import (
     MATPLOTLIB_MISSING,
     require_matplotlib,
+    write_matrix_png,
     write_session_png,
+    write_sweep_png,
     write_timeline_png,
 )
 from pytest_dualgpu.report import ReportRow
@@ -47,6 +49,13 @@ def gil_bound() -> DualResult:
 def three_lanes() -> DualResult:
     models = [SleepLane(0.002), SleepLane(0.002), SleepLane(0.002)]
     return pytest_dualgpu.dual_infer.many(models, [torch.ones(2)] * 3, budget=0.05, mode="threads")
+
+
+@pytest.fixture(scope="module")
+def mixed() -> DualResult:
+    return pytest_dualgpu.dual_infer(
+        SleepLane(0.002), GilLane(0.002), torch.ones(2), budget=0.03, mode="threads"
+    )
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -144,6 +153,58 @@ def test_a_row_read_back_from_json_plots_the_same(tmp_path: Path, sleeping: Dual
     write_session_png([ReportRow(NODEID, sleeping)], tmp_path / "session.png")
     write_session_png([ReportRow(NODEID, restored)], tmp_path / "session-json.png")
     assert pixels(tmp_path / "session.png") == pixels(tmp_path / "session-json.png")
+
+
+@needs_matplotlib
+def test_matrix_png_grows_with_the_number_of_models(
+    tmp_path: Path, sleeping: DualResult, gil_bound: DualResult, mixed: DualResult
+) -> None:
+    write_matrix_png(["sleep", "gil"], [[sleeping, mixed], [mixed, gil_bound]], tmp_path / "a" / "two.png")
+    names = ["sleep", "gil", "a_model_with_a_rather_long_name"]
+    grid = [[sleeping, mixed, sleeping], [mixed, gil_bound, mixed], [sleeping, mixed, sleeping]]
+    write_matrix_png(names, grid, tmp_path / "a" / "three.png")
+    two, three = png_size(tmp_path / "a" / "two.png"), png_size(tmp_path / "a" / "three.png")
+    assert two[0] >= 500
+    assert two[1] >= 450
+    assert three[0] > two[0]
+    assert three[1] > two[1]
+
+
+@needs_matplotlib
+def test_matrix_png_draws_a_failed_pair(tmp_path: Path, sleeping: DualResult, mixed: DualResult) -> None:
+    no_efficiency = dataclasses.replace(sleeping, efficiency=None)
+    write_matrix_png(["sleep", "mixed"], [[no_efficiency, None], [None, mixed]], tmp_path / "failed.png")
+    write_matrix_png(["sleep", "mixed"], [[None, None], [None, None]], tmp_path / "all-failed.png")
+    assert png_size(tmp_path / "failed.png") == png_size(tmp_path / "all-failed.png")
+    assert pixels(tmp_path / "failed.png") != pixels(tmp_path / "all-failed.png")
+
+
+@needs_matplotlib
+def test_matrix_png_rejects_a_grid_that_does_not_match_the_names(
+    tmp_path: Path, sleeping: DualResult
+) -> None:
+    with pytest.raises(ValueError, match="2 rows of 2"):
+        write_matrix_png(["a", "b"], [[sleeping, sleeping]], tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+@needs_matplotlib
+def test_sweep_png_is_a_thousand_by_seven_hundred(
+    tmp_path: Path, sleeping: DualResult, gil_bound: DualResult, mixed: DualResult
+) -> None:
+    write_sweep_png([1, 4, 16], [sleeping, mixed, gil_bound], tmp_path / "sweep" / "full.png")
+    assert png_size(tmp_path / "sweep" / "full.png") == (1000, 700)
+    write_sweep_png([8, 1, 2, 4], [sleeping, mixed, None, mixed], tmp_path / "sweep" / "gap.png")
+    assert png_size(tmp_path / "sweep" / "gap.png") == (1000, 700)
+
+
+@needs_matplotlib
+def test_sweep_png_with_no_measured_batch_size_still_draws(tmp_path: Path, sleeping: DualResult) -> None:
+    write_sweep_png([1, 2, 4], [None, None, None], tmp_path / "nothing.png")
+    write_sweep_png([2], [sleeping], tmp_path / "single.png")
+    assert png_size(tmp_path / "nothing.png") == png_size(tmp_path / "single.png") == (1000, 700)
+    with pytest.raises(ValueError, match="positive"):
+        write_sweep_png([0, 1], [sleeping, sleeping], tmp_path / "zero.png")
 
 
 def test_missing_matplotlib_names_the_extra_to_install(

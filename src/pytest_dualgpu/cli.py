@@ -1,46 +1,184 @@
-"""The ``dualgpu`` command (also ``python -m pytest_dualgpu``)."""
+"""The ``dualgpu`` command (also ``python -m pytest_dualgpu``): which models to co-locate, and how.
+
+Exit codes: 0 when everything was measured, 1 when a model failed (its cells say so, the rest still ran),
+2 for bad usage (a reference or spec that cannot be read, a bad option), 130 when interrupted (after
+printing what finished).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
+from .errors import DualGpuUsageError
+
+EXAMPLES = """\
+examples:
+  dualgpu demo
+  dualgpu profile mypkg.models:ImageEncoder mypkg.models:TextEncoder --inputs 8x3x224x224 8x128:int64
+  dualgpu profile models.py:detector models.py:classifier --inputs 4x3x64x64 --dtype float16
+  dualgpu matrix pytest_dualgpu.demo:MLP pytest_dualgpu.demo:SmallCNN pytest_dualgpu.demo:TinyTransformer
+  dualgpu sweep pytest_dualgpu.demo:MLP pytest_dualgpu.demo:SmallCNN --batch 1,2,4,8,16 --png sweep.png
+  dualgpu report shard-0.json shard-1.json --format md --output summary.md
+
+models:  package.module:name or path/to/file.py:name (an nn.Module instance, class, or factory)
+inputs:  1x3x224x224, 1x3x224x224:float16, 8x128:int64 (ids in [0, 100)), or module:name / file.py:name
+         (a value, or a function returning one, given the batch size if it takes an argument); a model
+         with an example_inputs(batch) method needs none
+exit codes: 0 ok, 1 a model failed, 2 bad usage, 130 interrupted (what finished is printed)
+"""
+INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dualgpu",
-        description="Measure PyTorch models running concurrently on one device.",
+        description="Measure PyTorch models running concurrently on one device, to choose what to co-locate.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    info = commands.add_parser("info", help="Show the device dualgpu would measure on")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EXAMPLES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    profile = command("profile", "One pair in every applicable mode: the table and the verdict in words")
+    profile.add_argument("models", nargs=2, metavar="MODEL")
+    _add_inputs(profile, "one spec for both models, or one each")
+    _add_measuring(profile, modes=True)
+
+    matrix = command("matrix", "Every pair of the models (and each beside a copy of itself): an n x n table")
+    matrix.add_argument("models", nargs="+", metavar="MODEL")
+    _add_inputs(matrix, "one spec for every model, or one per model")
+    _add_measuring(matrix)
+
+    sweep = command(
+        "sweep", "One pair over batch sizes: speedup, ideal and throughput, and where it stops paying"
+    )
+    sweep.add_argument("models", nargs=2, metavar="MODEL")
+    sweep.add_argument("--batch", required=True, type=_batches, help="Batch sizes, e.g. 1,2,4,8,16,32")
+    _add_inputs(sweep, "shapes whose first size is replaced by each batch size")
+    _add_measuring(sweep)
+
+    report = command("report", "Render saved JSON reports as one table, markdown or one merged JSON")
+    report.add_argument("files", nargs="+", metavar="REPORT.json")
+    report.add_argument("--format", choices=("term", "md", "json"), default="term", help="Output format")
+    report.add_argument("--output", metavar="PATH", help="Write there instead of standard output")
+
+    demo = command("demo", "The matrix and the best pair's profile on built-in models (no code of yours)")
+    _add_measuring(demo, budget=0.3)
+
+    info = command("info", "Show the device dualgpu would measure on")
     info.add_argument("--device", default="auto", help="Device to describe (auto, cpu, cuda, cuda:N)")
     return parser
+
+
+def _add_inputs(parser: argparse.ArgumentParser, meaning: str) -> None:
+    parser.add_argument("--inputs", nargs="+", metavar="SPEC", default=[], help=f"Input specs: {meaning}")
+
+
+def _add_measuring(parser: argparse.ArgumentParser, modes: bool = False, budget: float = 1.0) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N"
+    )
+    mode_help = "Only this mode (default: every applicable one)" if modes else "Execution mode (default auto)"
+    parser.add_argument(
+        "--mode", choices=("auto", "sequential", "streams", "threads", "graphs"), help=mode_help
+    )
+    parser.add_argument(
+        "--budget", type=_positive, default=budget, help=f"Seconds of measuring per call (default {budget:g})"
+    )
+    parser.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), help="Cast models and float inputs"
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="Write the results as a JSON report (dualgpu report reads it)"
+    )
+    parser.add_argument("--png", metavar="PATH", help="Draw the results (needs the plot extra)")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="Show a progress bar (default: when standard error is a terminal)",
+    )  # fmt: skip
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        sizes = [int(size) for size in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: batch sizes are integers separated by commas, e.g. 1,2,4,8"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be at least 1")
+    return sorted(set(sizes))
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds > 0, e.g. 0.5")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
-    if arguments.command == "info":
-        return _info(arguments.device)
-    parser.print_help()
-    return 0
+    if arguments.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if arguments.command == "info":
+            return _info(arguments.device)
+        if arguments.command == "report":
+            return _report(arguments)
+        from .commands import run_command
+
+        return run_command(arguments)
+    except DualGpuUsageError as error:
+        print(f"dualgpu {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _info(spec: str) -> int:
     import torch
 
     from .devices import device_name, resolve_device
-    from .errors import DualGpuUsageError
 
-    try:
-        device = resolve_device(spec)
-    except DualGpuUsageError as error:
-        print(f"dualgpu: error: {error}")
-        return 2
+    device = resolve_device(spec)
     print(f"device: {device} ({device_name(device)})")
     print(f"torch: {torch.__version__}, CUDA {torch.version.cuda or 'not built'}")
     print(f"intra-op threads: {torch.get_num_threads()}")
     return 0
+
+
+def _report(arguments: argparse.Namespace) -> int:
+    from .merge import merge_reports, render
+
+    merged = merge_reports([Path(name) for name in arguments.files])
+    text = render(merged, arguments.format)
+    emit(text, arguments.output)
+    failed = merged.errors or any(row.failed for row in merged.rows)
+    return 1 if failed else 0
+
+
+def emit(text: str, output: str | None) -> None:
+    """Print ``text``, or write it to ``output`` (its folder made as needed)."""
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    target = Path(output).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")

@@ -1,4 +1,5 @@
-"""PNG pictures of results: one timeline per ``dual_infer`` call, and one speedup chart per session.
+"""PNG pictures of results: one timeline per ``dual_infer`` call, one speedup chart per session, and the
+``dualgpu`` command's pairing matrix and batch-size sweep.
 
 matplotlib is an optional extra, so it is imported only inside the functions that draw; the plugin can
 import this module and call ``require_matplotlib`` to fail early with an install hint. Figures are built
@@ -9,12 +10,13 @@ thread-safe nor wanted in a test session that may have no display.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import DualGpuUsageError
 from .report import ReportRow
+from .results import DualResult
 from .timeline import LaneTimeline
 
 if TYPE_CHECKING:
@@ -32,6 +34,14 @@ SESSION_ROW_PX = 30
 LABEL_CHARS = 48
 RUN_ORDER = ("concurrent", "sequential", "kernels")
 SHARED_CLOCK = ("concurrent", "sequential")
+MATRIX_CELL_PX = 100
+MATRIX_MARGIN_PX = (300, 250)
+MATRIX_MIN_PX = (500, 450)
+MATRIX_COLOURS = "RdYlGn"
+MATRIX_FAILED = "lightgrey"
+SPEEDUP_LOW = 0.5
+SPEEDUP_HIGH = 2.0
+SWEEP_PX = (1000, 700)
 
 
 def require_matplotlib() -> None:
@@ -125,11 +135,125 @@ def write_session_png(rows: Sequence[ReportRow], path: Path) -> None:
     _save(figure, path)
 
 
-def _new_figure(height_px: int) -> Figure:
+def write_matrix_png(
+    names: Sequence[str], results: Sequence[Sequence[DualResult | None]], path: Path
+) -> None:
+    """Colour every pairing by its speedup, so the models worth co-locating stand out from the whole grid.
+
+    ``results[i][j]`` is model i beside model j (the diagonal: beside a copy of itself); None is a pair
+    that failed, drawn grey. The colours turn from red to green at 1.0x, where running at once stops
+    losing to running one after the other.
+    """
+    require_matplotlib()
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import TwoSlopeNorm
+
+    count = len(names)
+    if len(results) != count or any(len(row) != count for row in results):
+        raise ValueError(f"a pairing matrix of {count} models needs {count} rows of {count} results")
+    speedups = np.ma.masked_invalid(
+        [[math.nan if cell is None else cell.speedup for cell in row] for row in results]
+    )
+    best = max((float(value) for value in speedups.compressed()), default=SPEEDUP_HIGH)
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=SPEEDUP_LOW, vmax=max(SPEEDUP_HIGH, best))
+    colours = colormaps[MATRIX_COLOURS].with_extremes(bad=MATRIX_FAILED)
+    width = max(MATRIX_MIN_PX[0], MATRIX_CELL_PX * count + MATRIX_MARGIN_PX[0])
+    height = max(MATRIX_MIN_PX[1], MATRIX_CELL_PX * count + MATRIX_MARGIN_PX[1])
+    figure = _new_figure(height, width_px=width)
+    axes = figure.add_subplot()
+    image = axes.imshow(speedups, cmap=colours, norm=norm, aspect="auto")
+    for row, cells in enumerate(results):
+        for column, cell in enumerate(cells):
+            text, ink = "failed", "black"
+            if cell is not None:
+                efficiency = "-" if cell.efficiency is None else f"{cell.efficiency:.2f}"
+                text = f"{cell.speedup:.2f}x\neff {efficiency}"
+                if math.isfinite(cell.speedup):
+                    ink = _ink_on(colours(norm(cell.speedup)))
+            axes.text(column, row, text, ha="center", va="center", fontsize=8, color=ink)
+    positions = list(range(count))
+    axes.set_xticks(positions, list(names), rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+    axes.set_yticks(positions, list(names), fontsize=8)
+    axes.set_title("pairing matrix: speedup of running each pair at once", fontsize=10)
+    figure.colorbar(image, ax=axes, label="speedup (sequential / concurrent)")
+    _save(figure, path)
+
+
+def write_sweep_png(batches: Sequence[int], results: Sequence[DualResult | None], path: Path) -> None:
+    """Show how speedup and throughput move with batch size, to find where running at once stops paying.
+
+    A batch size whose result is None failed and leaves a gap in every curve rather than a fake point.
+    """
+    require_matplotlib()
+    if len(batches) != len(results):
+        raise ValueError(f"{len(batches)} batch sizes but {len(results)} results")
+    if any(batch <= 0 for batch in batches):
+        raise ValueError("batch sizes must be positive to sit on a log2 axis")
+    figure = _new_figure(SWEEP_PX[1], width_px=SWEEP_PX[0])
+    points = sorted(zip(batches, results, strict=True), key=lambda point: point[0])
+    measured = [result for _, result in points if result is not None]
+    if not measured:
+        axes = figure.add_subplot()
+        axes.set_axis_off()
+        axes.set_title("batch-size sweep", fontsize=10)
+        note = "no batch size could be measured"
+        axes.text(0.5, 0.5, note, ha="center", va="center", transform=axes.transAxes)
+        _save(figure, path)
+        return
+    figure.suptitle(f"batch-size sweep: {' beside '.join(measured[0].lane_names)}", fontsize=10)
+    xs = [batch for batch, _ in points]
+    present = [result is not None for _, result in points]
+    top, bottom = figure.subplots(2, 1, sharex=True)
+
+    def curve(value: Callable[[int, DualResult], float]) -> list[float]:
+        return [math.nan if result is None else _or_nan(value(batch, result)) for batch, result in points]
+
+    top.fill_between(
+        xs,
+        curve(lambda _, result: result.speedup_ci[0]),
+        curve(lambda _, result: result.speedup_ci[1]),
+        where=present,
+        color="tab:blue",
+        alpha=0.2,
+        label="95% CI",
+    )
+    top.plot(xs, curve(lambda _, result: result.speedup), "o-", color="tab:blue", label="measured speedup")
+    top.plot(xs, curve(lambda _, result: result.ideal_speedup), "--", color="tab:orange", label="ideal")
+    top.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="no gain (1.0x)")
+    top.set_ylim(bottom=0.0)
+    top.set_ylabel("speedup")
+
+    def total(measurement: str) -> Callable[[int, DualResult], float]:
+        def items_per_second(batch: int, result: DualResult) -> float:
+            return _rate(len(result.lanes) * batch, getattr(result, measurement).median)
+
+        return items_per_second
+
+    bottom.plot(xs, curve(total("concurrent")), "o-", color="tab:green", label="total, concurrent")
+    bottom.plot(xs, curve(total("sequential")), "s--", color="tab:red", label="total, sequential")
+    lane_names = measured[0].lane_names
+    for lane, name in enumerate(lane_names):
+        label = f"{name} alone" if lane_names.count(name) == 1 else f"{name} (lane {lane + 1}) alone"
+        bottom.plot(xs, curve(_alone_rate(lane)), "^:", color=f"C{4 + lane % 6}", label=label)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("items/s (log scale)")
+    bottom.set_xlabel("batch size per lane")
+    for axes in (top, bottom):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(sorted(set(xs)), [str(batch) for batch in sorted(set(xs))])
+        axes.set_xticks([], minor=True)
+        axes.set_xlim(xs[0] / 1.4, xs[-1] * 1.4)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8, loc="best")
+    _save(figure, path)
+
+
+def _new_figure(height_px: int, width_px: int = round(WIDTH_INCHES * DPI)) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(WIDTH_INCHES, height_px / DPI), dpi=DPI, layout="constrained")
+    figure = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -177,3 +301,26 @@ def _shorten(label: str) -> str:
 
 def _finite(value: float) -> float:
     return value if math.isfinite(value) else 0.0
+
+
+def _or_nan(value: float) -> float:
+    return value if math.isfinite(value) else math.nan
+
+
+def _rate(items: int, seconds: float) -> float:
+    return items / seconds if seconds > 0 else math.nan
+
+
+def _alone_rate(lane: int) -> Callable[[int, DualResult], float]:
+    """Items per second of one lane running by itself: the concurrent rate is shared, so it says less."""
+
+    def items_per_second(batch: int, result: DualResult) -> float:
+        return _rate(batch, result.lanes[lane].alone.median) if lane < len(result.lanes) else math.nan
+
+    return items_per_second
+
+
+def _ink_on(rgba: tuple[float, float, float, float]) -> str:
+    """White text on the dark ends of the colour scale, black on the light middle, so every label reads."""
+    red, green, blue, _ = rgba
+    return "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.45 else "black"

@@ -34,6 +34,8 @@ class ReportRow:
     # Set on the controller when the session compares with a baseline (``baseline.py``).
     vs_base: str | None = None
     baseline: dict[str, Any] | None = None
+    # Set by ``dualgpu report`` when merged files measured the same test on several machines.
+    source: str | None = None
 
     @property
     def label(self) -> str:
@@ -54,12 +56,19 @@ class ReportRow:
             **self.result.to_dict(),
             "verdicts": {kind: self.verdicts.get(kind) for kind in VERDICT_KINDS},
             **({"baseline": self.baseline} if self.baseline is not None else {}),
+            **({"source": self.source} if self.source is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReportRow:
         verdicts = {kind: status for kind, status in (data.get("verdicts") or {}).items() if status}
-        return cls(data["nodeid"], DualResult.from_dict(data), verdicts, data.get("call", 0))
+        return cls(
+            data["nodeid"],
+            DualResult.from_dict(data),
+            verdicts,
+            data.get("call", 0),
+            source=data.get("source"),
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,252 @@
+"""The measuring commands of ``dualgpu``: profile, matrix, sweep and demo.
+
+Every reference and spec is read, and every model built once, before anything is measured: a typo is a
+usage error in a second, not a failure an hour into a matrix. Measuring then goes task by task with a
+progress bar (tqdm: it shows the pair and the time left), and Ctrl-C stops it with what finished printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import profiler
+from .cli import INTERRUPTED, emit
+from .devices import place_model, resolve_device
+from .errors import DualGpuUsageError
+from .profiler import Campaign, Models, Task
+from .refs import InputSpec, ModelRef, inputs_for
+from .report import CallError, ReportRow, dumps, format_results, json_document
+from .trees import map_tensors
+
+DEMO = [f"pytest_dualgpu.demo:{name}" for name in ("MLP", "SmallCNN", "TinyTransformer")]
+
+
+class Lanes:
+    """How to build a fresh pair of placed models and their inputs, for one task."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype | None) -> None:
+        self.device = device
+        self.dtype = dtype
+
+    def check(
+        self, refs: Sequence[ModelRef], specs: Sequence[InputSpec | None], batch: int | None = None
+    ) -> None:
+        """Build every model and its inputs once, so bad references fail before any measuring."""
+        for ref, spec in zip(refs, specs, strict=True):
+            inputs_for(ref.load(), spec, batch)
+
+    def pair(
+        self,
+        refs: tuple[ModelRef, ModelRef],
+        specs: tuple[InputSpec | None, InputSpec | None],
+        batch: int | None = None,
+    ) -> Models:
+        def make() -> tuple[torch.nn.Module, torch.nn.Module, Any, Any]:
+            built = []
+            for ref, spec in zip(refs, specs, strict=True):
+                model = place_model(ref.load(), self.device, dtype=self.dtype)
+                built.append((model, self._cast(inputs_for(model, spec, batch))))
+            (model_a, inputs_a), (model_b, inputs_b) = built
+            return model_a, model_b, inputs_a, inputs_b
+
+        return make
+
+    def _cast(self, inputs: Any) -> Any:
+        dtype = self.dtype
+        if dtype is None:
+            return inputs
+        return map_tensors(inputs, lambda tensor: tensor.to(dtype) if tensor.is_floating_point() else tensor)
+
+
+def run_command(arguments: argparse.Namespace) -> int:
+    if arguments.png:
+        from .plots import require_matplotlib
+
+        require_matplotlib()
+    device = resolve_device(arguments.device)
+    lanes = Lanes(device, getattr(torch, arguments.dtype) if arguments.dtype else None)
+    settings: dict[str, Any] = {"device": device, "budget": arguments.budget}
+    progress = sys.stderr.isatty() if arguments.progress is None else arguments.progress
+    command = arguments.command
+    if command == "demo":
+        return _demo(arguments, lanes, settings, progress)
+    refs = [ModelRef(text) for text in arguments.models]
+    specs = _specs(arguments.inputs, len(refs))
+    if command == "matrix":
+        return _matrix(arguments, refs, specs, lanes, settings, progress)
+    pair_refs = (refs[0], refs[1])
+    pair_specs = (specs[0], specs[1])
+    if command == "profile":
+        lanes.check(refs, specs)
+        modes = [arguments.mode] if arguments.mode else profiler.applicable_modes(device)
+        tasks = profiler.profile_tasks(lanes.pair(pair_refs, pair_specs), _names(pair_refs), modes, settings)
+        return _finish(arguments, tasks, _run(tasks, progress, "profile"), _profile_text)
+    lanes.check(refs, specs, batch=arguments.batch[0])
+    names = _names(pair_refs)
+    tasks = [
+        Task(f"{names[0]} + {names[1]} @ batch {batch}", names, lanes.pair(pair_refs, pair_specs, batch),
+             {**settings, "mode": arguments.mode or "auto"}, key=batch)
+        for batch in arguments.batch
+    ]  # fmt: skip
+    return _finish(arguments, tasks, _run(tasks, progress, "sweep"), lambda done: _sweep_text(names, done))
+
+
+def _specs(texts: Sequence[str], models: int) -> list[InputSpec | None]:
+    if not texts:
+        return [None] * models
+    specs: list[InputSpec | None] = [InputSpec.parse(text) for text in texts]
+    if len(specs) == 1:
+        return specs * models
+    if len(specs) != models:
+        raise DualGpuUsageError(
+            f"--inputs takes one spec for every model or one per model ({models}), not {len(specs)}"
+        )
+    return list(specs)
+
+
+def _names(refs: tuple[ModelRef, ModelRef]) -> tuple[str, str]:
+    first, second = refs[0].name, refs[1].name
+    return (first, f"{second}-2") if first == second else (first, second)
+
+
+def _matrix(
+    arguments: argparse.Namespace,
+    refs: list[ModelRef],
+    specs: list[InputSpec | None],
+    lanes: Lanes,
+    settings: dict[str, Any],
+    progress: bool,
+) -> int:
+    lanes.check(refs, specs)
+    tasks = _matrix_tasks(refs, specs, lanes, {**settings, "mode": arguments.mode or "auto"})
+    names = [ref.name for ref in refs]
+    interrupted = _run(tasks, progress, "matrix")
+    if arguments.png:
+        _matrix_png(names, tasks, arguments.png)
+    return _finish(arguments, tasks, interrupted, lambda done: _matrix_text(names, done))
+
+
+def _matrix_tasks(
+    refs: list[ModelRef], specs: list[InputSpec | None], lanes: Lanes, settings: dict[str, Any]
+) -> list[Task]:
+    tasks = []
+    for first, second in profiler.matrix_pairs(len(refs)):
+        pair = (refs[first], refs[second])
+        names = _names(pair)
+        make = lanes.pair(pair, (specs[first], specs[second]))
+        tasks.append(Task(f"{names[0]} + {names[1]}", names, make, settings, key=(first, second)))
+    return tasks
+
+
+def _demo(arguments: argparse.Namespace, lanes: Lanes, settings: dict[str, Any], progress: bool) -> int:
+    refs = [ModelRef(text) for text in DEMO]
+    specs: list[InputSpec | None] = [None] * len(refs)
+    names = [ref.name for ref in refs]
+    tasks = _matrix_tasks(refs, specs, lanes, {**settings, "mode": arguments.mode or "auto"})
+    interrupted = _run(tasks, progress, "demo: matrix")
+    print(f"== matrix of the built-in models ({', '.join(names)}) ==")
+    print(_matrix_text(names, tasks))
+    if arguments.png:
+        _matrix_png(names, tasks, arguments.png)
+    pairs = [task for task in tasks if task.result is not None and task.key[0] != task.key[1]]
+    profiled: list[Task] = []
+    if pairs and not interrupted:
+        best = max(pairs, key=lambda task: task.result.speedup if task.result else 0.0)
+        pair_refs = (refs[best.key[0]], refs[best.key[1]])
+        modes = [arguments.mode] if arguments.mode else profiler.applicable_modes(lanes.device)
+        profiled = profiler.profile_tasks(lanes.pair(pair_refs, (None, None)), best.names, modes, settings)
+        interrupted = _run(profiled, progress, "demo: profile")
+        print(f"\n== profile of the best pair, {best.label} ==")
+        print(_profile_text(profiled))
+    return _finish(arguments, tasks + profiled, interrupted, None)
+
+
+def _run(tasks: list[Task], progress: bool, title: str) -> bool:
+    """Run the tasks with a progress bar; True when Ctrl-C stopped them."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(tasks), desc=title, unit="call", disable=not progress, file=sys.stderr) as bar:
+        campaign = Campaign(
+            tasks,
+            on_start=lambda task: bar.set_postfix_str(f"{task.label} ({task.settings.get('mode', 'auto')})"),
+            on_done=lambda task: bar.update(1),
+        )
+        try:
+            campaign.run()
+        except KeyboardInterrupt:
+            return True
+    return False
+
+
+def _finish(arguments: argparse.Namespace, tasks: list[Task], interrupted: bool, render: Any) -> int:
+    done = [task for task in tasks if task.done]
+    if interrupted:
+        print(f"interrupted: {len(done)} of {len(tasks)} measured", file=sys.stderr)
+    if render is not None:
+        print(render(done))
+    if arguments.json:
+        emit(dumps(_document(arguments.command, done)), arguments.json)
+    if arguments.png and arguments.command in ("profile", "sweep"):
+        _png(arguments, done)
+    if interrupted:
+        return INTERRUPTED
+    return 1 if any(task.error is not None for task in tasks) else 0
+
+
+def _profile_text(tasks: list[Task]) -> str:
+    lines = [format_results(profiler.results_of(tasks))] if profiler.results_of(tasks) else []
+    lines += [f"{task.key}: failed: {task.error}" for task in tasks if task.error is not None]
+    lines.append(f"verdict: {profiler.profile_verdict(tasks)}")
+    return "\n".join(lines)
+
+
+def _matrix_text(names: list[str], tasks: list[Task]) -> str:
+    return f"{profiler.matrix_table(names, tasks)}\nverdict: {profiler.matrix_verdict(tasks)}"
+
+
+def _sweep_text(names: tuple[str, str], tasks: list[Task]) -> str:
+    return f"{profiler.sweep_table(names, tasks)}\nverdict: {profiler.sweep_verdict(tasks)}"
+
+
+def _document(command: str, tasks: list[Task]) -> dict[str, Any]:
+    from .machine import machine_info
+
+    nodeid = f"dualgpu {command}"
+    rows = [ReportRow(nodeid, task.result, call=index) for index, task in enumerate(tasks) if task.result]
+    errors = [
+        CallError(nodeid, index, f"{task.label}: {task.error}")
+        for index, task in enumerate(tasks)
+        if task.error
+    ]
+    return json_document(rows, errors, machine_info())
+
+
+def _png(arguments: argparse.Namespace, tasks: list[Task]) -> None:
+    from pathlib import Path
+
+    from . import plots
+
+    if arguments.command == "sweep":
+        plots.write_sweep_png(
+            [int(task.key) for task in tasks], [task.result for task in tasks], Path(arguments.png)
+        )
+    else:
+        rows = [ReportRow("", task.result) for task in tasks if task.result is not None]
+        plots.write_session_png(rows, Path(arguments.png))
+
+
+def _matrix_png(names: list[str], tasks: list[Task], path: str) -> None:
+    from pathlib import Path
+
+    from . import plots
+
+    grid: list[list[Any]] = [[None] * len(names) for _ in names]
+    for task in tasks:
+        first, second = task.key
+        grid[first][second] = grid[second][first] = task.result
+    plots.write_matrix_png(names, grid, Path(path))

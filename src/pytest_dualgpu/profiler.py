@@ -1,0 +1,236 @@
+"""The measurements behind the ``dualgpu`` command: a pair in every mode, a pairing matrix, a batch sweep.
+
+Each is a list of ``Task``s run one after another with the same engine the fixtures use; a task that
+fails is kept with its error and the rest still run, and whatever finished can be reported at any point
+(the command prints it when interrupted). Turning tasks into tables and sentences is here too, because
+the sentences are the command's answer; argument parsing and printing stay in ``cli.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tabulate import tabulate
+
+from .api import dual_infer
+from .results import DualResult
+
+Models = Callable[[], tuple[torch.nn.Module, torch.nn.Module, Any, Any]]
+
+
+@dataclass
+class Task:
+    """One ``dual_infer`` call to make; ``result`` or ``error`` once it ran."""
+
+    label: str
+    names: tuple[str, str]
+    make: Models
+    settings: dict[str, Any]
+    key: Any = None
+    result: DualResult | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def run(self) -> None:
+        try:
+            model_a, model_b, inputs_a, inputs_b = self.make()
+            self.result = dual_infer(
+                model_a, model_b, inputs_a, inputs_b, names=list(self.names), name=self.label, **self.settings
+            )
+        except Exception as error:  # a model that fails here is reported in its cells; the rest still runs
+            self.error = f"{type(error).__name__}: {_first_line(error)}"
+
+
+@dataclass
+class Campaign:
+    """Tasks run in order; ``on_start`` and ``on_done`` let the command drive a progress bar."""
+
+    tasks: list[Task]
+    on_start: Callable[[Task], object] = field(default=lambda task: None)
+    on_done: Callable[[Task], object] = field(default=lambda task: None)
+
+    def run(self) -> None:
+        for task in self.tasks:
+            self.on_start(task)
+            task.run()
+            self.on_done(task)
+
+    @property
+    def finished(self) -> list[Task]:
+        return [task for task in self.tasks if task.done]
+
+    @property
+    def failed(self) -> list[Task]:
+        return [task for task in self.tasks if task.error is not None]
+
+
+def applicable_modes(device: torch.device) -> list[str]:
+    """Every concurrent mode the device can run (the sequential baseline is part of each result)."""
+    return ["streams", "threads", "graphs"] if device.type == "cuda" else ["threads"]
+
+
+def profile_tasks(
+    make: Models, names: tuple[str, str], modes: Sequence[str], settings: dict[str, Any]
+) -> list[Task]:
+    label = f"{names[0]} + {names[1]}"
+    return [Task(label, names, make, {**settings, "mode": mode}, key=mode) for mode in modes]
+
+
+def profile_verdict(tasks: Sequence[Task]) -> str:
+    """The answer to "does this pair pay, and how": the best mode in numbers, then what went wrong."""
+    measured = [task for task in tasks if task.result is not None and task.result.mode == task.key]
+    sentences = []
+    if measured:
+        best = max(measured, key=lambda task: _result(task).speedup)
+        sentences.append(_pays(best.key, _result(best)))
+    for task in tasks:
+        if task.error is not None:
+            sentences.append(f"{task.key} failed: {task.error}")
+        elif task.result is not None and task.result.mode != task.key:
+            reason = next((probe.error for probe in task.result.modes if probe.error), None)
+            sentences.append(f"{task.key} could not run ({reason or 'fell back to ' + task.result.mode})")
+    hints = {task.result.hint for task in measured if task.result is not None and task.result.hint}
+    sentences += sorted(f"hint: {hint}" for hint in hints)
+    return "; ".join(sentences) or "nothing was measured"
+
+
+def _pays(mode: str, result: DualResult) -> str:
+    lo, hi = result.speedup_ci
+    efficiency = "" if result.efficiency is None else f", efficiency {result.efficiency:.2f}"
+    verdict = f"{mode} mode: {result.speedup:.2f}x of an ideal {result.ideal_speedup:.2f}x{efficiency}"
+    if lo > 1.0:
+        return verdict
+    if hi < 1.0:
+        return f"{verdict}: running them at once is slower here"
+    return f"{verdict}: no gain beyond noise [95% CI {lo:.2f}, {hi:.2f}]"
+
+
+def matrix_pairs(count: int) -> Iterator[tuple[int, int]]:
+    """Every unordered pair, and each model with a second copy of itself (what replicas do)."""
+    for first in range(count):
+        for second in range(first, count):
+            yield first, second
+
+
+def matrix_table(names: Sequence[str], tasks: Sequence[Task], tablefmt: str = "simple") -> str:
+    """The n x n table: speedup and efficiency of each pair, the same on both sides of the diagonal."""
+    cells: dict[tuple[int, int], str] = {}
+    for task in tasks:
+        first, second = task.key
+        text = _cell(task)
+        cells[(first, second)] = cells[(second, first)] = text
+    rows = [
+        [name, *(cells.get((row, column), "...") for column in range(len(names)))]
+        for row, name in enumerate(names)
+    ]
+    return tabulate(rows, headers=["speedup / eff", *names], tablefmt=tablefmt, disable_numparse=True)
+
+
+def _cell(task: Task) -> str:
+    if task.error is not None:
+        return "failed"
+    if task.result is None:
+        return "..."
+    efficiency = "-" if task.result.efficiency is None else f"{task.result.efficiency:.2f}"
+    return f"{task.result.speedup:.2f}x / {efficiency}"
+
+
+def matrix_verdict(tasks: Sequence[Task]) -> str:
+    measured = [task for task in tasks if task.result is not None]
+    sentences = []
+    if measured:
+        best = max(measured, key=lambda task: _result(task).speedup)
+        result = _result(best)
+        kind = "a model beside a copy of itself" if best.key[0] == best.key[1] else "the best pairing"
+        sentences.append(
+            f"{kind}: {best.label}, {result.speedup:.2f}x of an ideal {result.ideal_speedup:.2f}x "
+            f"({result.mode} mode)"
+        )
+        paying = [task for task in measured if _result(task).speedup_ci[0] > 1.0]
+        sentences.append(f"{len(paying)} of {len(measured)} pairings gain beyond noise")
+    for task in tasks:
+        if task.error is not None:
+            sentences.append(f"{task.label} failed: {task.error}")
+    return "; ".join(sentences) or "nothing was measured"
+
+
+def sweep_rows(tasks: Sequence[Task]) -> list[list[str]]:
+    rows = []
+    for task in tasks:
+        batch = int(task.key)
+        if task.result is None:
+            rows.append([str(batch), "-", task.error or "not run", "", "", "", "", "", ""])
+            continue
+        result = task.result
+        lo, hi = result.speedup_ci
+        alone = [batch / lane.alone.median for lane in result.lanes]
+        rows.append(
+            [
+                str(batch),
+                result.mode,
+                f"{result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]",
+                f"{result.ideal_speedup:.2f}x",
+                "-" if result.efficiency is None else f"{result.efficiency:.2f}",
+                *(_rate(rate) for rate in alone),
+                _rate(2 * batch / result.sequential.median),
+                _rate(2 * batch / result.concurrent.median),
+            ]
+        )
+    return rows
+
+
+def sweep_table(names: tuple[str, str], tasks: Sequence[Task], tablefmt: str = "simple") -> str:
+    headers = [
+        "batch", "mode", "speedup [95% CI]", "ideal", "eff",
+        f"{names[0]} alone items/s", f"{names[1]} alone items/s", "sequential items/s", "concurrent items/s",
+    ]  # fmt: skip
+    return tabulate(sweep_rows(tasks), headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def sweep_verdict(tasks: Sequence[Task]) -> str:
+    """Where concurrency stops paying: the batch size from which no larger one gains beyond noise."""
+    measured = [task for task in tasks if task.result is not None]
+    if not measured:
+        return "nothing was measured"
+    pays = [_result(task).speedup_ci[0] > 1.0 for task in measured]
+    if all(pays):
+        return f"concurrency pays at every batch size tried (up to {measured[-1].key})"
+    if not any(pays):
+        return "concurrency does not pay at any batch size tried"
+    last_paying = max(index for index, paid in enumerate(pays) if paid)
+    if last_paying == len(measured) - 1:
+        return "concurrency pays at the largest batch size tried, though not at every smaller one"
+    stop = measured[last_paying + 1]
+    result = _result(stop)
+    lo, hi = result.speedup_ci
+    paid = _result(measured[last_paying])
+    return (
+        f"concurrency pays up to batch {measured[last_paying].key} ({paid.speedup:.2f}x); from batch "
+        f"{stop.key} on it does not ({result.speedup:.2f}x [95% CI {lo:.2f}, {hi:.2f}])"
+    )
+
+
+def results_of(tasks: Iterable[Task]) -> list[DualResult]:
+    return [task.result for task in tasks if task.result is not None]
+
+
+def _result(task: Task) -> DualResult:
+    assert task.result is not None
+    return task.result
+
+
+def _rate(items_per_second: float) -> str:
+    if not math.isfinite(items_per_second):
+        return "-"
+    return f"{items_per_second:,.0f}" if items_per_second >= 100 else f"{items_per_second:.3g}"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]

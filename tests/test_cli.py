@@ -1,0 +1,291 @@
+"""The `dualgpu` command, end to end through its console script on CPU."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+DUALGPU = str(Path(sys.executable).with_name("dualgpu"))
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report-schema.json").read_text())
+FAST = ["--budget", "0.05"]
+DEMO = "pytest_dualgpu.demo"
+
+ZOO = """
+import time
+
+import torch
+from torch import nn
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.linear(x).relu()
+
+
+small = Small()
+
+
+def make_small():
+    return Small()
+
+
+class Broken(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("broken on purpose")
+
+
+class Sleepy(nn.Module):
+    def forward(self, x):
+        time.sleep(0.03)
+        return x * 2
+
+
+def inputs(batch):
+    return torch.randn(batch, 16)
+
+
+fixed = torch.randn(4, 16)
+"""
+
+
+@pytest.fixture
+def zoo(tmp_path: Path) -> Path:
+    path = tmp_path / "zoo.py"
+    path.write_text(ZOO)
+    return path
+
+
+def dualgpu(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DUALGPU, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+
+
+def table(text: str) -> list[list[str]]:
+    """The rows of a tabulate "simple" table (header first), cells split on runs of two spaces."""
+    lines = text.splitlines()
+    rule = next(index for index, line in enumerate(lines) if line.startswith("---"))
+    starts = [
+        i for i, char in enumerate(lines[rule]) if char == "-" and (i == 0 or lines[rule][i - 1] == " ")
+    ]
+    rows = []
+    for line in [lines[rule - 1], *lines[rule + 1 :]]:
+        if not line.strip() or line.startswith("verdict"):
+            break
+        cut = [*starts, len(line) + 1]
+        rows.append([line[a:b].strip() for a, b in itertools.pairwise(cut)])
+    return rows
+
+
+def test_profile_takes_module_and_file_references_and_writes_a_json_report(zoo: Path, tmp_path: Path) -> None:
+    report = tmp_path / "profile.json"
+    done = dualgpu(
+        "profile", f"{zoo}:small", f"{zoo}:make_small", "--inputs", "8x16", *FAST, "--json", str(report)
+    )
+    assert done.returncode == 0, done.stderr
+    [header, row] = table(done.stdout)
+    assert header[:4] == ["result", "lanes", "device", "mode"]
+    assert row[:4] == ["small + make_small", "small + make_small", "cpu", "threads"]
+    assert "verdict: threads mode: " in done.stdout
+    document = json.loads(report.read_text())
+    jsonschema.validate(document, SCHEMA)
+    [result] = document["results"]
+    assert result["nodeid"] == "dualgpu profile"
+    assert [lane["name"] for lane in result["lanes"]] == ["small", "make_small"]
+    assert result["correct"] is True
+
+
+def test_input_references_and_dtypes(zoo: Path) -> None:
+    by_function = dualgpu("profile", f"{zoo}:Small", f"{zoo}:Small", "--inputs", f"{zoo}:inputs", *FAST)
+    assert by_function.returncode == 0, by_function.stderr
+    assert "Small + Small-2" in by_function.stdout
+    by_value = dualgpu("profile", f"{zoo}:Small", f"{DEMO}:MLP", "--inputs", f"{zoo}:fixed", "64x512", *FAST)
+    assert by_value.returncode == 0, by_value.stderr
+    typed = dualgpu(
+        "profile",
+        f"{DEMO}:TinyTransformer",
+        f"{DEMO}:MLP",
+        "--inputs",
+        "2x64:int64",
+        "2x512",
+        "--dtype",
+        "bfloat16",
+        *FAST,
+    )
+    assert typed.returncode == 0, typed.stderr
+    own = dualgpu("profile", f"{DEMO}:SmallCNN", f"{DEMO}:TinyTransformer", *FAST)  # example_inputs
+    assert own.returncode == 0, own.stderr
+
+
+def test_the_matrix_is_symmetric_with_every_model_beside_a_copy_of_itself(tmp_path: Path) -> None:
+    report = tmp_path / "matrix.json"
+    models = [f"{DEMO}:MLP", f"{DEMO}:SmallCNN", f"{DEMO}:TinyTransformer"]
+    done = dualgpu("matrix", *models, *FAST, "--json", str(report))
+    assert done.returncode == 0, done.stderr
+    header, *rows = table(done.stdout)
+    assert header == ["speedup / eff", "MLP", "SmallCNN", "TinyTransformer"]
+    cells = [row[1:] for row in rows]
+    assert [row[0] for row in rows] == header[1:]
+    for i in range(3):
+        for j in range(3):
+            assert cells[i][j] == cells[j][i]
+            assert cells[i][j].endswith(tuple("0123456789"))
+            assert "x / " in cells[i][j]
+    assert "verdict: " in done.stdout
+    assert "pairings gain beyond noise" in done.stdout
+    names = [row["name"] for row in json.loads(report.read_text())["results"]]
+    assert names == [
+        "MLP + MLP-2", "MLP + SmallCNN", "MLP + TinyTransformer",
+        "SmallCNN + SmallCNN-2", "SmallCNN + TinyTransformer", "TinyTransformer + TinyTransformer-2",
+    ]  # fmt: skip
+
+
+def test_a_failing_model_fills_its_cells_and_the_rest_of_the_matrix_still_runs(zoo: Path) -> None:
+    done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Broken", "--inputs", "4x16", *FAST)
+    assert done.returncode == 1
+    _, small, broken = table(done.stdout)
+    assert small[1].endswith(tuple("0123456789")), "Small beside Small was measured"
+    assert small[2] == broken[1] == broken[2] == "failed"
+    assert "Small + Broken failed: LaneError: lane 'Broken' raised RuntimeError" in done.stdout
+    assert "broken on purpose" in done.stdout
+
+
+def test_the_sweep_has_a_row_per_batch_size_and_says_where_it_stops_paying(zoo: Path, tmp_path: Path) -> None:
+    report = tmp_path / "sweep.json"
+    done = dualgpu("sweep", f"{zoo}:Small", f"{zoo}:Sleepy", "--batch", "4,1,2", "--inputs", "1x16", *FAST,
+                   "--json", str(report))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    header, *rows = table(done.stdout)
+    assert header[:3] == ["batch", "mode", "speedup [95% CI]"]
+    assert header[-2:] == ["sequential items/s", "concurrent items/s"]
+    assert [row[0] for row in rows] == ["1", "2", "4"]
+    assert "verdict: concurrency" in done.stdout
+    results = json.loads(report.read_text())["results"]
+    assert [row["name"] for row in results] == [f"Small + Sleepy @ batch {batch}" for batch in (1, 2, 4)]
+    sleepy_alone = [row["lanes"][1]["alone"]["median"] for row in results]
+    assert all(0.025 < seconds < 0.2 for seconds in sleepy_alone), (
+        "a 30 ms sleep per call, whatever the batch"
+    )
+
+
+def test_report_merges_shards_and_keeps_rows_of_several_machines_apart(tmp_path: Path) -> None:
+    first = tmp_path / "a.json"
+    assert dualgpu("profile", f"{DEMO}:MLP", f"{DEMO}:MLP", *FAST, "--json", str(first)).returncode == 0
+    document = json.loads(first.read_text())
+    document["machine"]["hostname"] = "other-runner"
+    second = tmp_path / "b.json"
+    second.write_text(json.dumps(document))
+    merged = dualgpu("report", str(first), str(second), "--format", "json")
+    assert merged.returncode == 0, merged.stderr
+    combined = json.loads(merged.stdout)
+    jsonschema.validate(combined, SCHEMA)
+    assert len(combined["results"]) == 2
+    assert [row["source"].split()[0] for row in combined["results"]] == [os.uname().nodename, "other-runner"]
+    assert len(combined["machines"]) == 2
+    term = dualgpu("report", str(first), str(second))
+    assert table(term.stdout)[0][:2] == ["test", "source"]
+    markdown = tmp_path / "out" / "summary.md"
+    assert dualgpu("report", str(first), "--format", "md", "--output", str(markdown)).returncode == 0
+    assert "| dualgpu profile [MLP + MLP-2]" in markdown.read_text()
+    assert "source" not in markdown.read_text(), "one machine: no source column"
+
+
+def test_report_errors(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    missing = dualgpu("report", str(tmp_path / "missing.json"))
+    assert missing.returncode == 2
+    assert "missing.json: no such file" in missing.stderr
+    bad = dualgpu("report", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2
+    assert "not a pytest-dualgpu JSON report" in bad.stderr
+
+
+def test_demo_runs_on_built_in_models_and_draws(tmp_path: Path) -> None:
+    png = tmp_path / "demo.png"
+    done = dualgpu("demo", *FAST, "--png", str(png))
+    assert done.returncode == 0, done.stderr
+    assert "== matrix of the built-in models (MLP, SmallCNN, TinyTransformer) ==" in done.stdout
+    assert "== profile of the best pair" in done.stdout
+    assert done.stdout.count("verdict: ") == 2
+    from PIL import Image
+
+    with Image.open(png) as picture:
+        assert picture.format == "PNG"
+
+
+MLP = f"{DEMO}:MLP"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["profile", "nope:X", MLP], "model 'nope:X': cannot import 'nope'"),
+        (["profile", "justaname", MLP], "model 'justaname' is not a reference; use package.module:name"),
+        (["profile", f"{DEMO}:Nope", MLP], "pytest_dualgpu.demo has no 'Nope' (it has: MLP, SmallCNN"),
+        (["profile", "missing.py:M", MLP], "model 'missing.py:M': no such file 'missing.py'"),
+        (["profile", "torch.nn:Linear", MLP], "calling Linear() failed"),
+        (["profile", "torch:float16", MLP], "model 'torch:float16' is a dtype; use package.module:name"),
+        (
+            ["profile", MLP, MLP, "--inputs", "1xfoo"],
+            "'1xfoo' is not an input spec; use a shape",
+        ),
+        (["profile", MLP, MLP, "--inputs", "4x512:float8"], "unknown dtype 'float8'"),
+        (
+            ["profile", MLP, MLP, "--inputs", "1x1", "2x2", "3x3"],
+            "one spec for every model or one per model",
+        ),
+        (["profile", "torch.nn:Identity", "torch.nn:Identity"], "Identity needs inputs: give --inputs"),
+        (["sweep", MLP, MLP, "--batch", "0,2"], "batch sizes must be at least 1"),
+        (["profile", MLP, MLP, "--device", "tpu"], "device 'tpu' is not a device"),
+        (["profile", MLP], "the following arguments are required: MODEL"),
+    ],
+)
+def test_bad_usage_exits_2_and_shows_the_accepted_forms(args: list[str], message: str) -> None:
+    done = dualgpu(*args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr
+
+
+def test_help_shows_examples_and_exit_codes() -> None:
+    done = dualgpu("matrix", "--help")
+    assert done.returncode == 0
+    assert "dualgpu matrix pytest_dualgpu.demo:MLP" in done.stdout
+    assert "exit codes: 0 ok, 1 a model failed, 2 bad usage, 130 interrupted" in done.stdout
+
+
+def test_ctrl_c_prints_what_finished(zoo: Path) -> None:
+    process = subprocess.Popen(
+        [DUALGPU, "matrix", f"{zoo}:Sleepy", f"{zoo}:Small", f"{zoo}:make_small", "--inputs", "2x16",
+         "--budget", "0.3", "--progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "1/6" not in seen and time.monotonic() < deadline:  # the progress bar, after the first pair
+        seen += process.stderr.read(1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout + seen + stderr
+    header, *rows = table(stdout)
+    assert header[1:] == ["Sleepy", "Small", "make_small"]
+    assert rows[0][1].endswith(tuple("0123456789")), "the first pair finished and is shown"
+    assert "..." in [cell for row in rows for cell in row], "pairs not measured are marked"
+    assert "interrupted: " in stderr
+    assert " of 6 measured" in stderr
+    assert "matrix:" in seen, "the bar names the command"
+    assert "Sleepy + Sleepy-2" in seen, "and the pair being measured"
