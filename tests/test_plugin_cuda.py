@@ -116,3 +116,18 @@ def test_the_example_suite_passes_on_the_gpu(tmp_path: Path) -> None:
     assert "5 passed" in completed.stdout
     verdicts = [row["verdicts"]["speedup"] for row in json.loads(report.read_text())["results"]]
     assert "not judged (cpu)" not in verdicts
+
+
+def test_the_dualgpu_demo_runs_on_the_gpu(tmp_path: Path) -> None:
+    report = tmp_path / "demo.json"
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name("dualgpu")), "demo", "--budget", "0.2", "--json", str(report)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    print(completed.stdout)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    rows = json.loads(report.read_text())["results"]
+    assert all(row["device"].startswith("cuda") for row in rows)
+    assert len(rows) == 6 + 3, "the matrix of three models, then the best pair in every CUDA mode"
+    assert [row["requested_mode"] for row in rows[-3:]] == ["streams", "threads", "graphs"]
+    assert "== profile of the best pair" in completed.stdout

@@ -155,7 +155,7 @@ def default_columns() -> list[Column]:
         Column("eff", _efficiency),
         Column("overlap", lambda row: f"{row.result.overlap:.2f}"),
         Column("kernel overlap", _kernel_overlap, optional=True),
-        Column("peak MiB seq / conc", _memory),
+        Column("peak MiB seq / conc", _memory, optional=True),
         Column("max err", _error),
         Column("verdicts", _verdicts),
         Column("vs base", lambda row: row.vs_base or "-", optional=True),
