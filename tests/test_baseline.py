@@ -13,7 +13,7 @@ from pytest_dualgpu import dual_infer
 from pytest_dualgpu.baseline import Baseline, compare, parse_threshold
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.report import ReportRow, dumps, json_document
-from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.results import DualResult, Measurement
 
 FAST = "--dualgpu-budget=0.05"
 
@@ -74,20 +74,34 @@ def test_regression_needs_the_whole_interval_beyond_the_limit(measured: DualResu
     )
 
 
+def timed(result: DualResult, samples: tuple[float, ...]) -> DualResult:
+    """The result with made-up concurrent times: exact numbers, not whatever this machine's load gave."""
+    return dataclasses.replace(result, concurrent=Measurement.from_samples(samples))
+
+
 def test_time_regresses_upwards_and_improvements_never_fail(measured: DualResult) -> None:
-    base = ReportRow("t.py::test", measured)
+    base = ReportRow("t.py::test", timed(measured, (0.010,) * 9))
     gate = (parse_threshold("concurrent:10%"),)
-    slower_samples = tuple(sample * 1.5 for sample in measured.concurrent.samples)
-    slower = dataclasses.replace(
-        measured, concurrent=dataclasses.replace(measured.concurrent, median=measured.concurrent.median * 1.5,
-                                                 samples=slower_samples),
-    )  # fmt: skip
-    faster = dataclasses.replace(
-        measured, concurrent=dataclasses.replace(measured.concurrent, median=measured.concurrent.median / 2,
-                                                 samples=tuple(s / 2 for s in measured.concurrent.samples)),
-    )  # fmt: skip
+    slower = timed(measured, (0.0120, 0.0125, 0.0130, 0.0135, 0.0140, 0.0145, 0.0150, 0.0155, 0.0160))
+    noisy = timed(measured, (0.0090, 0.0100, 0.0110, 0.0120, 0.0130, 0.0140, 0.0150, 0.0160, 0.0170))
+    faster = timed(measured, (0.005,) * 9)
     assert len(compare([ReportRow("t.py::test", slower)], baseline_of(base), gate, None).regressions) == 1
+    assert compare([ReportRow("t.py::test", noisy)], baseline_of(base), gate, None).regressions == []
     assert compare([ReportRow("t.py::test", faster)], baseline_of(base), gate, None).regressions == []
+
+
+def test_a_gate_that_checked_nothing_says_so_and_lists_base_rows_that_did_not_run(
+    measured: DualResult,
+) -> None:
+    base = ReportRow("t.py::test_old", measured)
+    now = ReportRow("t.py::test_renamed", measured)
+    comparison = compare([now], baseline_of(base), (parse_threshold("speedup:10%"),), None)
+    assert comparison.judged == 0
+    assert f"1 base result(s) did not run this time: t.py::test_old [{measured.name}]" in comparison.warnings
+    memory_only = compare(
+        [ReportRow("t.py::test_old", measured)], baseline_of(base), (parse_threshold("memory:10%"),), None
+    )
+    assert memory_only.judged == 0, "no memory on CPU: nothing for a memory threshold to judge"
 
 
 def test_rows_match_by_node_id_name_and_occurrence(measured: DualResult) -> None:
@@ -131,7 +145,10 @@ def test_a_baseline_reads_back_what_a_report_wrote(
 @pytest.mark.parametrize(
     ("content", "message"),
     [("{not json", "not JSON"), ('{"results": 3}', "not a pytest-dualgpu JSON report"),
-     ('{"results": [{"nodeid": "x"}]}', "a result could not be read")],
+     ('{"version": 2, "results": [{"nodeid": "x"}]}', "a result could not be read"),
+     ('{"version": 2, "results": [{"nodeid": "x", "verdicts": ["a"]}]}', "a result could not be read"),
+     ('{"version": 2, "machine": [], "results": []}', "its 'machine' is not an object"),
+     ('{"version": 1, "results": []}', "a version 1 report; this pytest-dualgpu reads version 2")],
 )  # fmt: skip
 def test_a_broken_baseline_is_a_clear_error(
     tmp_path: pytest.TempPathFactory, content: str, message: str
@@ -169,7 +186,9 @@ def test_the_gate_fails_the_session_on_a_real_regression_and_passes_without_one(
         FAST, "--dualgpu-compare=base/dualgpu.json", "--dualgpu-compare-fail=speedup:30%", "--dualgpu-report"
     )
     assert unchanged.ret == pytest.ExitCode.OK
-    unchanged.stdout.fnmatch_lines(["*vs base*", "regression gate: no result regressed beyond speedup:30%"])
+    unchanged.stdout.fnmatch_lines(
+        ["*vs base*", "regression gate: no result regressed beyond speedup:30% (2 metric(s) judged)"]
+    )
 
     monkeypatch.setenv("LANES", "gil")  # sleeping lanes overlap (~1.9x), GIL-holding ones cannot (~1x)
     regressed = suite.runpytest(
@@ -214,3 +233,18 @@ def test_the_gate_reaches_the_exit_code_under_xdist(
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*regression gate (speedup:30%) failed for 1 result(s):*"])
+
+
+def test_one_threshold_per_metric() -> None:
+    from pytest_dualgpu.settings import parse_thresholds
+
+    with pytest.raises(DualGpuUsageError, match="speedup has more than one threshold"):
+        parse_thresholds("speedup:10% memory:5% speedup:5%")
+
+
+def test_thresholds_from_the_ini_file_wait_for_a_baseline(suite: pytest.Pytester) -> None:
+    suite.makeini("[pytest]\ndualgpu_compare_fail = speedup:10%\n")
+    suite.makepyfile(test_gate=SWITCHABLE)
+    result = suite.runpytest(FAST, "-k", "steady")
+    assert result.ret == pytest.ExitCode.OK
+    assert "regression gate" not in result.stdout.str()

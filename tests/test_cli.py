@@ -166,8 +166,9 @@ def test_a_failing_model_fills_its_cells_and_the_rest_of_the_matrix_still_runs(z
 
 def test_the_sweep_has_a_row_per_batch_size_and_says_where_it_stops_paying(zoo: Path, tmp_path: Path) -> None:
     report = tmp_path / "sweep.json"
+    png = tmp_path / "sweep.png"
     done = dualgpu("sweep", f"{zoo}:Small", f"{zoo}:Sleepy", "--batch", "4,1,2", "--inputs", "1x16", *FAST,
-                   "--json", str(report))  # fmt: skip
+                   "--json", str(report), "--png", str(png))  # fmt: skip
     assert done.returncode == 0, done.stderr
     header, *rows = table(done.stdout)
     assert header[:3] == ["batch", "mode", "speedup [95% CI]"]
@@ -176,6 +177,10 @@ def test_the_sweep_has_a_row_per_batch_size_and_says_where_it_stops_paying(zoo: 
     assert "verdict: concurrency" in done.stdout
     results = json.loads(report.read_text())["results"]
     assert [row["name"] for row in results] == [f"Small + Sleepy @ batch {batch}" for batch in (1, 2, 4)]
+    from PIL import Image
+
+    with Image.open(png) as picture:
+        assert (picture.format, picture.size) == ("PNG", (1000, 700))
     sleepy_alone = [row["lanes"][1]["alone"]["median"] for row in results]
     assert all(0.025 < seconds < 0.2 for seconds in sleepy_alone), (
         "a 30 ms sleep per call, whatever the batch"

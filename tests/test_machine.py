@@ -12,25 +12,42 @@ import torch
 from pytest_dualgpu.machine import CONCURRENCY_ENV, machine_info
 
 # What `nvidia-smi --query-gpu=... --format=csv,noheader` prints on a two-GPU machine, one with MIG on.
-TWO_GPUS = "".join(
-    f"{index}, NVIDIA H100 80GB HBM3, GPU-{uuid}, 9.0, 81559 MiB, 550.54.15, {mig}, {mode}\n"
-    for index, uuid, mig, mode in [
-        (0, "11111111-2222-3333-4444-555555555555", "Disabled", "Default"),
-        (1, "66666666-7777-8888-9999-000000000000", "Enabled", "Exclusive_Process"),
-    ]
-)
+GPUS = [
+    (0, "NVIDIA H100 80GB HBM3", "11111111-2222-3333-4444-555555555555", "Disabled", "Default"),
+    (1, "NVIDIA H100 80GB HBM3", "66666666-7777-8888-9999-000000000000", "Enabled", "Exclusive_Process"),
+]
+
+
+def fake_nvidia_smi(directory: Path, monkeypatch: pytest.MonkeyPatch, gpus: list[tuple[object, ...]]) -> None:
+    """An nvidia-smi on PATH that answers like the real one (this machine has none). An old driver
+    (OLD_DRIVER set) rejects the compute_cap field, as drivers before 510 do."""
+    with_cap = "".join(
+        f"{i}, {name}, GPU-{uuid}, 9.0, 81559 MiB, 550.54.15, {mig}, {mode}\n"
+        for i, name, uuid, mig, mode in gpus
+    )
+    without = "".join(
+        f"{i}, {name}, GPU-{uuid}, 81559 MiB, 470.1, {mig}, {mode}\n" for i, name, uuid, mig, mode in gpus
+    )
+    script = directory / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in *compute_cap*) [ -n "$OLD_DRIVER" ] && exit 2; cat <<\'EOF\'\n'
+        f"{with_cap}EOF\n;; *) cat <<'EOF'\n{without}EOF\n;; esac\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
 
 
 @pytest.fixture
 def two_gpu_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An nvidia-smi on PATH that answers like the real one on a two-GPU machine (this one has none)."""
-    script = tmp_path / "nvidia-smi"
-    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{TWO_GPUS}EOF\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    fake_nvidia_smi(tmp_path, monkeypatch, GPUS)
 
 
-def test_versions_cpu_and_the_environment_that_changes_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_versions_cpu_and_the_environment_that_changes_concurrency(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))  # not the host's: it may run MPS
     monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     machine = machine_info()
@@ -83,3 +100,27 @@ def test_an_mps_daemon_is_seen_by_its_control_pipe(tmp_path: Path, monkeypatch: 
     assert machine_info()["mps"] == {"pipe_directory": str(tmp_path), "daemon": False}
     os.mkfifo(tmp_path / "control")
     assert machine_info()["mps"]["daemon"] is True
+
+
+def test_an_old_driver_without_compute_cap_still_lists_the_gpus(
+    two_gpu_nvidia_smi: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OLD_DRIVER", "1")
+    gpus = machine_info()["gpus"]
+    assert [(gpu["name"], gpu["compute_capability"], gpu["driver"]) for gpu in gpus] == [
+        ("NVIDIA H100 80GB HBM3", None, "470.1")
+    ] * 2
+
+
+def test_indices_on_mixed_gpus_are_only_trusted_in_bus_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mixed = [GPUS[0], (1, "NVIDIA A100-SXM4-40GB", *GPUS[1][2:])]
+    fake_nvidia_smi(tmp_path, monkeypatch, mixed)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert [gpu["visible"] for gpu in machine_info()["gpus"]] == [None, None]
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    assert [gpu["visible"] for gpu in machine_info()["gpus"]] == [False, True]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1111")  # a UUID prefix is certain in any order
+    assert [gpu["visible"] for gpu in machine_info()["gpus"]] == [True, False]

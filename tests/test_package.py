@@ -54,7 +54,7 @@ def test_console_script_reports_version_and_device(command: list[str]) -> None:
 def test_console_script_rejects_a_bad_device_with_exit_code_2() -> None:
     result = run(SCRIPT, "info", "--device", "tpu")
     assert result.returncode == 2
-    assert "'tpu' is not a device" in result.stdout
+    assert "dualgpu info: error: device 'tpu' is not a device" in result.stderr
 
 
 def test_the_plugin_is_registered_and_can_be_disabled(pytester: pytest.Pytester) -> None:

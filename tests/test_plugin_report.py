@@ -93,7 +93,7 @@ def test_json_rows_are_complete_results(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
     suite.runpytest(FAST, "--dualgpu-report=json:r.json", "-k", "two_calls")
     document = report(suite.path / "r.json")
-    assert document["version"] == 1
+    assert document["version"] == 2
     assert document["machine"]["torch"] == torch.__version__
     assert document["machine"]["cpu"]["cores"] >= 1
     assert document["errors"] == []

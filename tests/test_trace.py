@@ -10,6 +10,7 @@ import torch
 from models import MLP, GilLane, SleepLane
 
 from pytest_dualgpu import dual_infer
+from pytest_dualgpu.profiling import all_threads_config
 from pytest_dualgpu.timeline import LaneTimeline, chrome_trace, overlap, result_file_stem
 
 FAST = "--dualgpu-budget=0.05"
@@ -114,6 +115,12 @@ def mlp_input() -> torch.Tensor:
     return torch.randn(256, 512)
 
 
+needs_thread_profiling = pytest.mark.skipif(
+    all_threads_config() is None, reason="this torch's profiler cannot see lane threads (profile_all_threads)"
+)
+
+
+@needs_thread_profiling
 def test_kernel_overlap_sees_operators_run_at_once_on_the_lane_threads(mlp_input: torch.Tensor) -> None:
     result = dual_infer(MLP(512, 4), MLP(512, 4), mlp_input, mode="threads", budget=0.1, profile=True)
     assert result.kernel_overlap is not None
@@ -123,12 +130,23 @@ def test_kernel_overlap_sees_operators_run_at_once_on_the_lane_threads(mlp_input
     assert all(line.intervals for line in kernels)
 
 
+@needs_thread_profiling
 def test_kernel_overlap_is_zero_when_the_lanes_run_back_to_back(mlp_input: torch.Tensor) -> None:
     result = dual_infer(MLP(512, 4), MLP(512, 4), mlp_input, mode="sequential", budget=0.05, profile=True)
     assert result.kernel_overlap == 0.0
     assert [line.lane for line in result.timelines["kernels"]] == ["caller's thread"]
 
 
+def test_a_profiler_already_running_is_left_alone() -> None:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as outer:
+        result = dual_infer(MLP(64, 2), MLP(64, 2), torch.randn(8, 64), budget=0.02, profile=True)
+        torch.ones(3).sum()
+    assert result.kernel_overlap is None
+    assert "kernel overlap not measured: a torch profiler is already running" in result.warnings
+    assert any(event.name == "aten::sum" for event in outer.events()), "the user's profile still records"
+
+
+@needs_thread_profiling
 def test_no_profile_no_kernel_overlap_and_lanes_without_operators_say_so() -> None:
     plain = dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.02)
     assert plain.kernel_overlap is None
@@ -138,6 +156,7 @@ def test_no_profile_no_kernel_overlap_and_lanes_without_operators_say_so() -> No
     assert any("recorded no operators" in warning for warning in pure_python.warnings)
 
 
+@needs_thread_profiling
 def test_profile_option_adds_kernel_tracks_to_the_trace_and_a_column_to_the_table(
     suite: pytest.Pytester,
 ) -> None:

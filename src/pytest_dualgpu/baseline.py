@@ -18,7 +18,7 @@ from typing import Any
 
 from . import stats
 from .errors import DualGpuUsageError
-from .report import ReportRow
+from .report import JSON_VERSION, ReportRow
 from .results import DualResult
 from .verdicts import parse_size, size_text
 
@@ -108,9 +108,16 @@ class Baseline:
             raise DualGpuUsageError(f"--dualgpu-compare={path}: not JSON ({error}); {fix}") from None
         if not isinstance(document, dict) or not isinstance(document.get("results"), list):
             raise DualGpuUsageError(f"--dualgpu-compare={path}: not a pytest-dualgpu JSON report; {fix}")
+        if document.get("version") != JSON_VERSION:
+            raise DualGpuUsageError(
+                f"--dualgpu-compare={path}: a version {document.get('version')} report; this pytest-dualgpu "
+                f"reads version {JSON_VERSION}; {fix}"
+            )
+        if not isinstance(document.get("machine", {}), dict):
+            raise DualGpuUsageError(f"--dualgpu-compare={path}: its 'machine' is not an object; {fix}")
         try:
             rows = [ReportRow.from_dict(row) for row in document["results"]]
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise DualGpuUsageError(
                 f"--dualgpu-compare={path}: a result could not be read "
                 f"({type(error).__name__}: {error}); {fix}"
@@ -210,6 +217,7 @@ class Comparison:
     rows: dict[tuple[str, int], RowComparison] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     regressions: list[tuple[ReportRow, MetricChange]] = field(default_factory=list)
+    judged: int = 0  # metrics the thresholds judged: none means the gate checked nothing
 
     def for_row(self, row: ReportRow) -> RowComparison | None:
         return self.rows.get((row.nodeid, row.call))
@@ -222,6 +230,7 @@ class Comparison:
             "path": self.baseline.path,
             "machine": {key: self.baseline.machine.get(key) for key in ("torch", "cuda", "hostname")},
             "thresholds": [str(threshold) for threshold in self.thresholds],
+            "judged": self.judged,
             "warnings": list(self.warnings),
             "regressions": [
                 {"nodeid": row.nodeid, "call": row.call, "name": row.result.name, "metric": change.metric,
@@ -267,6 +276,14 @@ def compare(
     missing = len(rows) - sum(1 for judged in comparison.rows.values() if judged.base is not None)
     if missing:
         comparison.warnings.append(f"{missing} result(s) have no row in the base ({baseline.path})")
+    gone = sorted(set(baseline.rows) - set(row_keys(rows)))
+    if gone:
+        listed = ", ".join(f"{nodeid} [{name}]" for nodeid, name, _ in gone[:5])
+        more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
+        comparison.warnings.append(f"{len(gone)} base result(s) did not run this time: {listed}{more}")
+    comparison.judged = (
+        sum(len(judged.changes) for judged in comparison.rows.values() if judged.gated) if thresholds else 0
+    )
     return comparison
 
 

@@ -224,25 +224,36 @@ class ResultCollector:
             if lock_line:
                 write(lock_line, yellow=True)
         if self.comparison is not None:
-            compared = f"compared with {self.comparison.baseline.path}"
-            for warning in self.comparison.warnings:
-                write(f"{compared}: {warning}", yellow=True)
-            regressions = self.comparison.regression_lines()
-            if regressions:
-                limits = limits_text(self.comparison)
-                write(f"regression gate ({limits}) failed for {len(regressions)} result(s):", red=True)
-                for line in regressions:
-                    write(f"  {line}", red=True)
-            elif self.comparison.thresholds:
-                write(
-                    f"regression gate: no result regressed beyond {limits_text(self.comparison)}", green=True
-                )
+            for line, colour in _comparison_lines(self.comparison):
+                write(line, **{colour: True})
         for problem in self.problems:
             write(f"dualgpu: {problem}", red=True)
 
 
-def limits_text(comparison: Comparison) -> str:
-    return ", ".join(str(threshold) for threshold in comparison.thresholds)
+def _comparison_lines(comparison: Comparison) -> list[tuple[str, str]]:
+    """The baseline's warnings, then the gate's outcome: what failed, or that it checked something."""
+    lines = [
+        (f"compared with {comparison.baseline.path}: {warning}", "yellow") for warning in comparison.warnings
+    ]
+    limits = ", ".join(str(threshold) for threshold in comparison.thresholds)
+    regressions = comparison.regression_lines()
+    if regressions:
+        lines.append((f"regression gate ({limits}) failed for {len(regressions)} result(s):", "red"))
+        lines += [(f"  {line}", "red") for line in regressions]
+    elif comparison.thresholds and not comparison.judged:
+        lines.append(
+            (f"regression gate ({limits}) checked nothing: no result of this run has a base row measured "
+             "on the same device with those metrics", "red")
+        )  # fmt: skip
+    elif comparison.thresholds:
+        lines.append(
+            (
+                f"regression gate: no result regressed beyond {limits} "
+                f"({comparison.judged} metric(s) judged)",
+                "green",
+            )
+        )
+    return lines
 
 
 def _lock_summary_line(rows: list[ReportRow]) -> str | None:

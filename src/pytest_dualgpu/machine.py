@@ -57,25 +57,53 @@ def machine_info() -> dict[str, Any]:
 
 
 def _gpus_from_nvidia_smi() -> list[dict[str, Any]]:
-    rows = [row for row in nvidia_smi(*GPU_FIELDS) if len(row) == len(GPU_FIELDS)]
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    visible = None if listed is None else visible_entries(listed)
+    fields = list(GPU_FIELDS)
+    rows = nvidia_smi(*fields)
+    if not rows:  # drivers before 510 do not know compute_cap, and reject the whole query for it
+        fields.remove("compute_cap")
+        rows = nvidia_smi(*fields)
     gpus = []
-    for index, name, uuid, compute, memory, driver, mig, compute_mode in rows:
+    for row in rows:
+        if len(row) != len(fields):
+            continue
+        found = dict(zip(fields, row, strict=True))
         gpus.append(
             {
-                "index": int(index),
-                "name": name,
-                "uuid": uuid,
-                "compute_capability": compute,
-                "memory_bytes": _mebibytes(memory),
-                "driver": driver,
-                "mig": _known(mig),
-                "compute_mode": _known(compute_mode),
-                "visible": visible is None or any(entry in (index, uuid) for entry in visible),
+                "index": int(found["index"]),
+                "name": found["name"],
+                "uuid": found["uuid"],
+                "compute_capability": _known(found.get("compute_cap", "")),
+                "memory_bytes": _mebibytes(found["memory.total"]),
+                "driver": found["driver_version"],
+                "mig": _known(found["mig.mode.current"]),
+                "compute_mode": _known(found["compute_mode"]),
             }
         )
+    for gpu in gpus:
+        gpu["visible"] = _visible(gpu, gpus)
     return gpus
+
+
+def _visible(gpu: dict[str, Any], gpus: list[dict[str, Any]]) -> bool | None:
+    """Whether CUDA_VISIBLE_DEVICES lets this process see the GPU; None where that cannot be told.
+
+    UUIDs (or their prefixes) are certain. Indices are CUDA's, which count the fastest GPU first unless
+    CUDA_DEVICE_ORDER=PCI_BUS_ID, while nvidia-smi counts in bus order: they agree only on a host of
+    identical GPUs or in bus order.
+    """
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return True
+    entries = visible_entries(listed)
+    if any(gpu["uuid"] and entry.startswith("GPU-") and gpu["uuid"].startswith(entry) for entry in entries):
+        return True
+    if any(entry.startswith("MIG-") for entry in entries):
+        return None  # a MIG instance names its slice, not the GPU's UUID
+    indices = [entry for entry in entries if entry.isdigit()]
+    if not indices:
+        return False
+    same_order = os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID" or len({g["name"] for g in gpus}) == 1
+    return str(gpu["index"]) in indices if same_order else None
 
 
 def _gpus_from_torch() -> list[dict[str, Any]]:

@@ -19,8 +19,8 @@ import torch
 
 from .timeline import Interval, LaneTimeline, overlap
 
-#: Segments kept per track for traces and reports; the overlap itself uses all of them.
-TRACK_LIMIT = 500
+#: Segments kept per track for traces and reports (every row carries them); the overlap uses all of them.
+TRACK_LIMIT = 200
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
 
@@ -40,7 +40,7 @@ def profile_pass(
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device_kind == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    config = _all_threads_config()
+    config = all_threads_config()
     if config is None and device_kind != "cuda":
         return KernelProfile(
             [],
@@ -48,9 +48,25 @@ def profile_pass(
             [f"kernel overlap needs torch.profiler to see the lane threads; torch {torch.__version__} "
              "cannot (its profiler has no profile_all_threads)"],
         )  # fmt: skip
-    with torch.profiler.profile(activities=activities, experimental_config=config) as profiler:
+    if torch._C._autograd._profiler_enabled():
+        return KernelProfile([], None, ["kernel overlap not measured: a torch profiler is already running"])
+    profiler = torch.profiler.profile(activities=activities, experimental_config=config)
+    try:
+        profiler.start()
+    except Exception as error:  # the profiler is a diagnostic: its failure must not fail the call
+        return KernelProfile([], None, [f"kernel overlap not measured: the profiler did not start ({error})"])
+    events: list[dict[str, Any]] = []
+    failure: str | None = None
+    try:
         run()
-    events = _exported_events(profiler)
+    finally:
+        try:
+            profiler.stop()
+            events = _exported_events(profiler)
+        except Exception as error:
+            failure = f"kernel overlap not measured: the profiler failed ({type(error).__name__}: {error})"
+    if failure is not None:
+        return KernelProfile([], None, [failure])
     names = {thread: lane for thread, lane in lane_threads if thread is not None}
     if device_kind == "cuda":
         groups = _by_stream(events, names)
@@ -69,7 +85,7 @@ def profile_pass(
     return KernelProfile([_capped(line) for line in tracks], kernel_overlap)
 
 
-def _all_threads_config() -> Any:
+def all_threads_config() -> Any:
     """The profiler records only the thread that started it unless told otherwise (torch >= 2.7)."""
     try:
         return torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
@@ -99,7 +115,7 @@ def _by_stream(events: list[dict[str, Any]], lane_of_thread: dict[int, str]) -> 
     launcher = {
         event.get("args", {}).get("correlation"): event.get("tid")
         for event in events
-        if event.get("cat") == "cuda_runtime"
+        if event.get("cat") in ("cuda_runtime", "cuda_driver")
     }
     groups: dict[str, list[Interval]] = {}
     lanes: dict[Any, set[str]] = {}

@@ -18,7 +18,7 @@ from tabulate import tabulate
 from .results import DualResult
 from .verdicts import FAIL, VERDICT_KINDS, WARN
 
-JSON_VERSION = 1
+JSON_VERSION = 2
 PROPERTY = "dualgpu"
 ERROR_PROPERTY = "dualgpu_error"
 

@@ -113,6 +113,7 @@ class Settings:
         ``kind`` is ``cli``, ``env`` or ``ini``: it decides how the value is named in an error.
         """
         values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
         for option in OPTIONS:
             for kind, raw_values in sources:
                 raw = raw_values.get(option.field)
@@ -121,6 +122,7 @@ class Settings:
                 where = {"cli": option.flag, "env": option.env, "ini": f"{option.ini} (ini)"}[kind]
                 try:
                     values[option.field] = _PARSERS[option.field](raw)
+                    origin[option.field] = kind
                 except DualGpuUsageError as error:
                     raise DualGpuUsageError(f"{where}={_shown(raw)}: {error}") from None
                 break
@@ -138,7 +140,9 @@ class Settings:
             compare=values.get("compare"),
             compare_fail=values.get("compare_fail", ()),
         )
-        if settings.compare_fail and settings.compare is None:
+        # Thresholds kept in the ini file or the environment wait for a baseline (a first run has none);
+        # on the command line without one they are a mistake.
+        if settings.compare_fail and settings.compare is None and origin.get("compare_fail") == "cli":
             raise DualGpuUsageError(
                 "compare_fail needs a baseline to compare with: add --dualgpu-compare=PATH "
                 "(a JSON report saved earlier with --dualgpu-save=PATH)"
@@ -218,7 +222,12 @@ def parse_path(raw: object) -> str:
 
 def parse_thresholds(raw: str | Sequence[str]) -> tuple[Threshold, ...]:
     words = shlex.split(raw) if isinstance(raw, str) else [str(word) for word in raw]
-    return tuple(parse_threshold(word) for word in words)
+    thresholds = tuple(parse_threshold(word) for word in words)
+    metrics = [threshold.metric for threshold in thresholds]
+    repeated = sorted({metric for metric in metrics if metrics.count(metric) > 1})
+    if repeated:
+        raise DualGpuUsageError(f"{', '.join(repeated)} has more than one threshold; give each metric one")
+    return thresholds
 
 
 def parse_bool(raw: object) -> bool:
