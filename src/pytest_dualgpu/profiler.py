@@ -8,6 +8,7 @@ the sentences are the command's answer; argument parsing and printing stay in ``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +42,11 @@ class Task:
     def run(self) -> None:
         try:
             model_a, model_b, inputs_a, inputs_b = self.make()
-            self.result = dual_infer(
+            result = dual_infer(
                 model_a, model_b, inputs_a, inputs_b, names=list(self.names), name=self.label, **self.settings
             )
+            # Outputs stay on the device; a matrix of many pairs must not hold every pair's.
+            self.result = dataclasses.replace(result, outputs=None, reference=None)
         except Exception as error:  # a model that fails here is reported in its cells; the rest still runs
             self.error = f"{type(error).__name__}: {_first_line(error)}"
 
