@@ -20,6 +20,7 @@ FAST = ["--budget", "0.05"]
 DEMO = "pytest_dualgpu.demo"
 
 ZOO = """
+import threading
 import time
 
 import torch
@@ -53,11 +54,53 @@ class Sleepy(nn.Module):
         return x * 2
 
 
+class Racy(nn.Module):
+    # right alone and back to back, wrong when run at once (as a lane without synchronization is)
+    def forward(self, x):
+        return x + 1 if threading.current_thread().name.startswith("dualgpu-lane") else x
+
+
+class Boom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        raise RuntimeError("no weights here")
+
+
+class NeedsBfloat16(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(16, 16)
+
+    def forward(self, x):
+        if x.dtype != torch.bfloat16 or self.linear.weight.dtype != torch.bfloat16:
+            raise TypeError(f"expected bfloat16, got {x.dtype}")
+        return self.linear(x)
+
+
+def with_helper():
+    import helper  # a neighbour module, imported when the factory runs
+
+    return helper.Doubler()
+
+
 def inputs(batch):
     return torch.randn(batch, 16)
 
 
+def four_rows(batch):
+    return torch.randn(4, 16)
+
+
 fixed = torch.randn(4, 16)
+"""
+
+HELPER = """
+from torch import nn
+
+
+class Doubler(nn.Module):
+    def forward(self, x):
+        return x * 2
 """
 
 
@@ -65,6 +108,7 @@ fixed = torch.randn(4, 16)
 def zoo(tmp_path: Path) -> Path:
     path = tmp_path / "zoo.py"
     path.write_text(ZOO)
+    (tmp_path / "helper.py").write_text(HELPER)
     return path
 
 
@@ -149,8 +193,8 @@ def test_the_matrix_is_symmetric_with_every_model_beside_a_copy_of_itself(tmp_pa
     assert "pairings gain beyond noise" in done.stdout
     names = [row["name"] for row in json.loads(report.read_text())["results"]]
     assert names == [
-        "MLP + MLP-2", "MLP + SmallCNN", "MLP + TinyTransformer",
-        "SmallCNN + SmallCNN-2", "SmallCNN + TinyTransformer", "TinyTransformer + TinyTransformer-2",
+        "MLP + MLP-copy", "MLP + SmallCNN", "MLP + TinyTransformer",
+        "SmallCNN + SmallCNN-copy", "SmallCNN + TinyTransformer", "TinyTransformer + TinyTransformer-copy",
     ]  # fmt: skip
 
 
@@ -172,7 +216,7 @@ def test_the_sweep_has_a_row_per_batch_size_and_says_where_it_stops_paying(zoo: 
     assert done.returncode == 0, done.stderr
     header, *rows = table(done.stdout)
     assert header[:3] == ["batch", "mode", "speedup [95% CI]"]
-    assert header[-2:] == ["sequential items/s", "concurrent items/s"]
+    assert header[-3:] == ["each at once items/s", "total back to back", "total at once"]
     assert [row[0] for row in rows] == ["1", "2", "4"]
     assert "verdict: concurrency" in done.stdout
     results = json.loads(report.read_text())["results"]
@@ -206,10 +250,26 @@ def test_report_merges_shards_and_keeps_rows_of_several_machines_apart(tmp_path:
     markdown = tmp_path / "out" / "summary.md"
     assert dualgpu("report", str(first), "--format", "md", "--output", str(markdown)).returncode == 0
     assert "| dualgpu profile [MLP + MLP-2]" in markdown.read_text()
+    other_folder = tmp_path / "shard" / "a.json"
+    other_folder.parent.mkdir()
+    other_folder.write_text(first.read_text())
+    same_machine = json.loads(dualgpu("report", str(first), str(other_folder), "--format", "json").stdout)
+    assert [row["source"].rsplit(" ", 1)[1] for row in same_machine["results"]] == [
+        f"[{first}]",
+        f"[{other_folder}]",
+    ], "two files of one machine are told apart by their paths"
     assert "source" not in markdown.read_text(), "one machine: no source column"
 
 
 def test_report_errors(tmp_path: Path) -> None:
+    (tmp_path / "old.json").write_text('{"version": 1, "machine": {}, "results": []}')
+    old = dualgpu("report", str(tmp_path / "old.json"))
+    assert old.returncode == 2
+    assert "a version 1 report; this pytest-dualgpu reads version 2" in old.stderr
+    (tmp_path / "odd.json").write_text('{"version": 2, "results": [{"nodeid": "x", "verdicts": ["a"]}]}')
+    odd = dualgpu("report", str(tmp_path / "odd.json"))
+    assert odd.returncode == 2
+    assert "a result could not be read" in odd.stderr
     (tmp_path / "bad.json").write_text("[1, 2]")
     missing = dualgpu("report", str(tmp_path / "missing.json"))
     assert missing.returncode == 2
@@ -242,7 +302,7 @@ MLP = f"{DEMO}:MLP"
         (["profile", "justaname", MLP], "model 'justaname' is not a reference; use package.module:name"),
         (["profile", f"{DEMO}:Nope", MLP], "pytest_dualgpu.demo has no 'Nope' (it has: MLP, SmallCNN"),
         (["profile", "missing.py:M", MLP], "model 'missing.py:M': no such file 'missing.py'"),
-        (["profile", "torch.nn:Linear", MLP], "calling Linear() failed"),
+        (["profile", "torch.nn:Linear", MLP], "Linear() cannot be called without arguments"),
         (["profile", "torch:float16", MLP], "model 'torch:float16' is a dtype; use package.module:name"),
         (
             ["profile", MLP, MLP, "--inputs", "1xfoo"],
@@ -257,6 +317,9 @@ MLP = f"{DEMO}:MLP"
         (["sweep", MLP, MLP, "--batch", "0,2"], "batch sizes must be at least 1"),
         (["profile", MLP, MLP, "--device", "tpu"], "device 'tpu' is not a device"),
         (["profile", MLP], "the following arguments are required: MODEL"),
+        (["profile", MLP, MLP, "--budget", "inf"], "a number of seconds > 0"),
+        (["profile", MLP, MLP, "--inputs", "torch:randn"], "a builtin whose arguments cannot be read"),
+        (["profile", MLP, MLP, "--json", "."], ". is a directory; --json and --png take a file path"),
     ],
 )
 def test_bad_usage_exits_2_and_shows_the_accepted_forms(args: list[str], message: str) -> None:
@@ -293,4 +356,67 @@ def test_ctrl_c_prints_what_finished(zoo: Path) -> None:
     assert "interrupted: " in stderr
     assert " of 6 measured" in stderr
     assert "matrix:" in seen, "the bar names the command"
-    assert "Sleepy + Sleepy-2" in seen, "and the pair being measured"
+    assert "Sleepy + Sleepy-copy" in seen, "and the pair being measured"
+
+
+def test_profile_under_auto_or_one_mode_gives_its_numbers(zoo: Path) -> None:
+    for mode in ("auto", "sequential"):
+        done = dualgpu("profile", f"{zoo}:Small", f"{zoo}:Small", "--inputs", "4x16", "--mode", mode, *FAST)
+        assert done.returncode == 0, done.stderr
+        expected = "threads" if mode == "auto" else "sequential"
+        assert f"verdict: {expected} mode: " in done.stdout
+        assert " of an ideal " in done.stdout
+
+
+def test_wrong_outputs_are_named_and_never_the_best_pairing(zoo: Path) -> None:
+    done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Racy", "--inputs", "4x16", *FAST)
+    assert done.returncode == 1, done.stdout + done.stderr
+    _, small, racy = table(done.stdout)
+    assert not small[1].endswith("WRONG")
+    assert small[2].endswith("WRONG")
+    assert racy[2].endswith("WRONG")
+    assert "Small + Racy gave wrong outputs: max abs error 1" in done.stdout
+    best = done.stdout.split("verdict: ")[1].split(";")[0]
+    assert "Racy" not in best
+    profile = dualgpu("profile", f"{zoo}:Racy", f"{zoo}:Small", "--inputs", "4x16", *FAST)
+    assert profile.returncode == 1
+    assert "threads mode gave wrong outputs" in profile.stdout
+
+
+def test_a_model_that_fails_to_build_fails_its_cells_not_the_matrix(zoo: Path) -> None:
+    done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Boom", "--inputs", "4x16", *FAST)
+    assert done.returncode == 1, done.stdout + done.stderr
+    _, small, boom = table(done.stdout)
+    assert small[1].endswith(tuple("0123456789"))
+    assert small[2] == boom[1] == boom[2] == "failed"
+    assert "Boom() raised RuntimeError: no weights here" in done.stdout
+
+
+def test_dtype_casts_models_and_inputs(zoo: Path) -> None:
+    args = ["profile", f"{zoo}:NeedsBfloat16", f"{zoo}:Small", "--inputs", "4x16", *FAST]
+    assert dualgpu(*args, "--dtype", "bfloat16").returncode == 0
+    uncast = dualgpu(*args)
+    assert uncast.returncode == 1
+    assert "expected bfloat16, got torch.float32" in uncast.stdout
+
+
+def test_a_file_reference_can_import_its_neighbours(zoo: Path) -> None:
+    done = dualgpu("profile", f"{zoo}:with_helper", f"{zoo}:Small", "--inputs", "4x16", *FAST)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "with_helper + Small" in done.stdout
+
+
+def test_a_module_reference_is_found_in_the_current_directory(zoo: Path) -> None:
+    done = dualgpu("profile", "zoo:Small", "zoo:small", "--inputs", "4x16", *FAST, cwd=zoo.parent)
+    assert done.returncode == 0, done.stderr
+
+
+def test_sweeps_check_that_inputs_follow_the_batch_size(zoo: Path) -> None:
+    fixed = dualgpu("sweep", f"{zoo}:Small", f"{zoo}:Small", "--batch", "1,2", "--inputs", f"{zoo}:fixed")
+    assert fixed.returncode == 2
+    assert "is a fixed value; a batch sweep needs a shape spec or a function" in fixed.stderr
+    ignoring = dualgpu(
+        "sweep", f"{zoo}:Small", f"{zoo}:Small", "--batch", "1,2", "--inputs", f"{zoo}:four_rows"
+    )
+    assert ignoring.returncode == 2
+    assert "gave a batch of 4 for batch size 1" in ignoring.stderr

@@ -8,6 +8,7 @@ printing what finished).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,7 +129,7 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds > 0, e.g. 0.5")
     return value
 
@@ -150,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DualGpuUsageError as error:
         print(f"dualgpu {arguments.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before measuring began (imports, building models): nothing to show
+        print(f"dualgpu {arguments.command}: interrupted before anything was measured", file=sys.stderr)
+        return INTERRUPTED
 
 
 def _info(spec: str) -> int:

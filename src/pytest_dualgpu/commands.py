@@ -8,8 +8,11 @@ progress bar (tqdm: it shows the pair and the time left), and Ctrl-C stops it wi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,9 +22,8 @@ from .cli import INTERRUPTED, emit
 from .devices import place_model, resolve_device
 from .errors import DualGpuUsageError
 from .profiler import Campaign, Models, Task
-from .refs import InputSpec, ModelRef, inputs_for
+from .refs import InputSpec, ModelBuildError, ModelRef, inputs_for
 from .report import CallError, ReportRow, dumps, format_results, json_document
-from .trees import map_tensors
 
 DEMO = [f"pytest_dualgpu.demo:{name}" for name in ("MLP", "SmallCNN", "TinyTransformer")]
 
@@ -36,9 +38,13 @@ class Lanes:
     def check(
         self, refs: Sequence[ModelRef], specs: Sequence[InputSpec | None], batch: int | None = None
     ) -> None:
-        """Build every model and its inputs once, so bad references fail before any measuring."""
+        """Build every model and its inputs once, so a bad reference fails before any measuring.
+
+        A model whose own code raises is not bad usage: its tasks fail the same way, and the rest run.
+        """
         for ref, spec in zip(refs, specs, strict=True):
-            inputs_for(ref.load(), spec, batch)
+            with contextlib.suppress(ModelBuildError):
+                inputs_for(ref.load(), spec, batch, self.dtype)
 
     def pair(
         self,
@@ -50,20 +56,19 @@ class Lanes:
             built = []
             for ref, spec in zip(refs, specs, strict=True):
                 model = place_model(ref.load(), self.device, dtype=self.dtype)
-                built.append((model, self._cast(inputs_for(model, spec, batch))))
+                built.append((model, inputs_for(model, spec, batch, self.dtype)))
             (model_a, inputs_a), (model_b, inputs_b) = built
             return model_a, model_b, inputs_a, inputs_b
 
         return make
 
-    def _cast(self, inputs: Any) -> Any:
-        dtype = self.dtype
-        if dtype is None:
-            return inputs
-        return map_tensors(inputs, lambda tensor: tensor.to(dtype) if tensor.is_floating_point() else tensor)
-
 
 def run_command(arguments: argparse.Namespace) -> int:
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `python -m` would have it: references to modules in the project
+    for path in (arguments.json, arguments.png):
+        if path is not None and Path(path).is_dir():
+            raise DualGpuUsageError(f"{path} is a directory; --json and --png take a file path")
     if arguments.png:
         from .plots import require_matplotlib
 
@@ -81,13 +86,14 @@ def run_command(arguments: argparse.Namespace) -> int:
         return _matrix(arguments, refs, specs, lanes, settings, progress)
     pair_refs = (refs[0], refs[1])
     pair_specs = (specs[0], specs[1])
+    first, second = _names(pair_refs)
+    names = (first, second)
     if command == "profile":
         lanes.check(refs, specs)
         modes = [arguments.mode] if arguments.mode else profiler.applicable_modes(device)
-        tasks = profiler.profile_tasks(lanes.pair(pair_refs, pair_specs), _names(pair_refs), modes, settings)
+        tasks = profiler.profile_tasks(lanes.pair(pair_refs, pair_specs), names, modes, settings)
         return _finish(arguments, tasks, _run(tasks, progress, "profile"), _profile_text)
     lanes.check(refs, specs, batch=arguments.batch[0])
-    names = _names(pair_refs)
     tasks = [
         Task(f"{names[0]} + {names[1]} @ batch {batch}", names, lanes.pair(pair_refs, pair_specs, batch),
              {**settings, "mode": arguments.mode or "auto"}, key=batch)
@@ -109,9 +115,15 @@ def _specs(texts: Sequence[str], models: int) -> list[InputSpec | None]:
     return list(specs)
 
 
-def _names(refs: tuple[ModelRef, ModelRef]) -> tuple[str, str]:
-    first, second = refs[0].name, refs[1].name
-    return (first, f"{second}-2") if first == second else (first, second)
+def _names(refs: Sequence[ModelRef]) -> list[str]:
+    """Display names: the referenced names, numbered where two are the same (a.py:Model, b.py:Model)."""
+    names: list[str] = []
+    for ref in refs:
+        name, number = ref.name, 2
+        while name in names:
+            name, number = f"{ref.name}-{number}", number + 1
+        names.append(name)
+    return names
 
 
 def _matrix(
@@ -124,7 +136,7 @@ def _matrix(
 ) -> int:
     lanes.check(refs, specs)
     tasks = _matrix_tasks(refs, specs, lanes, {**settings, "mode": arguments.mode or "auto"})
-    names = [ref.name for ref in refs]
+    names = _names(refs)
     interrupted = _run(tasks, progress, "matrix")
     if arguments.png:
         _matrix_png(names, tasks, arguments.png)
@@ -135,18 +147,18 @@ def _matrix_tasks(
     refs: list[ModelRef], specs: list[InputSpec | None], lanes: Lanes, settings: dict[str, Any]
 ) -> list[Task]:
     tasks = []
+    names = _names(refs)
     for first, second in profiler.matrix_pairs(len(refs)):
-        pair = (refs[first], refs[second])
-        names = _names(pair)
-        make = lanes.pair(pair, (specs[first], specs[second]))
-        tasks.append(Task(f"{names[0]} + {names[1]}", names, make, settings, key=(first, second)))
+        pair = (names[first], names[second] if first != second else f"{names[second]}-copy")
+        make = lanes.pair((refs[first], refs[second]), (specs[first], specs[second]))
+        tasks.append(Task(f"{pair[0]} + {pair[1]}", pair, make, settings, key=(first, second)))
     return tasks
 
 
 def _demo(arguments: argparse.Namespace, lanes: Lanes, settings: dict[str, Any], progress: bool) -> int:
     refs = [ModelRef(text) for text in DEMO]
     specs: list[InputSpec | None] = [None] * len(refs)
-    names = [ref.name for ref in refs]
+    names = _names(refs)
     tasks = _matrix_tasks(refs, specs, lanes, {**settings, "mode": arguments.mode or "auto"})
     interrupted = _run(tasks, progress, "demo: matrix")
     print(f"== matrix of the built-in models ({', '.join(names)}) ==")
@@ -195,7 +207,7 @@ def _finish(arguments: argparse.Namespace, tasks: list[Task], interrupted: bool,
         _png(arguments, done)
     if interrupted:
         return INTERRUPTED
-    return 1 if any(task.error is not None for task in tasks) else 0
+    return 1 if any(task.error is not None or task.wrong for task in tasks) else 0
 
 
 def _profile_text(tasks: list[Task]) -> str:
@@ -227,8 +239,6 @@ def _document(command: str, tasks: list[Task]) -> dict[str, Any]:
 
 
 def _png(arguments: argparse.Namespace, tasks: list[Task]) -> None:
-    from pathlib import Path
-
     from . import plots
 
     if arguments.command == "sweep":
@@ -241,8 +251,6 @@ def _png(arguments: argparse.Namespace, tasks: list[Task]) -> None:
 
 
 def _matrix_png(names: list[str], tasks: list[Task], path: str) -> None:
-    from pathlib import Path
-
     from . import plots
 
     grid: list[list[Any]] = [[None] * len(names) for _ in names]

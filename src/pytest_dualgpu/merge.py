@@ -7,6 +7,7 @@ naming the machine (or, for two files from one machine, the file) in a ``source`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,8 +33,11 @@ def merge_reports(paths: list[Path]) -> Merged:
     for (path, document), label in zip(loaded, labels, strict=True):
         try:
             rows = [ReportRow.from_dict(row) for row in document["results"]]
-            merged.errors += [CallError.from_dict(error) for error in document.get("errors", [])]
-        except (KeyError, TypeError, ValueError) as error:
+            merged.errors += [
+                dataclasses.replace(CallError.from_dict(error), source=label)
+                for error in document.get("errors", [])
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise DualGpuUsageError(
                 f"{path}: a result could not be read ({type(error).__name__}: {error})"
             ) from None
@@ -48,6 +52,8 @@ def merge_reports(paths: list[Path]) -> Merged:
             if not shared:
                 row.source = None
             merged.rows.append(row)
+    if not shared:
+        merged.errors = [dataclasses.replace(error, source=None) for error in merged.errors]
     return merged
 
 
@@ -66,7 +72,11 @@ def render(merged: Merged, form: str) -> str:
     if form == "md":
         return markdown(merged.rows, merged.errors, columns)
     lines = [format_table(merged.rows, columns)] if merged.rows else ["no results in these reports"]
-    lines += [f"{error.nodeid}: call {error.call + 1} raised {error.error}" for error in merged.errors]
+    lines += [
+        f"{error.nodeid}: call {error.call + 1} raised {error.error}"
+        + (f" [{error.source}]" if error.source else "")
+        for error in merged.errors
+    ]
     return "\n".join(lines)
 
 
@@ -82,20 +92,30 @@ def _load(path: Path) -> dict[str, Any]:
             f"{path}: not a pytest-dualgpu JSON report (write one with --dualgpu-report=json:PATH or "
             "dualgpu ... --json PATH)"
         )
+    if document.get("version") != JSON_VERSION:
+        raise DualGpuUsageError(
+            f"{path}: a version {document.get('version')} report; this pytest-dualgpu reads version "
+            f"{JSON_VERSION}"
+        )
+    if not isinstance(document.get("machine", {}), dict):
+        raise DualGpuUsageError(f"{path}: its 'machine' is not an object")
     return document
 
 
 def _source_labels(files: list[tuple[Path, dict[str, Any]]]) -> list[str]:
-    """The machine of each file ("host (GPU)"), with the file name where two files share a machine."""
+    """The machine of each file ("host (GPU)"), with the file as given where two files share a machine."""
     machines = [_machine_label(machine) for _, machine in files]
     repeated = {label for label, count in Counter(machines).items() if count > 1}
     return [
-        f"{label} [{path.name}]" if label in repeated else label
+        f"{label} [{path}]" if label in repeated else label
         for (path, _), label in zip(files, machines, strict=True)
     ]
 
 
 def _machine_label(machine: dict[str, Any]) -> str:
-    visible = [gpu for gpu in machine.get("gpus") or [] if gpu.get("visible", True)]
-    hardware = visible[0]["name"] if visible else (machine.get("cpu") or {}).get("model", "unknown device")
-    return f"{machine.get('hostname', 'unknown host')} ({hardware})"
+    gpus = [
+        gpu for gpu in machine.get("gpus") or [] if isinstance(gpu, dict) and gpu.get("visible") is not False
+    ]
+    cpu = machine.get("cpu")
+    hardware = gpus[0].get("name", "GPU") if gpus else (cpu.get("model") if isinstance(cpu, dict) else None)
+    return f"{machine.get('hostname', 'unknown host')} ({hardware or 'unknown device'})"

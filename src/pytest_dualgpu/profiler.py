@@ -39,6 +39,11 @@ class Task:
     def done(self) -> bool:
         return self.result is not None or self.error is not None
 
+    @property
+    def wrong(self) -> bool:
+        """Measured, but the concurrent outputs differ from each model's alone: a race, not a speedup."""
+        return self.result is not None and not self.result.correct
+
     def run(self) -> None:
         try:
             model_a, model_b, inputs_a, inputs_b = self.make()
@@ -88,20 +93,33 @@ def profile_tasks(
 
 def profile_verdict(tasks: Sequence[Task]) -> str:
     """The answer to "does this pair pay, and how": the best mode in numbers, then what went wrong."""
-    measured = [task for task in tasks if task.result is not None and task.result.mode == task.key]
+    ran = [task for task in tasks if task.result is not None and task.result.mode == _ran_as(task)]
+    sound = [task for task in ran if not task.wrong]
     sentences = []
-    if measured:
-        best = max(measured, key=lambda task: _result(task).speedup)
-        sentences.append(_pays(best.key, _result(best)))
+    if sound:
+        best = max(sound, key=lambda task: _result(task).speedup)
+        sentences.append(_pays(_result(best).mode, _result(best)))
     for task in tasks:
         if task.error is not None:
             sentences.append(f"{task.key} failed: {task.error}")
-        elif task.result is not None and task.result.mode != task.key:
+        elif task.wrong:
+            sentences.append(f"{_result(task).mode} mode gave wrong outputs: {_wrong(_result(task))}")
+        elif task.result is not None and task not in ran:
             reason = next((probe.error for probe in task.result.modes if probe.error), None)
             sentences.append(f"{task.key} could not run ({reason or 'fell back to ' + task.result.mode})")
-    hints = {task.result.hint for task in measured if task.result is not None and task.result.hint}
+    hints = {task.result.hint for task in ran if task.result is not None and task.result.hint}
     sentences += sorted(f"hint: {hint}" for hint in hints)
     return "; ".join(sentences) or "nothing was measured"
+
+
+def _ran_as(task: Task) -> str:
+    """The mode a task's result should have: the one asked for, or under auto whichever auto chose."""
+    return _result(task).mode if task.key == "auto" else str(task.key)
+
+
+def _wrong(result: DualResult) -> str:
+    where = f" ({'; '.join(result.mismatches[:2])})" if result.mismatches else ""
+    return f"max abs error {result.max_abs_err:.2g}{where}; a race between the lanes? (dualgpu_sync finds it)"
 
 
 def _pays(mode: str, result: DualResult) -> str:
@@ -142,25 +160,33 @@ def _cell(task: Task) -> str:
     if task.result is None:
         return "..."
     efficiency = "-" if task.result.efficiency is None else f"{task.result.efficiency:.2f}"
-    return f"{task.result.speedup:.2f}x / {efficiency}"
+    return f"{task.result.speedup:.2f}x / {efficiency}" + (" WRONG" if task.wrong else "")
 
 
 def matrix_verdict(tasks: Sequence[Task]) -> str:
-    measured = [task for task in tasks if task.result is not None]
+    """The best sound pairing in words; pairs with wrong outputs are never it."""
+    sound = [task for task in tasks if task.result is not None and not task.wrong]
     sentences = []
-    if measured:
-        best = max(measured, key=lambda task: _result(task).speedup)
+    if sound:
+        best = max(sound, key=lambda task: _result(task).speedup)
         result = _result(best)
-        kind = "a model beside a copy of itself" if best.key[0] == best.key[1] else "the best pairing"
+        gains = [task for task in sound if _result(task).speedup_ci[0] > 1.0]
+        if not gains:
+            kind = "no pairing gains beyond noise; the least costly"
+        elif best.key[0] == best.key[1]:
+            kind = "the best pairing is a model beside a copy of itself"
+        else:
+            kind = "the best pairing"
         sentences.append(
             f"{kind}: {best.label}, {result.speedup:.2f}x of an ideal {result.ideal_speedup:.2f}x "
             f"({result.mode} mode)"
         )
-        paying = [task for task in measured if _result(task).speedup_ci[0] > 1.0]
-        sentences.append(f"{len(paying)} of {len(measured)} pairings gain beyond noise")
+        sentences.append(f"{len(gains)} of {len(sound)} pairings gain beyond noise")
     for task in tasks:
         if task.error is not None:
             sentences.append(f"{task.label} failed: {task.error}")
+        elif task.wrong:
+            sentences.append(f"{task.label} gave wrong outputs: {_wrong(_result(task))}")
     return "; ".join(sentences) or "nothing was measured"
 
 
@@ -169,55 +195,64 @@ def sweep_rows(tasks: Sequence[Task]) -> list[list[str]]:
     for task in tasks:
         batch = int(task.key)
         if task.result is None:
-            rows.append([str(batch), "-", task.error or "not run", "", "", "", "", "", ""])
+            rows.append([str(batch), "-", task.error or "not run", *[""] * 7])
             continue
         result = task.result
         lo, hi = result.speedup_ci
-        alone = [batch / lane.alone.median for lane in result.lanes]
+        lanes = len(result.lanes)
         rows.append(
             [
                 str(batch),
                 result.mode,
-                f"{result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]",
+                f"{result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]" + (" WRONG" if task.wrong else ""),
                 f"{result.ideal_speedup:.2f}x",
                 "-" if result.efficiency is None else f"{result.efficiency:.2f}",
-                *(_rate(rate) for rate in alone),
-                _rate(2 * batch / result.sequential.median),
-                _rate(2 * batch / result.concurrent.median),
+                *(_rate(batch / lane.alone.median) for lane in result.lanes),
+                _rate(batch / result.concurrent.median),
+                _rate(lanes * batch / result.sequential.median),
+                _rate(lanes * batch / result.concurrent.median),
             ]
         )
     return rows
 
 
 def sweep_table(names: tuple[str, str], tasks: Sequence[Task], tablefmt: str = "simple") -> str:
+    """Per batch size: the speedup, and items/s of each model alone, each at once, and both in total."""
     headers = [
-        "batch", "mode", "speedup [95% CI]", "ideal", "eff",
-        f"{names[0]} alone items/s", f"{names[1]} alone items/s", "sequential items/s", "concurrent items/s",
+        "batch", "mode", "speedup [95% CI]", "ideal", "eff", f"{names[0]} alone items/s",
+        f"{names[1]} alone items/s", "each at once items/s", "total back to back", "total at once",
     ]  # fmt: skip
     return tabulate(sweep_rows(tasks), headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
 
 def sweep_verdict(tasks: Sequence[Task]) -> str:
     """Where concurrency stops paying: the batch size from which no larger one gains beyond noise."""
-    measured = [task for task in tasks if task.result is not None]
+    measured = [task for task in tasks if task.result is not None and not task.wrong]
+    notes = [f"batch {task.key} failed" for task in tasks if task.error is not None]
+    notes += [f"batch {task.key} gave wrong outputs" for task in tasks if task.wrong]
     if not measured:
-        return "nothing was measured"
-    pays = [_result(task).speedup_ci[0] > 1.0 for task in measured]
-    if all(pays):
-        return f"concurrency pays at every batch size tried (up to {measured[-1].key})"
-    if not any(pays):
-        return "concurrency does not pay at any batch size tried"
-    last_paying = max(index for index, paid in enumerate(pays) if paid)
-    if last_paying == len(measured) - 1:
-        return "concurrency pays at the largest batch size tried, though not at every smaller one"
-    stop = measured[last_paying + 1]
-    result = _result(stop)
-    lo, hi = result.speedup_ci
-    paid = _result(measured[last_paying])
-    return (
-        f"concurrency pays up to batch {measured[last_paying].key} ({paid.speedup:.2f}x); from batch "
-        f"{stop.key} on it does not ({result.speedup:.2f}x [95% CI {lo:.2f}, {hi:.2f}])"
-    )
+        return "; ".join(["nothing was measured", *notes])
+    paying = [task for task in measured if _result(task).speedup_ci[0] > 1.0]
+    if len(paying) == len(measured):
+        verdict = f"concurrency pays at every batch size measured (up to {measured[-1].key})"
+    elif not paying:
+        verdict = "concurrency does not pay at any batch size measured"
+    elif paying[-1] is measured[-1]:
+        verdict = f"concurrency pays at batch {_batches(paying)}, the largest measured included"
+    else:
+        stop = measured[measured.index(paying[-1]) + 1]
+        result = _result(stop)
+        lo, hi = result.speedup_ci
+        verdict = (
+            f"concurrency pays at batch {_batches(paying)}; from batch {stop.key} on it does not "
+            f"({result.speedup:.2f}x [95% CI {lo:.2f}, {hi:.2f}] at {stop.key})"
+        )
+    return "; ".join([verdict, *notes])
+
+
+def _batches(tasks: Sequence[Task]) -> str:
+    shown = [f"{task.key} ({_result(task).speedup:.2f}x)" for task in tasks]
+    return ", ".join(shown)
 
 
 def results_of(tasks: Iterable[Task]) -> list[DualResult]:

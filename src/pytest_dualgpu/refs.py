@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from .errors import DualGpuUsageError
+from .errors import DualGpuError, DualGpuUsageError
+from .trees import iter_tensors, map_tensors
 
 MODEL_FORMS = (
     "package.module:name or path/to/file.py:name, where name is an nn.Module instance, an nn.Module class "
@@ -52,9 +53,13 @@ def load_object(reference: str, what: str, forms: str) -> Any:
             module = importlib.import_module(location)
         except ImportError as error:
             raise DualGpuUsageError(
-                f"{what} {reference!r}: cannot import {location!r} ({error}); is it installed, or did you "
-                "mean a file path ending in .py?"
+                f"{what} {reference!r}: cannot import {location!r} ({error}); is it installed (or in the "
+                "current directory), or did you mean a file path ending in .py?"
             ) from None
+        except Exception as error:
+            raise DualGpuUsageError(
+                f"{what} {reference!r}: importing {location!r} raised {_described(error)}"
+            ) from error
     try:
         return getattr(module, name)
     except AttributeError:
@@ -70,27 +75,36 @@ def load_object(reference: str, what: str, forms: str) -> Any:
 
 
 def _module_from_file(path: Path, reference: str, what: str) -> Any:
+    """The file imported under its own name, its folder on ``sys.path`` as ``python file.py`` would have
+    it: a neighbour that imports it by name then gets the same module, not a second copy of its classes."""
     if not path.is_file():
         raise DualGpuUsageError(f"{what} {reference!r}: no such file {str(path)!r}")
-    module_name = f"_dualgpu_ref_{abs(hash(path.resolve()))}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    module_name = path.stem
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
+        return loaded
+    if loaded is not None:
+        module_name = f"_dualgpu_{abs(hash(path.resolve()))}_{path.stem}"  # the name is someone else's
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise DualGpuUsageError(f"{what} {reference!r}: {str(path)!r} cannot be imported as Python")
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
+    sys.modules[module_name] = module
     try:
-        sys.modules[module_name] = module
         spec.loader.exec_module(module)
     except Exception as error:
         del sys.modules[module_name]
         raise DualGpuUsageError(
-            f"{what} {reference!r}: importing {str(path)!r} raised {type(error).__name__}: {error}"
+            f"{what} {reference!r}: importing {str(path)!r} raised {_described(error)}"
         ) from error
-    finally:
-        sys.path.remove(str(path.resolve().parent))
     return module
+
+
+class ModelBuildError(DualGpuError):
+    """The user's own code raised while building a model or its inputs: that model failed, not the usage."""
 
 
 @dataclass(frozen=True)
@@ -107,24 +121,26 @@ class ModelRef:
         found = load_object(self.text, "model", MODEL_FORMS)
         if isinstance(found, torch.nn.Module):
             return copy.deepcopy(found)
-        if callable(found):
-            try:
-                made = found()
-            except TypeError as error:
-                raise DualGpuUsageError(
-                    f"model {self.text!r}: calling {self.name}() failed ({error}); a class or factory must "
-                    f"work without arguments; use {MODEL_FORMS}"
-                ) from None
-            except Exception as error:
-                raise DualGpuUsageError(
-                    f"model {self.text!r}: {self.name}() raised {_described(error)}"
-                ) from error
-            if isinstance(made, torch.nn.Module):
-                return made
+        if not callable(found):
+            raise DualGpuUsageError(f"model {self.text!r} is a {type(found).__name__}; use {MODEL_FORMS}")
+        try:
+            inspect.signature(found).bind()
+        except TypeError as error:
             raise DualGpuUsageError(
-                f"model {self.text!r}: {self.name}() returned {type(made).__name__}, not an nn.Module"
-            )
-        raise DualGpuUsageError(f"model {self.text!r} is a {type(found).__name__}; use {MODEL_FORMS}")
+                f"model {self.text!r}: {self.name}() cannot be called without arguments ({error}); use "
+                f"{MODEL_FORMS}"
+            ) from None
+        except ValueError:
+            pass  # no signature to read (a builtin): calling it tells
+        try:
+            made = found()
+        except Exception as error:
+            raise ModelBuildError(f"model {self.text!r}: {self.name}() raised {_described(error)}") from error
+        if isinstance(made, torch.nn.Module):
+            return made
+        raise DualGpuUsageError(
+            f"model {self.text!r}: {self.name}() returned {type(made).__name__}, not an nn.Module"
+        )
 
 
 @dataclass(frozen=True)
@@ -152,9 +168,10 @@ class InputSpec:
         raise DualGpuUsageError(f"input {text!r} is not an input spec; use {INPUT_FORMS}")
 
     def make(self, batch: int | None = None, dtype: torch.dtype | None = None) -> Any:
-        """Fresh inputs on the CPU; ``batch`` replaces the first size, ``dtype`` the float dtype."""
+        """Fresh inputs on the CPU; ``batch`` replaces the first size; ``dtype`` is the float dtype where
+        the spec names none (an explicit one wins)."""
         if self.shape is None:
-            return _referenced_inputs(self.text, batch)
+            return _cast(_referenced_inputs(self.text, batch), dtype)
         shape = self.shape if batch is None else (batch, *self.shape[1:])
         chosen = self.dtype or dtype or torch.float32
         if chosen.is_floating_point:
@@ -173,32 +190,57 @@ def _referenced_inputs(reference: str, batch: int | None) -> Any:
                 "that takes the batch size"
             )
         return found
-    takes_batch = bool(inspect.signature(found).parameters)
+    try:
+        takes_batch = bool(inspect.signature(found).parameters)
+    except ValueError:
+        raise DualGpuUsageError(
+            f"input {reference!r} is a builtin whose arguments cannot be read; wrap it in a function "
+            "(def inputs(batch): ...)"
+        ) from None
     if batch is not None and not takes_batch:
         raise DualGpuUsageError(f"input {reference!r}: a batch sweep needs a function taking the batch size")
     try:
-        return found(batch or EXAMPLE_BATCH) if takes_batch else found()
+        made = found(batch or EXAMPLE_BATCH) if takes_batch else found()
     except Exception as error:
-        raise DualGpuUsageError(f"input {reference!r} raised {_described(error)}") from error
+        raise ModelBuildError(f"input {reference!r} raised {_described(error)}") from error
+    if batch is not None:
+        _check_batch(made, batch, f"input {reference!r}")
+    return made
+
+
+def _check_batch(inputs: Any, batch: int, source: str) -> None:
+    """Throughput is batch / time: inputs of another batch size would make it a lie."""
+    first = next(iter_tensors(inputs), None)
+    if first is not None and first.dim() > 0 and first.shape[0] != batch:
+        raise DualGpuUsageError(f"{source} gave a batch of {first.shape[0]} for batch size {batch}")
+
+
+def _cast(inputs: Any, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return inputs
+    return map_tensors(inputs, lambda tensor: tensor.to(dtype) if tensor.is_floating_point() else tensor)
 
 
 def _described(error: BaseException) -> str:
     return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
 
 
-def inputs_for(model: torch.nn.Module, spec: InputSpec | None, batch: int | None = None) -> Any:
-    """The inputs of one model: its spec, or its own ``example_inputs(batch)``."""
+def inputs_for(
+    model: torch.nn.Module, spec: InputSpec | None, batch: int | None = None, dtype: torch.dtype | None = None
+) -> Any:
+    """The inputs of one model: its spec, or its own ``example_inputs(batch)``; floats in ``dtype``."""
     if spec is not None:
-        return spec.make(batch)
+        return spec.make(batch, dtype)
     example = getattr(model, "example_inputs", None)
-    if callable(example):
-        try:
-            return example(batch or EXAMPLE_BATCH)
-        except Exception as error:
-            raise DualGpuUsageError(
-                f"{type(model).__name__}.example_inputs raised {_described(error)}"
-            ) from error
-    raise DualGpuUsageError(
-        f"{type(model).__name__} needs inputs: give --inputs ({INPUT_FORMS}), or give the model an "
-        "example_inputs(batch) method"
-    )
+    if not callable(example):
+        raise DualGpuUsageError(
+            f"{type(model).__name__} needs inputs: give --inputs ({INPUT_FORMS}), or give the model an "
+            "example_inputs(batch) method"
+        )
+    try:
+        made = example(batch or EXAMPLE_BATCH)
+    except Exception as error:
+        raise ModelBuildError(f"{type(model).__name__}.example_inputs raised {_described(error)}") from error
+    if batch is not None:
+        _check_batch(made, batch, f"{type(model).__name__}.example_inputs")
+    return _cast(made, dtype)

@@ -78,13 +78,15 @@ class CallError:
     nodeid: str
     call: int
     error: str
+    source: str | None = None  # as ``ReportRow.source``
 
     def to_dict(self) -> dict[str, Any]:
-        return {"nodeid": self.nodeid, "call": self.call, "error": self.error}
+        data = {"nodeid": self.nodeid, "call": self.call, "error": self.error}
+        return {**data, "source": self.source} if self.source is not None else data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CallError:
-        return cls(data["nodeid"], data.get("call", 0), data["error"])
+        return cls(data["nodeid"], data.get("call", 0), data["error"], data.get("source"))
 
 
 @dataclass(frozen=True)
