@@ -1,8 +1,8 @@
 """The ``dualgpu`` command (also ``python -m pytest_dualgpu``): which models to co-locate, and how.
 
-Exit codes: 0 when everything was measured, 1 when a model failed (its cells say so, the rest still ran),
-2 for bad usage (a reference or spec that cannot be read, a bad option), 130 when interrupted (after
-printing what finished).
+Exit codes: 0 when everything was measured, 1 when a model failed or gave wrong outputs (its cells say
+so, the rest still ran), 2 for bad usage (a reference or spec that cannot be read, a bad option), 130 when
+interrupted (after printing what finished).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ models:  package.module:name or path/to/file.py:name (an nn.Module instance, cla
 inputs:  1x3x224x224, 1x3x224x224:float16, 8x128:int64 (ids in [0, 100)), or module:name / file.py:name
          (a value, or a function returning one, given the batch size if it takes an argument); a model
          with an example_inputs(batch) method needs none
-exit codes: 0 ok, 1 a model failed, 2 bad usage, 130 interrupted (what finished is printed)
+exit codes: 0 ok, 1 a model failed or gave wrong outputs, 2 bad usage, 130 interrupted (what
+            finished is printed)
 """
 INTERRUPTED = 130
 

@@ -173,7 +173,7 @@ def _demo(arguments: argparse.Namespace, lanes: Lanes, settings: dict[str, Any],
         modes = [arguments.mode] if arguments.mode else profiler.applicable_modes(lanes.device)
         profiled = profiler.profile_tasks(lanes.pair(pair_refs, (None, None)), best.names, modes, settings)
         interrupted = _run(profiled, progress, "demo: profile")
-        print(f"\n== profile of the best pair, {best.label} ==")
+        print(f"\n== profile of the best pair of two different models, {best.label} ==")
         print(_profile_text(profiled))
     return _finish(arguments, tasks + profiled, interrupted, None)
 
