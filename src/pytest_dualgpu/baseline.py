@@ -9,7 +9,6 @@ machine's, not the code's. Nothing here imports torch or pytest.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 from . import stats
 from .errors import DualGpuUsageError
-from .report import JSON_VERSION, ReportRow
+from .report import ReportRow, load_report
 from .results import DualResult
 from .verdicts import parse_size, size_text
 
@@ -98,31 +97,8 @@ class Baseline:
     @classmethod
     def load(cls, path: str) -> Baseline:
         fix = f"save one with --dualgpu-save={path} (or --dualgpu-report=json:{path}) on a run you trust"
-        try:
-            document = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DualGpuUsageError(f"--dualgpu-compare={path}: no such file; {fix}") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise DualGpuUsageError(f"--dualgpu-compare={path}: cannot read it ({error})") from None
-        except json.JSONDecodeError as error:
-            raise DualGpuUsageError(f"--dualgpu-compare={path}: not JSON ({error}); {fix}") from None
-        if not isinstance(document, dict) or not isinstance(document.get("results"), list):
-            raise DualGpuUsageError(f"--dualgpu-compare={path}: not a pytest-dualgpu JSON report; {fix}")
-        if document.get("version") != JSON_VERSION:
-            raise DualGpuUsageError(
-                f"--dualgpu-compare={path}: a version {document.get('version')} report; this pytest-dualgpu "
-                f"reads version {JSON_VERSION}; {fix}"
-            )
-        if not isinstance(document.get("machine", {}), dict):
-            raise DualGpuUsageError(f"--dualgpu-compare={path}: its 'machine' is not an object; {fix}")
-        try:
-            rows = [ReportRow.from_dict(row) for row in document["results"]]
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise DualGpuUsageError(
-                f"--dualgpu-compare={path}: a result could not be read "
-                f"({type(error).__name__}: {error}); {fix}"
-            ) from None
-        return cls(path, document.get("machine") or {}, dict(zip(row_keys(rows), rows, strict=True)))
+        saved = load_report(Path(path).expanduser(), f"--dualgpu-compare={path}", fix)
+        return cls(path, saved.machine, dict(zip(row_keys(saved.rows), saved.rows, strict=True)))
 
 
 @dataclass(frozen=True)

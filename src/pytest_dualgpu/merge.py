@@ -8,14 +8,22 @@ naming the machine (or, for two files from one machine, the file) in a ``source`
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DualGpuUsageError
-from .report import JSON_VERSION, CallError, Column, ReportRow, default_columns, dumps, format_table, markdown
+from .report import (
+    CallError,
+    Column,
+    ReportRow,
+    default_columns,
+    dumps,
+    format_table,
+    json_document,
+    load_report,
+    markdown,
+)
 
 
 @dataclass
@@ -26,34 +34,19 @@ class Merged:
 
 
 def merge_reports(paths: list[Path]) -> Merged:
-    loaded = [(path, _load(path)) for path in paths]
-    labels = _source_labels([(path, document.get("machine") or {}) for path, document in loaded])
-    merged = Merged()
-    per_file: list[list[ReportRow]] = []
-    for (path, document), label in zip(loaded, labels, strict=True):
-        try:
-            rows = [ReportRow.from_dict(row) for row in document["results"]]
-            merged.errors += [
-                dataclasses.replace(CallError.from_dict(error), source=label)
-                for error in document.get("errors", [])
-            ]
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise DualGpuUsageError(
-                f"{path}: a result could not be read ({type(error).__name__}: {error})"
-            ) from None
-        for row in rows:
-            row.source = label
-        per_file.append(rows)
-        merged.machines.append(document.get("machine") or {})
-    counts = Counter((row.nodeid, row.call, row.result.name) for rows in per_file for row in rows)
+    fix = "write one with --dualgpu-report=json:PATH, --dualgpu-save=PATH or dualgpu ... --json PATH"
+    saved = [load_report(path, str(path), fix) for path in paths]
+    labels = _source_labels([(path, report.machine) for path, report in zip(paths, saved, strict=True)])
+    counts = Counter((row.nodeid, row.call, row.result.name) for report in saved for row in report.rows)
     shared = any(count > 1 for count in counts.values())
-    for rows in per_file:
-        for row in rows:
-            if not shared:
-                row.source = None
-            merged.rows.append(row)
-    if not shared:
-        merged.errors = [dataclasses.replace(error, source=None) for error in merged.errors]
+    merged = Merged()
+    for report, label in zip(saved, labels, strict=True):
+        source = label if shared else None
+        for row in report.rows:
+            row.source = source
+        merged.rows += report.rows
+        merged.errors += [dataclasses.replace(error, source=source) for error in report.errors]
+        merged.machines.append(report.machine)
     return merged
 
 
@@ -61,14 +54,8 @@ def render(merged: Merged, form: str) -> str:
     columns = default_columns()
     columns.insert(1, Column("source", lambda row: row.source or "-", optional=True))
     if form == "json":
-        document: dict[str, Any] = {
-            "version": JSON_VERSION,
-            "machine": merged.machines[0] if merged.machines else {},
-            "machines": merged.machines,
-            "results": [row.to_dict() for row in merged.rows],
-            "errors": [error.to_dict() for error in merged.errors],
-        }
-        return dumps(document)
+        first = merged.machines[0] if merged.machines else {}
+        return dumps({**json_document(merged.rows, merged.errors, first), "machines": merged.machines})
     if form == "md":
         return markdown(merged.rows, merged.errors, columns)
     lines = [format_table(merged.rows, columns)] if merged.rows else ["no results in these reports"]
@@ -78,28 +65,6 @@ def render(merged: Merged, form: str) -> str:
         for error in merged.errors
     ]
     return "\n".join(lines)
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DualGpuUsageError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DualGpuUsageError(f"{path}: not a readable JSON report ({error})") from None
-    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
-        raise DualGpuUsageError(
-            f"{path}: not a pytest-dualgpu JSON report (write one with --dualgpu-report=json:PATH or "
-            "dualgpu ... --json PATH)"
-        )
-    if document.get("version") != JSON_VERSION:
-        raise DualGpuUsageError(
-            f"{path}: a version {document.get('version')} report; this pytest-dualgpu reads version "
-            f"{JSON_VERSION}"
-        )
-    if not isinstance(document.get("machine", {}), dict):
-        raise DualGpuUsageError(f"{path}: its 'machine' is not an object")
-    return document
 
 
 def _source_labels(files: list[tuple[Path, dict[str, Any]]]) -> list[str]:

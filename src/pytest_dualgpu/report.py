@@ -11,10 +11,12 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
+from .errors import DualGpuUsageError
 from .results import DualResult
 from .verdicts import FAIL, VERDICT_KINDS, WARN
 
@@ -229,6 +231,46 @@ def markdown(
         lines.append("")
         lines += [f"- {bullet}" for bullet in bullets]
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class SavedReport:
+    """A JSON report read back from a file."""
+
+    machine: dict[str, Any]
+    rows: list[ReportRow]
+    errors: list[CallError]
+
+
+def load_report(path: Path, shown: str, fix: str) -> SavedReport:
+    """Read a JSON report; every problem is a ``DualGpuUsageError`` naming ``shown`` (the path as the
+    user gave it) and ending in ``fix`` (how to make a good one)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DualGpuUsageError(f"{shown}: no such file; {fix}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DualGpuUsageError(f"{shown}: cannot read it ({error})") from None
+    except json.JSONDecodeError as error:
+        raise DualGpuUsageError(f"{shown}: not JSON ({error}); {fix}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        raise DualGpuUsageError(f"{shown}: not a pytest-dualgpu JSON report; {fix}")
+    if document.get("version") != JSON_VERSION:
+        raise DualGpuUsageError(
+            f"{shown}: a version {document.get('version')} report; this pytest-dualgpu reads version "
+            f"{JSON_VERSION}; {fix}"
+        )
+    machine = document.get("machine", {})
+    if not isinstance(machine, dict):
+        raise DualGpuUsageError(f"{shown}: its 'machine' is not an object; {fix}")
+    try:
+        rows = [ReportRow.from_dict(row) for row in document["results"]]
+        errors = [CallError.from_dict(error) for error in document.get("errors", [])]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise DualGpuUsageError(
+            f"{shown}: a result could not be read ({type(error).__name__}: {error}); {fix}"
+        ) from None
+    return SavedReport(machine, rows, errors)
 
 
 def dumps(data: dict[str, Any], indent: int | None = 2) -> str:
