@@ -313,3 +313,15 @@ def test_an_infinite_error_stays_strict_json_and_reads_back() -> None:
     data = json.loads(dumps(row.to_dict()), parse_constant=refuse)
     assert data["max_abs_err"] == "Infinity"
     assert ReportRow.from_dict(data).result.max_abs_err == float("inf")
+
+
+def test_a_target_that_cannot_be_written_costs_no_other_target(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_three=THREE_TESTS)
+    (suite.path / "taken").mkdir()
+    result = suite.runpytest(
+        FAST, "-k", "parametrized", "--dualgpu-report=json:taken", "--dualgpu-report=md:table.md"
+    )
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    result.stdout.fnmatch_lines(["dualgpu: could not write the json:taken report: IsADirectoryError*"])
+    assert "test_parametrized" in (suite.path / "table.md").read_text()

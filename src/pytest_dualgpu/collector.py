@@ -113,11 +113,11 @@ class ResultCollector:
                 continue
             try:
                 self._write(target.kind, target.path)
-            except OSError as error:
-                self.problems.append(f"could not write the {target} report: {error}")
-                session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
             except DualGpuUsageError as error:
                 self.problems.append(f"{target} skipped: {error}")
+            except Exception as error:  # one target that cannot be written must not cost the others
+                self.problems.append(f"could not write the {target} report: {type(error).__name__}: {error}")
+                session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def _write(self, kind: str, path: str | None) -> None:
         if kind == "trace":
