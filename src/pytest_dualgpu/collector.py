@@ -241,18 +241,11 @@ def _comparison_lines(comparison: Comparison) -> list[tuple[str, str]]:
         lines.append((f"regression gate ({limits}) failed for {len(regressions)} result(s):", "red"))
         lines += [(f"  {line}", "red") for line in regressions]
     elif comparison.thresholds and not comparison.judged:
-        lines.append(
-            (f"regression gate ({limits}) checked nothing: no result of this run has a base row measured "
-             "on the same device with those metrics", "red")
-        )  # fmt: skip
+        nothing = "no result of this run has a base row measured on the same device with those metrics"
+        lines.append((f"regression gate ({limits}) checked nothing: {nothing}", "red"))
     elif comparison.thresholds:
-        lines.append(
-            (
-                f"regression gate: no result regressed beyond {limits} "
-                f"({comparison.judged} metric(s) judged)",
-                "green",
-            )
-        )
+        judged = f"{comparison.judged} metric(s) judged"
+        lines.append((f"regression gate: no result regressed beyond {limits} ({judged})", "green"))
     return lines
 
 

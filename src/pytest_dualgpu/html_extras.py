@@ -43,10 +43,8 @@ class HtmlExtras:
             from pytest_html import extras
 
             found = list(getattr(report, "extras", []))
-            table = str(
-                format_table(rows, self.columns(), tablefmt="html")
-            )  # not tabulate's str subclass: xdist sends plain types only
-            found.append(extras.html(table))
+            # tabulate's html is a str subclass, which xdist cannot send to the controller
+            found.append(extras.html(str(format_table(rows, self.columns(), tablefmt="html"))))
             if self.trace_directory is not None:
                 for row in rows:
                     trace = self.trace_directory / f"{result_file_stem(row.nodeid, row.call)}.trace.json"
