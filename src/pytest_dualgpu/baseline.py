@@ -223,13 +223,14 @@ def compare(
     comparison = Comparison(baseline, tuple(thresholds))
     shown = [threshold.metric for threshold in thresholds] or ["speedup", "concurrent"]
     devices: set[tuple[str, str]] = set()
-    for key, row in zip(row_keys(rows), rows, strict=True):
+    keys = row_keys(rows)
+    for key, row in zip(keys, rows, strict=True):
         base = baseline.rows.get(key)
         if base is None:
             comparison.rows[(row.nodeid, row.call)] = RowComparison(None)
             continue
         changes = []
-        for metric in dict.fromkeys(shown):
+        for metric in shown:
             change = _change(metric, base.result, row.result, thresholds)
             if change is not None:
                 changes.append(change)
@@ -252,7 +253,7 @@ def compare(
     missing = len(rows) - sum(1 for judged in comparison.rows.values() if judged.base is not None)
     if missing:
         comparison.warnings.append(f"{missing} result(s) have no row in the base ({baseline.path})")
-    gone = sorted(set(baseline.rows) - set(row_keys(rows)))
+    gone = sorted(set(baseline.rows) - set(keys))
     if gone:
         listed = ", ".join(f"{nodeid} [{name}]" for nodeid, name, _ in gone[:5])
         more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""

@@ -21,7 +21,7 @@ from . import profiler
 from .cli import INTERRUPTED, emit
 from .devices import place_model, resolve_device
 from .errors import DualGpuUsageError
-from .profiler import Campaign, Models, Task
+from .profiler import Models, Task
 from .refs import InputSpec, ModelBuildError, ModelRef, inputs_for
 from .report import CallError, ReportRow, dumps, format_results, json_document
 
@@ -183,13 +183,11 @@ def _run(tasks: list[Task], progress: bool, title: str) -> bool:
     from tqdm import tqdm
 
     with tqdm(total=len(tasks), desc=title, unit="call", disable=not progress, file=sys.stderr) as bar:
-        campaign = Campaign(
-            tasks,
-            on_start=lambda task: bar.set_postfix_str(f"{task.label} ({task.settings.get('mode', 'auto')})"),
-            on_done=lambda task: bar.update(1),
-        )
         try:
-            campaign.run()
+            for task in tasks:
+                bar.set_postfix_str(f"{task.label} ({task.settings.get('mode', 'auto')})")
+                task.run()
+                bar.update(1)
         except KeyboardInterrupt:
             return True
     return False
@@ -211,7 +209,8 @@ def _finish(arguments: argparse.Namespace, tasks: list[Task], interrupted: bool,
 
 
 def _profile_text(tasks: list[Task]) -> str:
-    lines = [format_results(profiler.results_of(tasks))] if profiler.results_of(tasks) else []
+    results = profiler.results_of(tasks)
+    lines = [format_results(results)] if results else []
     lines += [f"{task.key}: failed: {task.error}" for task in tasks if task.error is not None]
     lines.append(f"verdict: {profiler.profile_verdict(tasks)}")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 Each is a list of ``Task``s run one after another with the same engine the fixtures use; a task that
 fails is kept with its error and the rest still run, and whatever finished can be reported at any point
 (the command prints it when interrupted). Turning tasks into tables and sentences is here too, because
-the sentences are the command's answer; argument parsing and printing stay in ``cli.py``.
+the sentences are the command's answer; parsing arguments and printing stay in ``cli.py`` and
+``commands.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,29 +55,6 @@ class Task:
             self.result = dataclasses.replace(result, outputs=None, reference=None)
         except Exception as error:  # a model that fails here is reported in its cells; the rest still runs
             self.error = f"{type(error).__name__}: {_first_line(error)}"
-
-
-@dataclass
-class Campaign:
-    """Tasks run in order; ``on_start`` and ``on_done`` let the command drive a progress bar."""
-
-    tasks: list[Task]
-    on_start: Callable[[Task], object] = field(default=lambda task: None)
-    on_done: Callable[[Task], object] = field(default=lambda task: None)
-
-    def run(self) -> None:
-        for task in self.tasks:
-            self.on_start(task)
-            task.run()
-            self.on_done(task)
-
-    @property
-    def finished(self) -> list[Task]:
-        return [task for task in self.tasks if task.done]
-
-    @property
-    def failed(self) -> list[Task]:
-        return [task for task in self.tasks if task.error is not None]
 
 
 def applicable_modes(device: torch.device) -> list[str]:
