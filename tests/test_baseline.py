@@ -15,7 +15,7 @@ from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.report import ReportRow, dumps, json_document
 from pytest_dualgpu.results import DualResult, Measurement
 
-FAST = "--dualgpu-budget=0.05"
+FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_bad_thresholds_say_what_is_accepted(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def measured() -> DualResult:
-    return dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.05)
+    return dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.1)
 
 
 def moved(result: DualResult, speedup: float, ci: tuple[float, float], **changes: object) -> DualResult:
@@ -148,7 +148,7 @@ def test_a_baseline_reads_back_what_a_report_wrote(
      ('{"version": 2, "results": [{"nodeid": "x"}]}', "a result could not be read"),
      ('{"version": 2, "results": [{"nodeid": "x", "verdicts": ["a"]}]}', "a result could not be read"),
      ('{"version": 2, "machine": [], "results": []}', "its 'machine' is not an object"),
-     ('{"version": 1, "results": []}', "a version 1 report; this pytest-dualgpu reads version 2")],
+     ('{"version": 1, "results": []}', "a version 1 report; this pytest-dualgpu reads versions 2 and 3")],
 )  # fmt: skip
 def test_a_broken_baseline_is_a_clear_error(
     tmp_path: pytest.TempPathFactory, content: str, message: str
@@ -180,11 +180,11 @@ def test_the_gate_fails_the_session_on_a_real_regression_and_passes_without_one(
     suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     suite.makepyfile(test_gate=SWITCHABLE)
-    suite.runpytest(FAST, "--dualgpu-save=base/dualgpu.json").assert_outcomes(passed=2)
+    suite.runpytest(*FAST, "--dualgpu-save=base/dualgpu.json").assert_outcomes(passed=2)
     assert json.loads((suite.path / "base" / "dualgpu.json").read_text())["results"]
 
     unchanged = suite.runpytest(
-        FAST, "--dualgpu-compare=base/dualgpu.json", "--dualgpu-compare-fail=speedup:30%", "--dualgpu-report"
+        *FAST, "--dualgpu-compare=base/dualgpu.json", "--dualgpu-compare-fail=speedup:30%", "--dualgpu-report"
     )
     assert unchanged.ret == pytest.ExitCode.OK
     unchanged.stdout.fnmatch_lines(
@@ -193,7 +193,7 @@ def test_the_gate_fails_the_session_on_a_real_regression_and_passes_without_one(
 
     monkeypatch.setenv("LANES", "gil")  # sleeping lanes overlap (~1.9x), GIL-holding ones cannot (~1x)
     regressed = suite.runpytest(
-        FAST, "--dualgpu-compare=base/dualgpu.json", "--dualgpu-compare-fail=speedup:30%",
+        *FAST, "--dualgpu-compare=base/dualgpu.json", "--dualgpu-compare-fail=speedup:30%",
         "--dualgpu-report=json:new.json", "--dualgpu-report=md:summary.md",
     )  # fmt: skip
     assert regressed.ret == pytest.ExitCode.TESTS_FAILED, (suite.path / "new.json").read_text()
@@ -227,10 +227,10 @@ def test_the_gate_reaches_the_exit_code_under_xdist(
     suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     suite.makepyfile(test_gate=SWITCHABLE)
-    suite.runpytest_subprocess(FAST, "-n", "2", "--dualgpu-save=base.json").assert_outcomes(passed=2)
+    suite.runpytest_subprocess(*FAST, "-n", "2", "--dualgpu-save=base.json").assert_outcomes(passed=2)
     monkeypatch.setenv("LANES", "gil")
     result = suite.runpytest_subprocess(
-        FAST, "-n", "2", "--dualgpu-compare=base.json", "--dualgpu-compare-fail=speedup:30%"
+        *FAST, "-n", "2", "--dualgpu-compare=base.json", "--dualgpu-compare-fail=speedup:30%"
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*regression gate (speedup:30%) failed for 1 result(s):*"])
@@ -246,6 +246,6 @@ def test_one_threshold_per_metric() -> None:
 def test_thresholds_from_the_ini_file_wait_for_a_baseline(suite: pytest.Pytester) -> None:
     suite.makeini("[pytest]\ndualgpu_compare_fail = speedup:10%\n")
     suite.makepyfile(test_gate=SWITCHABLE)
-    result = suite.runpytest(FAST, "-k", "steady")
+    result = suite.runpytest(*FAST, "-k", "steady")
     assert result.ret == pytest.ExitCode.OK
     assert "regression gate" not in result.stdout.str()

@@ -16,7 +16,7 @@ import pytest
 
 DUALGPU = str(Path(sys.executable).with_name("dualgpu"))
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report-schema.json").read_text())
-FAST = ["--budget", "0.05"]
+FAST = ["--budget", "0.1", "--max-budget", "3"]
 DEMO = "pytest_dualgpu.demo"
 
 ZOO = """
@@ -265,7 +265,7 @@ def test_report_errors(tmp_path: Path) -> None:
     (tmp_path / "old.json").write_text('{"version": 1, "machine": {}, "results": []}')
     old = dualgpu("report", str(tmp_path / "old.json"))
     assert old.returncode == 2
-    assert "a version 1 report; this pytest-dualgpu reads version 2" in old.stderr
+    assert "a version 1 report; this pytest-dualgpu reads versions 2 and 3" in old.stderr
     (tmp_path / "odd.json").write_text('{"version": 2, "results": [{"nodeid": "x", "verdicts": ["a"]}]}')
     odd = dualgpu("report", str(tmp_path / "odd.json"))
     assert odd.returncode == 2

@@ -9,7 +9,7 @@ from pytest_dualgpu import DualResult, dual_infer
 from pytest_dualgpu.diagnosis import no_overlap_hint
 from pytest_dualgpu.timeline import LaneTimeline
 
-FAST = {"budget": 0.05}
+FAST = {"budget": 0.1, "max_budget": 3}
 
 
 def test_lanes_that_hold_the_gil_get_a_hint_and_overlapping_lanes_none() -> None:

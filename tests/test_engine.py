@@ -17,7 +17,7 @@ from pytest_dualgpu.devices import measuring_lock
 from pytest_dualgpu.results import Measurement
 from pytest_dualgpu.settings import MODES
 
-FAST = {"budget": 0.05}
+FAST = {"budget": 0.1, "max_budget": 3}
 
 
 def test_sleeping_lanes_overlap_almost_perfectly() -> None:
@@ -114,7 +114,9 @@ def test_models_are_not_modified() -> None:
 
 
 def test_result_fields_and_json_round_trip() -> None:
-    result = dual_infer(MLP(), MLP(), torch.randn(4, 64), name="pair", min_rounds=9, **FAST)
+    result = dual_infer(
+        MLP(), MLP(), torch.randn(4, 64), name="pair", min_rounds=9, budget=0.1, max_budget=10
+    )
     assert result.name == "pair"
     assert result.device == "cpu"
     assert result.rounds >= 9

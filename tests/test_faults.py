@@ -13,7 +13,7 @@ from models import MLP, BlockingLane, ConcurrentRaiser, RaisingLane, SleepLane, 
 
 from pytest_dualgpu import DualGpuUsageError, LaneError, LaneTimeoutError, dual_infer
 
-FAST = {"budget": 0.05}
+FAST = {"budget": 0.1, "max_budget": 3}
 
 
 class CallCounter(torch.nn.Module):

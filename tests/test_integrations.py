@@ -22,7 +22,7 @@ from pytest_dualgpu.timeline import result_file_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "report-schema.json").read_text())
-FAST = "--dualgpu-budget=0.05"
+FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 
 EVERYTHING = """
 import pytest
@@ -59,9 +59,9 @@ def test_the_schema_is_valid_json_schema() -> None:
 @pytest.mark.skipif(all_threads_config() is None, reason="this torch's profiler cannot see lane threads")
 def test_real_reports_follow_the_schema_and_broken_ones_do_not(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_all=EVERYTHING)
-    suite.runpytest(FAST, "--dualgpu-save=base.json").assert_outcomes(passed=2, failed=2)
+    suite.runpytest(*FAST, "--dualgpu-save=base.json").assert_outcomes(passed=2, failed=2)
     compared = suite.runpytest(
-        FAST, "--dualgpu-compare=base.json", "--dualgpu-compare-fail=speedup:50%",
+        *FAST, "--dualgpu-compare=base.json", "--dualgpu-compare-fail=speedup:50%",
         "--dualgpu-compare-fail=memory:10%", "--dualgpu-report=json:new.json",
     )  # fmt: skip
     compared.assert_outcomes(passed=2, failed=2)
@@ -91,7 +91,7 @@ def test_real_reports_follow_the_schema_and_broken_ones_do_not(suite: pytest.Pyt
 
 def test_junit_properties_are_result_rows_of_the_schema(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_all=EVERYTHING)
-    suite.runpytest(FAST, "--junitxml=junit.xml", "-k", "pipeline or raises")
+    suite.runpytest(*FAST, "--junitxml=junit.xml", "-k", "pipeline or raises")
     cases = {case.get("name"): case for case in ET.parse(suite.path / "junit.xml").iter("testcase")}
     [row] = [json.loads(p.get("value", "")) for p in cases["test_pipeline"].iter("property")]
     assert list(validator("result").iter_errors(row)) == []
@@ -115,7 +115,7 @@ def test_pytest_html_shows_each_tests_rows_and_links_its_traces(suite: pytest.Py
         """
     )
     result = suite.runpytest_subprocess(
-        FAST, "-n", workers, "--html=html/report.html", "--dualgpu-report=trace:traces"
+        *FAST, "-n", workers, "--html=html/report.html", "--dualgpu-report=trace:traces"
     )
     result.assert_outcomes(passed=2)
     page = (suite.path / "html" / "report.html").read_text()
@@ -130,7 +130,7 @@ def test_png_plots_per_result_and_for_the_session(suite: pytest.Pytester) -> Non
     from PIL import Image
 
     suite.makepyfile(test_all=EVERYTHING)
-    suite.runpytest(FAST, "--dualgpu-report=png:plots", "-k", "not raises").assert_outcomes(
+    suite.runpytest(*FAST, "--dualgpu-report=png:plots", "-k", "not raises").assert_outcomes(
         passed=2, failed=1
     )
     names = sorted(path.name for path in (suite.path / "plots").iterdir())
@@ -149,7 +149,7 @@ def test_png_plots_per_result_and_for_the_session(suite: pytest.Pytester) -> Non
 def test_png_without_matplotlib_is_a_clear_message_not_a_crash(suite: pytest.Pytester) -> None:
     suite.makeconftest("import sys\nsys.modules['matplotlib'] = None  # as if it were not installed\n")
     suite.makepyfile(test_all=EVERYTHING)
-    result = suite.runpytest_subprocess(FAST, "--dualgpu-report=png:plots", "-k", "pipeline")
+    result = suite.runpytest_subprocess(*FAST, "--dualgpu-report=png:plots", "-k", "pipeline")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(

@@ -14,7 +14,7 @@ from pytest_dualgpu import DualGpuUsageError, LaneError, dual_infer
 from pytest_dualgpu.engine import CallSettings, run_pipeline
 from pytest_dualgpu.pipeline import concat, pipeline_ideal, split_batch
 
-FAST = {"budget": 0.05}
+FAST = {"budget": 0.1, "max_budget": 3}
 
 
 class FastProducer(torch.nn.Module):

@@ -34,21 +34,21 @@ needs_matplotlib = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def sleeping() -> DualResult:
     return pytest_dualgpu.dual_infer(
-        SleepLane(0.002), SleepLane(0.002), torch.ones(2), budget=0.05, mode="threads"
+        SleepLane(0.002), SleepLane(0.002), torch.ones(2), budget=0.1, mode="threads"
     )
 
 
 @pytest.fixture(scope="module")
 def gil_bound() -> DualResult:
     return pytest_dualgpu.dual_infer(
-        GilLane(0.002), GilLane(0.002), torch.ones(2), budget=0.05, mode="threads"
+        GilLane(0.002), GilLane(0.002), torch.ones(2), budget=0.1, mode="threads"
     )
 
 
 @pytest.fixture(scope="module")
 def three_lanes() -> DualResult:
     models = [SleepLane(0.002), SleepLane(0.002), SleepLane(0.002)]
-    return pytest_dualgpu.dual_infer.many(models, [torch.ones(2)] * 3, budget=0.05, mode="threads")
+    return pytest_dualgpu.dual_infer.many(models, [torch.ones(2)] * 3, budget=0.1, mode="threads")
 
 
 @pytest.fixture(scope="module")

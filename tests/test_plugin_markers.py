@@ -14,7 +14,7 @@ from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.results import DualResult, MemoryStats
 from pytest_dualgpu.verdicts import MemorySpec, SpeedupSpec, judge, parse_marker, parse_size
 
-FAST = "--dualgpu-budget=0.05"
+FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 
 
 def rows(path: Path) -> list[dict[str, object]]:
@@ -122,7 +122,7 @@ def test_every_verdict_passes_on_sleeping_lanes_and_the_report_says_so(suite: py
             assert result.correct
         """
     )
-    result = suite.runpytest(FAST, "--dualgpu-report", "--dualgpu-report=json:out.json")
+    result = suite.runpytest(*FAST, "--dualgpu-report", "--dualgpu-report=json:out.json")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*test_pair*correct pass, sync pass, speedup pass, memory not judged (cpu)"])
     (row,) = rows(suite.path / "out.json")
@@ -146,7 +146,7 @@ def test_speedup_is_not_judged_on_devices_it_does_not_name(suite: pytest.Pyteste
             dual_infer(Gil(), Gil(), torch.ones(4))
         """
     )
-    result = suite.runpytest(FAST, "--dualgpu-report=md:table.md")
+    result = suite.runpytest(*FAST, "--dualgpu-report=md:table.md")
     result.assert_outcomes(passed=1)
     assert "speedup not judged (cpu)" in (suite.path / "table.md").read_text()
 
@@ -171,7 +171,7 @@ def test_speedup_failure_gives_value_bound_interval_and_hint(suite: pytest.Pytes
             dual_infer(Sleep(), Sleep(), torch.ones(4), mode="sequential")
         """
     )
-    result = suite.runpytest(FAST, "--dualgpu-report")
+    result = suite.runpytest(*FAST, "--dualgpu-report")
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(
         [
@@ -198,7 +198,7 @@ def test_correct_and_sync_fail_when_concurrent_outputs_differ(suite: pytest.Pyte
             dual_infer(Drifting(), Sleep(), torch.zeros(3))
         """
     )
-    result = suite.runpytest(FAST, "--dualgpu-report=json:out.json")
+    result = suite.runpytest(*FAST, "--dualgpu-report=json:out.json")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -234,7 +234,7 @@ def test_sync_trials_catch_a_lane_writing_a_shared_input_and_give_the_seed(
             dual_infer(Sleep(), Sleep(), torch.zeros(3))
         """
     )
-    result = suite.runpytest(FAST, "--dualgpu-report=json:out.json")
+    result = suite.runpytest(*FAST, "--dualgpu-report=json:out.json")
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -269,7 +269,7 @@ def test_correct_marker_tolerance_is_the_default_of_each_call(suite: pytest.Pyte
             assert not dual_infer(Drifting(), Sleep(), torch.zeros(3), rtol=0.0, atol=0.0).correct
         """
     )
-    result = suite.runpytest(FAST)
+    result = suite.runpytest(*FAST)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*dualgpu_correct failed for 'Drifting+Sleep'*"])
 
@@ -287,7 +287,7 @@ def test_every_call_of_a_test_is_judged(suite: pytest.Pytester) -> None:
             dual_infer(Drifting(), Sleep(), torch.ones(2), name="bad")
         """
     )
-    result = suite.runpytest(FAST, "--dualgpu-report=json:out.json")
+    result = suite.runpytest(*FAST, "--dualgpu-report=json:out.json")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*dualgpu_correct failed for 'bad' (call 2 of 2)*"])
     assert "failed for 'good'" not in result.stdout.str()
@@ -311,14 +311,14 @@ def test_a_marked_test_that_never_calls_dual_infer_fails_saying_so(suite: pytest
 
         @pytest.mark.dualgpu_correct
         def test_module_level_call():
-            dual_infer(Sleep(), Sleep(), torch.ones(2), budget=0.05)
+            dual_infer(Sleep(), Sleep(), torch.ones(2), budget=0.1)
 
         @pytest.mark.dualgpu_correct
         def test_body_fails_first(dual_infer):
             assert False, "the body's own failure"
         """
     )
-    result = suite.runpytest(FAST)
+    result = suite.runpytest(*FAST)
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(
         [
@@ -358,7 +358,7 @@ def test_dualgpu_cuda_skips_with_a_reason_without_a_gpu(suite: pytest.Pytester) 
 
 
 def test_memory_verdict_judges_real_peaks() -> None:
-    measured = dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.05)
+    measured = dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.1)
     assert judge(measured, {"dualgpu_memory": MemorySpec(max_bytes=1)})["memory"].status == "not judged (cpu)"
     mib = 2**20
     with_peaks = DualResult.from_dict(

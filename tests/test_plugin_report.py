@@ -15,7 +15,7 @@ import torch
 from pytest_dualgpu.devices import measuring_lock
 from pytest_dualgpu.results import DualResult
 
-FAST = "--dualgpu-budget=0.05"
+FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 
 THREE_TESTS = """
 import pytest
@@ -63,7 +63,7 @@ def test_one_row_per_call_in_collection_order_with_or_without_xdist(
 ) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
     result = suite.runpytest_subprocess(
-        "-n", workers, FAST, "--dualgpu-report", "--dualgpu-report=json:r.json"
+        "-n", workers, *FAST, "--dualgpu-report", "--dualgpu-report=json:r.json"
     )
     result.assert_outcomes(passed=4, failed=1)
     document = report(suite.path / "r.json")
@@ -91,9 +91,9 @@ def _verdicts(**given: str) -> dict[str, str | None]:
 
 def test_json_rows_are_complete_results(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
-    suite.runpytest(FAST, "--dualgpu-report=json:r.json", "-k", "two_calls")
+    suite.runpytest(*FAST, "--dualgpu-report=json:r.json", "-k", "two_calls")
     document = report(suite.path / "r.json")
-    assert document["version"] == 2
+    assert document["version"] == 3
     assert document["machine"]["torch"] == torch.__version__
     assert document["machine"]["cpu"]["cores"] >= 1
     assert document["errors"] == []
@@ -115,7 +115,7 @@ def test_markdown_goes_to_a_file_or_the_github_step_summary(
     summary = suite.path / "summary.md"
     summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    suite.runpytest(FAST, "--dualgpu-report=md", "--dualgpu-report=md:out/table.md", "-k", "parametrized")
+    suite.runpytest(*FAST, "--dualgpu-report=md", "--dualgpu-report=md:out/table.md", "-k", "parametrized")
     written = (suite.path / "out" / "table.md").read_text()
     assert summary.read_text() == "earlier step\n" + written
     header, separator, *body = [line for line in written.splitlines() if line.startswith("|")]
@@ -128,14 +128,14 @@ def test_markdown_goes_to_a_file_or_the_github_step_summary(
         "test_three.py::test_parametrized[0.002]",
     ]
     monkeypatch.delenv("GITHUB_STEP_SUMMARY")
-    missing = suite.runpytest(FAST, "--dualgpu-report=md", "-k", "parametrized")
+    missing = suite.runpytest(*FAST, "--dualgpu-report=md", "-k", "parametrized")
     missing.stdout.fnmatch_lines(["*dualgpu: md: $GITHUB_STEP_SUMMARY is not set*use md:PATH*"])
     assert missing.ret == pytest.ExitCode.OK
 
 
 def test_junit_xml_carries_each_result_as_a_json_property(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
-    suite.runpytest(FAST, "--junitxml=junit.xml", "-k", "two_calls or no_dualgpu")
+    suite.runpytest(*FAST, "--junitxml=junit.xml", "-k", "two_calls or no_dualgpu")
     cases = {case.get("name"): case for case in ET.parse(suite.path / "junit.xml").iter("testcase")}
     properties = [
         json.loads(prop.get("value", ""))
@@ -170,7 +170,7 @@ def test_a_failing_lane_leaves_the_other_tests_and_the_report_intact(
         """
     )
     result = suite.runpytest_subprocess(
-        "-n", workers, "-p", "no:randomly", FAST, "--dualgpu-report", "--dualgpu-report=json:r.json"
+        "-n", workers, "-p", "no:randomly", *FAST, "--dualgpu-report", "--dualgpu-report=json:r.json"
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
@@ -206,7 +206,7 @@ def test_hooks_see_every_result_and_can_change_the_columns(suite: pytest.Pyteste
         """
     )
     suite.makepyfile(test_three=THREE_TESTS)
-    result = suite.runpytest(FAST, "-s", "--dualgpu-report", "--dualgpu-report=md:t.md", "-k", "two_calls")
+    result = suite.runpytest(*FAST, "-s", "--dualgpu-report", "--dualgpu-report=md:t.md", "-k", "two_calls")
     result.stdout.fnmatch_lines(
         ["*seen: [[]('test_two_calls', 'first'), ('test_two_calls', 'three lanes')[]]"]
     )
@@ -218,7 +218,7 @@ def test_hooks_see_every_result_and_can_change_the_columns(suite: pytest.Pyteste
 
 def test_failed_verdicts_stand_out_in_colour(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
-    result = suite.runpytest(FAST, "--color=yes", "--dualgpu-report", "-k", "gil or parametrized")
+    result = suite.runpytest(*FAST, "--color=yes", "--dualgpu-report", "-k", "gil or parametrized")
     table = [line for line in result.outlines if "test_three.py::test_" in line and "x [" in line]
     gil = next(line for line in table if "Gil +" in line)
     assert "\x1b[31m" in gil
@@ -250,7 +250,7 @@ def test_a_long_wait_for_the_measuring_lock_is_reported(suite: pytest.Pytester) 
     holder = threading.Thread(target=hold)
     holder.start()
     assert held.wait(timeout=120)
-    result = suite.runpytest(FAST, "--dualgpu-report", "-k", "parametrized", plugins=[started])
+    result = suite.runpytest(*FAST, "--dualgpu-report", "-k", "parametrized", plugins=[started])
     holder.join()
     result.stdout.fnmatch_lines(
         [
@@ -290,7 +290,7 @@ def test_a_rerun_replaces_the_rows_of_the_attempt_before(suite: pytest.Pytester)
             dual_infer(first, Sleep(), torch.ones(2))
         """
     )
-    result = suite.runpytest(FAST, "--dualgpu-report=json:r.json", "--junitxml=j.xml")
+    result = suite.runpytest(*FAST, "--dualgpu-report=json:r.json", "--junitxml=j.xml")
     result.assert_outcomes(failed=1, passed=1)
     (row,) = report(suite.path / "r.json")["results"]
     assert (row["name"], row["call"], row["verdicts"]["correct"]) == ("Sleep+Sleep-2", 0, "pass")
@@ -302,7 +302,7 @@ def test_an_infinite_error_stays_strict_json_and_reads_back() -> None:
     from pytest_dualgpu import dual_infer
     from pytest_dualgpu.report import ReportRow, dumps
 
-    measured = dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.05)
+    measured = dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.1)
     row = ReportRow(
         "test_x.py::test_y", DualResult.from_dict({**measured.to_dict(), "max_abs_err": float("inf")})
     )
@@ -319,7 +319,7 @@ def test_a_target_that_cannot_be_written_costs_no_other_target(suite: pytest.Pyt
     suite.makepyfile(test_three=THREE_TESTS)
     (suite.path / "taken").mkdir()
     result = suite.runpytest(
-        FAST, "-k", "parametrized", "--dualgpu-report=json:taken", "--dualgpu-report=md:table.md"
+        *FAST, "-k", "parametrized", "--dualgpu-report=json:taken", "--dualgpu-report=md:table.md"
     )
     result.assert_outcomes(passed=2)
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR

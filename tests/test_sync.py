@@ -12,7 +12,7 @@ from pytest_dualgpu import DualGpuUsageError, dual_infer
 from pytest_dualgpu.backends import Backend
 from pytest_dualgpu.sync import DelayInjector
 
-FAST = {"budget": 0.05}
+FAST = {"budget": 0.1, "max_budget": 3}
 
 
 class ManyOps(torch.nn.Module):

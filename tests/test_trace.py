@@ -13,7 +13,7 @@ from pytest_dualgpu import dual_infer
 from pytest_dualgpu.profiling import all_threads_config
 from pytest_dualgpu.timeline import LaneTimeline, chrome_trace, overlap, result_file_stem
 
-FAST = "--dualgpu-budget=0.05"
+FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 
 TWO_TESTS = """
 import torch
@@ -47,7 +47,7 @@ def by_run(trace: dict[str, Any], run: str) -> list[list[tuple[float, float]]]:
 
 def test_a_trace_per_result_with_a_track_per_lane_in_each_run(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_two=TWO_TESTS)
-    suite.runpytest(FAST, "--dualgpu-report=trace:traces").assert_outcomes(passed=2)
+    suite.runpytest(*FAST, "--dualgpu-report=trace:traces").assert_outcomes(passed=2)
     files = sorted(path.name for path in (suite.path / "traces").iterdir())
     assert files == sorted(
         f"{result_file_stem(nodeid, 0)}.trace.json"
@@ -132,7 +132,7 @@ def test_kernel_overlap_sees_operators_run_at_once_on_the_lane_threads(mlp_input
 
 @needs_thread_profiling
 def test_kernel_overlap_is_zero_when_the_lanes_run_back_to_back(mlp_input: torch.Tensor) -> None:
-    result = dual_infer(MLP(512, 4), MLP(512, 4), mlp_input, mode="sequential", budget=0.05, profile=True)
+    result = dual_infer(MLP(512, 4), MLP(512, 4), mlp_input, mode="sequential", budget=0.1, profile=True)
     assert result.kernel_overlap == 0.0
     assert [line.lane for line in result.timelines["kernels"]] == ["caller's thread"]
 
@@ -174,7 +174,7 @@ def test_profile_option_adds_kernel_tracks_to_the_trace_and_a_column_to_the_tabl
             dual_infer(a, b, torch.randn(2, 8), profile=False)
         """
     )
-    result = suite.runpytest(FAST, "--dualgpu-profile", "--dualgpu-report", "--dualgpu-report=trace:t")
+    result = suite.runpytest(*FAST, "--dualgpu-profile", "--dualgpu-report", "--dualgpu-report=trace:t")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*overlap*kernel overlap*", "*test_pair*", "*test_unprofiled*"])
     header = next(line for line in result.outlines if "kernel overlap" in line)

@@ -6,6 +6,7 @@ the session's settings and records every result through them).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +16,12 @@ from .results import DualResult
 
 ResultHook = Callable[[DualResult], None]
 ErrorHook = Callable[[DualGpuError], None]
+NoticeHook = Callable[[str], None]
+
+
+def print_notice(message: str) -> None:
+    """What a call says while it waits (for the measuring lock), without pytest: a line on stderr."""
+    print(f"dualgpu: {message}", file=sys.stderr, flush=True)
 
 
 class DualInfer:
@@ -25,16 +32,29 @@ class DualInfer:
         settings: CallSettings | None = None,
         on_result: ResultHook | None = None,
         on_error: ErrorHook | None = None,
+        on_notice: NoticeHook = print_notice,
     ) -> None:
         self.settings = settings or CallSettings()
         self.on_result = on_result
         self.on_error = on_error
+        self.on_notice = on_notice
 
     def bind(
-        self, *, on_result: ResultHook | None = None, on_error: ErrorHook | None = None, **settings: Any
+        self,
+        *,
+        on_result: ResultHook | None = None,
+        on_error: ErrorHook | None = None,
+        on_notice: NoticeHook | None = None,
+        **settings: Any,
     ) -> DualInfer:
-        """A copy with other default settings, and hooks that see every result and every failed call."""
-        return DualInfer(self._settings(settings), on_result or self.on_result, on_error or self.on_error)
+        """A copy with other default settings, and hooks that see every result, every failed call and
+        every notice (such as a wait for the measuring lock)."""
+        return DualInfer(
+            self._settings(settings),
+            on_result or self.on_result,
+            on_error or self.on_error,
+            on_notice or self.on_notice,
+        )
 
     def __call__(
         self,
@@ -62,7 +82,9 @@ class DualInfer:
     ) -> DualResult:
         """Run N models concurrently, ``inputs[i]`` going to ``models[i]``."""
         return self._observed(
-            lambda call_settings: run_call(models, inputs, names=names, name=name, settings=call_settings),
+            lambda call_settings: run_call(
+                models, inputs, names=names, name=name, settings=call_settings, notify=self.on_notice
+            ),
             settings,
         )
 
@@ -80,7 +102,14 @@ class DualInfer:
         """The consumer runs on the producer's output, micro-batch by micro-batch, overlapping the two."""
         return self._observed(
             lambda call_settings: run_pipeline(
-                producer, consumer, inputs, micro_batches, names=names, name=name, settings=call_settings
+                producer,
+                consumer,
+                inputs,
+                micro_batches,
+                names=names,
+                name=name,
+                settings=call_settings,
+                notify=self.on_notice,
             ),
             settings,
         )

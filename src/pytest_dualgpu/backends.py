@@ -45,6 +45,10 @@ class Backend:
     kind = "cpu"
     concurrent_modes: tuple[str, ...] = ("threads",)
     default_settle = 0.01
+    #: An untimed call before each timed sample: on CPU the first call after the settling pause is slow.
+    preroll = True
+    #: The least warm-up, whatever the convergence rule says.
+    min_warmup = 0.05
 
     def __init__(self, device: torch.device, lane_count: int) -> None:
         self.device = device
@@ -59,6 +63,17 @@ class Backend:
         def setup() -> None:
             # torch sets up a thread's intra-op pool lazily from a process-wide value on first use; trigger
             # that now, or a later first use would undo this setting with whatever another thread set.
+            torch.get_num_threads()
+            torch.set_num_threads(threads)
+
+        return setup
+
+    def guard_setup(self) -> Callable[[], None]:
+        """The guard thread's set-up (it runs lanes' first calls as the caller would): every intra-op
+        thread of the process, as the caller has."""
+        threads = self.process_threads
+
+        def setup() -> None:
             torch.get_num_threads()
             torch.set_num_threads(threads)
 
@@ -120,6 +135,8 @@ class CudaBackend(Backend):
     kind = "cuda"
     concurrent_modes = ("streams", "threads", "graphs")
     default_settle = 0.0
+    preroll = False
+    min_warmup = 0.25  # a GPU's clocks take a while to rise from idle under load
 
     def __init__(self, device: torch.device, lane_count: int) -> None:
         super().__init__(device, lane_count)
@@ -127,7 +144,13 @@ class CudaBackend(Backend):
         self.streams = lane_streams(device, lane_count)
 
     def worker_setup(self) -> Callable[[], None]:
-        cpu_setup = super().worker_setup()
+        return self._on_device(super().worker_setup())
+
+    def guard_setup(self) -> Callable[[], None]:
+        return self._on_device(super().guard_setup())
+
+    def _on_device(self, cpu_setup: Callable[[], None]) -> Callable[[], None]:
+        """A thread's CPU set-up, then this device as its current CUDA device (that is per thread)."""
 
         def setup() -> None:
             cpu_setup()

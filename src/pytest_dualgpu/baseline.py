@@ -1,28 +1,28 @@
 """Comparing a session's results with a saved JSON report, and the regression gate.
 
-A row is matched to the base row of the same test, result name and occurrence. Noise must not fail a
-build, so a metric regressed only when this run's whole 95% confidence interval lies beyond the limit
-(the base median moved by the threshold): a wide interval that merely reaches past it is not evidence.
-Rows measured on another device than their base are shown but not gated: that difference is the
-machine's, not the code's. Nothing here imports torch or pytest.
+A row is matched to the base row of the same test, result name and occurrence. The limit is the base
+median moved by the threshold, and it is decided like every bound (``bounds.py``): regressed when this
+run's whole 95% confidence interval (widened by the harness's margin) lies beyond it, held when it lies
+within, inconclusive when it straddles it, or when the result is unreliable. Rows measured on another
+device than their base are shown but not gated: that difference is the machine's, not the code's.
+Nothing here imports torch or pytest.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import stats
+from .bounds import METRICS, Bound, figure
 from .errors import DualGpuUsageError
 from .report import ReportRow, load_report
 from .results import DualResult
 from .verdicts import parse_size, size_text
 
-#: metric -> True where higher is better
-METRICS = {"speedup": True, "efficiency": True, "concurrent": False, "memory": False}
 THRESHOLD_FORMS = (
     "speedup:10%, efficiency:10% or efficiency:0.1, concurrent:10% or concurrent:2ms, memory:10% or "
     "memory:64MiB"
@@ -42,7 +42,7 @@ class Threshold:
 
     def limit(self, base: float) -> float:
         step = self.amount * abs(base) if self.relative else self.amount
-        return base - step if METRICS[self.metric] else base + step
+        return base - step if METRICS[self.metric].higher_is_better else base + step
 
     def __str__(self) -> str:
         return self.text
@@ -100,6 +100,21 @@ class Baseline:
         saved = load_report(Path(path).expanduser(), f"--dualgpu-compare={path}", fix)
         return cls(path, saved.machine, dict(zip(row_keys(saved.rows), saved.rows, strict=True)))
 
+    def bounds_for(self, nodeid: str, call: int, thresholds: Sequence[Threshold]) -> tuple[Bound, ...]:
+        """The gate's limits for a test's call about to run, as bounds the engine can measure until it
+        decides them (the base row of that test with the same call number)."""
+        base = next((row for row in self.rows.values() if row.nodeid == nodeid and row.call == call), None)
+        if base is None:
+            return ()
+        bounds = []
+        for threshold in thresholds:
+            if threshold.metric == "memory":
+                continue
+            measured = figure(base.result, threshold.metric)
+            if measured is not None:
+                bounds.append(Bound(threshold.metric, threshold.limit(measured.value)))
+        return tuple(bounds)
+
 
 @dataclass(frozen=True)
 class MetricChange:
@@ -110,18 +125,37 @@ class MetricChange:
     new: float
     interval: tuple[float, float]
     threshold: Threshold | None = None
+    rounds: int = stats.MIN_DECISION_ROUNDS
+    reliable: bool = True
 
     @property
     def limit(self) -> float | None:
         return None if self.threshold is None else self.threshold.limit(self.base)
 
     @property
-    def regressed(self) -> bool:
+    def status(self) -> str | None:
+        """pass (held), fail (regressed) or inconclusive; None without a threshold."""
         limit = self.limit
         if limit is None:
-            return False
-        lo, hi = self.interval
-        return hi < limit if METRICS[self.metric] else lo > limit
+            return None
+        if not self.reliable:
+            return stats.INCONCLUSIVE
+        metric = METRICS[self.metric]
+        return stats.decide(
+            self.interval,
+            limit,
+            higher_is_better=metric.higher_is_better,
+            margin=metric.margin,
+            rounds=self.rounds,
+        )
+
+    @property
+    def regressed(self) -> bool:
+        return self.status == stats.FAIL
+
+    @property
+    def inconclusive(self) -> bool:
+        return self.status == stats.INCONCLUSIVE
 
     @property
     def change(self) -> str:
@@ -140,6 +174,8 @@ class MetricChange:
         text += f" vs base {_value(self.metric, self.base)} ({self.change})"
         if self.limit is not None:
             text += f"; limit {_value(self.metric, self.limit)} ({self.threshold})"
+        if self.limit is not None and not self.reliable:
+            text += "; this run's result is unreliable"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +186,7 @@ class MetricChange:
             "threshold": None if self.threshold is None else str(self.threshold),
             "limit": self.limit,
             "regressed": self.regressed,
+            "status": self.status,
         }
 
 
@@ -170,7 +207,11 @@ class RowComparison:
             return "new"
         parts = []
         for change in self.changes:
-            mark = " REGRESSED" if self.gated and change.regressed else ""
+            mark = ""
+            if self.gated and change.regressed:
+                mark = " REGRESSED"
+            elif self.gated and change.inconclusive:
+                mark = " INCONCLUSIVE"
             parts.append(f"{_SHORT[change.metric]} {change.change}{mark}")
         cell = ", ".join(parts) or "-"
         return f"{cell} (other device)" if self.other_device else cell
@@ -193,6 +234,7 @@ class Comparison:
     rows: dict[tuple[str, int], RowComparison] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     regressions: list[tuple[ReportRow, MetricChange]] = field(default_factory=list)
+    inconclusive: list[tuple[ReportRow, MetricChange]] = field(default_factory=list)
     judged: int = 0  # metrics the thresholds judged: none means the gate checked nothing
 
     def for_row(self, row: ReportRow) -> RowComparison | None:
@@ -201,6 +243,9 @@ class Comparison:
     def regression_lines(self) -> list[str]:
         return [f"{row.label}: {change.describe()}" for row, change in self.regressions]
 
+    def inconclusive_lines(self) -> list[str]:
+        return [f"{row.label}: {change.describe()}" for row, change in self.inconclusive]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.baseline.path,
@@ -208,12 +253,17 @@ class Comparison:
             "thresholds": [str(threshold) for threshold in self.thresholds],
             "judged": self.judged,
             "warnings": list(self.warnings),
-            "regressions": [
-                {"nodeid": row.nodeid, "call": row.call, "name": row.result.name, "metric": change.metric,
-                 "description": change.describe()}
-                for row, change in self.regressions
-            ],
-        }  # fmt: skip
+            "regressions": _listed(self.regressions),
+            "inconclusive": _listed(self.inconclusive),
+        }
+
+
+def _listed(changes: Sequence[tuple[ReportRow, MetricChange]]) -> list[dict[str, Any]]:
+    return [
+        {"nodeid": row.nodeid, "call": row.call, "name": row.result.name, "metric": change.metric,
+         "description": change.describe()}
+        for row, change in changes
+    ]  # fmt: skip
 
 
 def compare(
@@ -241,6 +291,7 @@ def compare(
         comparison.rows[(row.nodeid, row.call)] = judged
         if judged.gated:
             comparison.regressions += [(row, change) for change in changes if change.regressed]
+            comparison.inconclusive += [(row, change) for change in changes if change.inconclusive]
     for base_device, device in sorted(devices):
         comparison.warnings.append(
             f"base measured on {base_device}, this run on {device}: those rows are compared but not gated"
@@ -270,43 +321,19 @@ _SHORT = {"speedup": "speedup", "efficiency": "eff", "concurrent": "conc", "memo
 def _change(
     metric: str, base: DualResult, new: DualResult, thresholds: Sequence[Threshold]
 ) -> MetricChange | None:
-    read = _READERS[metric]
-    base_value, new_value = read(base), read(new)
-    if base_value is None or new_value is None:
+    base_figure, new_figure = figure(base, metric), figure(new, metric)
+    if base_figure is None or new_figure is None:
         return None
     threshold = next((threshold for threshold in thresholds if threshold.metric == metric), None)
-    return MetricChange(metric, base_value[0], new_value[0], new_value[1], threshold)
-
-
-def _speedup(result: DualResult) -> tuple[float, tuple[float, float]]:
-    return result.speedup, result.speedup_ci
-
-
-def _efficiency(result: DualResult) -> tuple[float, tuple[float, float]] | None:
-    if result.efficiency is None:
-        return None
-    return result.efficiency, result.efficiency_ci or (result.efficiency, result.efficiency)
-
-
-def _concurrent(result: DualResult) -> tuple[float, tuple[float, float]]:
-    samples = result.concurrent.samples
-    median = result.concurrent.median
-    return median, stats.median_ci(samples) if samples else (median, median)
-
-
-def _memory(result: DualResult) -> tuple[float, tuple[float, float]] | None:
-    if result.memory is None:
-        return None
-    peak = float(result.memory.concurrent)
-    return peak, (peak, peak)
-
-
-_READERS: dict[str, Callable[[DualResult], tuple[float, tuple[float, float]] | None]] = {
-    "speedup": _speedup,
-    "efficiency": _efficiency,
-    "concurrent": _concurrent,
-    "memory": _memory,
-}
+    return MetricChange(
+        metric,
+        base_figure.value,
+        new_figure.value,
+        new_figure.interval,
+        threshold,
+        rounds=new_figure.rounds,
+        reliable=new.reliable,
+    )
 
 
 def _value(metric: str, value: float) -> str:

@@ -101,6 +101,12 @@ def _add_measuring(parser: argparse.ArgumentParser, modes: bool = False, budget:
         "--budget", type=_positive, default=budget, help=f"Seconds of measuring per call (default {budget:g})"
     )
     parser.add_argument(
+        "--max-budget", type=_positive, help="Seconds a call may measure at most (default 5x the budget)"
+    )
+    parser.add_argument(
+        "--warmup", type=_positive, help="Cap in seconds of each call's steady-state warm-up (default 3)"
+    )
+    parser.add_argument(
         "--dtype", choices=("float32", "float16", "bfloat16"), help="Cast models and float inputs"
     )
     parser.add_argument(

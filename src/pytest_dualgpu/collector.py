@@ -191,6 +191,7 @@ class ResultCollector:
             f"baseline {self.comparison.baseline.path}: {warning}" for warning in self.comparison.warnings
         ]
         notes += [f"regressed: {line}" for line in self.comparison.regression_lines()]
+        notes += [f"inconclusive: {line}" for line in self.comparison.inconclusive_lines()]
         return notes
 
     def columns(self) -> list[Column]:
@@ -218,32 +219,46 @@ class ResultCollector:
             for error in self.sorted_errors():
                 write(f"{error.nodeid}: dual_infer call {error.call + 1} raised {error.error}", red=True)
             for row in rows:
+                for problem in row.result.problems:
+                    write(f"{row.label}: UNRELIABLE: {problem}", yellow=True, bold=True)
                 for warning in row.result.warnings:
                     write(f"{row.label}: {warning}", yellow=True)
             lock_line = _lock_summary_line(rows)
             if lock_line:
                 write(lock_line, yellow=True)
         if self.comparison is not None:
-            for line, colour in _comparison_lines(self.comparison):
+            for line, colour in _comparison_lines(self.comparison, self.settings.inconclusive):
                 write(line, **{colour: True})
         for problem in self.problems:
             write(f"dualgpu: {problem}", red=True)
 
 
-def _comparison_lines(comparison: Comparison) -> list[tuple[str, str]]:
-    """The baseline's warnings, then the gate's outcome: what failed, or that it checked something."""
+def _comparison_lines(comparison: Comparison, policy: str) -> list[tuple[str, str]]:
+    """The baseline's warnings, then the gate's outcome: what failed or stayed undecided, or that it
+    checked something."""
     lines = [
         (f"compared with {comparison.baseline.path}: {warning}", "yellow") for warning in comparison.warnings
     ]
     limits = ", ".join(str(threshold) for threshold in comparison.thresholds)
     regressions = comparison.regression_lines()
+    undecided = comparison.inconclusive_lines()
+    if undecided:
+        colour = "red" if policy == "fail" else "yellow"
+        lines.append(
+            (
+                f"regression gate ({limits}) is inconclusive for {len(undecided)} result(s) (the interval "
+                f"straddles the limit; --dualgpu-inconclusive={policy}):",
+                colour,
+            )
+        )
+        lines += [(f"  {line}", colour) for line in undecided]
     if regressions:
         lines.append((f"regression gate ({limits}) failed for {len(regressions)} result(s):", "red"))
         lines += [(f"  {line}", "red") for line in regressions]
     elif comparison.thresholds and not comparison.judged:
         nothing = "no result of this run has a base row measured on the same device with those metrics"
         lines.append((f"regression gate ({limits}) checked nothing: {nothing}", "red"))
-    elif comparison.thresholds:
+    elif comparison.thresholds and not undecided:
         judged = f"{comparison.judged} metric(s) judged"
         lines.append((f"regression gate: no result regressed beyond {limits} ({judged})", "green"))
     return lines
@@ -266,8 +281,8 @@ def _lock_summary_line(rows: list[ReportRow]) -> str | None:
     )
 
 
-def _highlighter(config: pytest.Config) -> Callable[[str], str] | None:
+def _highlighter(config: pytest.Config) -> Callable[[str, str], str] | None:
     writer = config.get_terminal_writer()
     if not writer.hasmarkup:
         return None
-    return lambda cell: str(writer.markup(cell, red=True, bold=True))
+    return lambda cell, colour: str(writer.markup(cell, **{colour: True}, bold=colour == "red"))

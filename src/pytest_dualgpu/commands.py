@@ -76,6 +76,15 @@ def run_command(arguments: argparse.Namespace) -> int:
     device = resolve_device(arguments.device)
     lanes = Lanes(device, getattr(torch, arguments.dtype) if arguments.dtype else None)
     settings: dict[str, Any] = {"device": device, "budget": arguments.budget}
+    if arguments.max_budget is not None:
+        if arguments.max_budget < arguments.budget:
+            raise DualGpuUsageError(
+                f"--max-budget {arguments.max_budget:g} is below --budget {arguments.budget:g}; "
+                "give at least the budget"
+            )
+        settings["max_budget"] = arguments.max_budget
+    if arguments.warmup is not None:
+        settings["warmup"] = arguments.warmup
     progress = sys.stderr.isatty() if arguments.progress is None else arguments.progress
     command = arguments.command
     if command == "demo":
@@ -165,10 +174,10 @@ def _demo(arguments: argparse.Namespace, lanes: Lanes, settings: dict[str, Any],
     print(_matrix_text(names, tasks))
     if arguments.png:
         _matrix_png(names, tasks, arguments.png)
-    pairs = [task for task in tasks if task.result is not None and task.key[0] != task.key[1]]
+    pairs = [task for task in tasks if task.key[0] != task.key[1]]
+    best = profiler.best(pairs)
     profiled: list[Task] = []
-    if pairs and not interrupted:
-        best = max(pairs, key=lambda task: task.result.speedup if task.result else 0.0)
+    if best is not None and not interrupted:
         pair_refs = (refs[best.key[0]], refs[best.key[1]])
         modes = [arguments.mode] if arguments.mode else profiler.applicable_modes(lanes.device)
         profiled = profiler.profile_tasks(lanes.pair(pair_refs, (None, None)), best.names, modes, settings)
@@ -199,6 +208,8 @@ def _finish(arguments: argparse.Namespace, tasks: list[Task], interrupted: bool,
         print(f"interrupted: {len(done)} of {len(tasks)} measured", file=sys.stderr)
     if render is not None:
         print(render(done))
+    for line in profiler.notes(done):
+        print(line)
     if arguments.json:
         emit(dumps(_document(arguments.command, done)), arguments.json)
     if arguments.png and arguments.command in ("profile", "sweep"):

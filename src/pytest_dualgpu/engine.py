@@ -1,16 +1,23 @@
 """The flow of one ``dual_infer`` call (``api.py``), from the user's models to a ``DualResult``.
 
-place inputs -> warm up (each lane alone, then each candidate mode) -> calibrate -> probe modes (auto)
--> measured rounds -> memory peaks (CUDA) -> one checked concurrent run -> compare with the reference
--> sync checks (host syncs, delayed trials, sanitizer) when asked. A pipeline is two lanes whose calls
-hand micro-batches over (``pipeline.py``). Nothing here knows about pytest.
+take the measuring lock -> place inputs -> warm up to steady state (each lane alone, its first call under
+the timeout, then each candidate mode; ``warmup.py``) -> calibrate -> probe modes (auto) -> measured
+rounds until the figures are precise or every bound is decided (``measure.py``) -> memory peaks (CUDA)
+-> one checked concurrent run -> compare with the reference -> sync checks when asked -> the result,
+checked for what cannot be true (``sanitity.py``). A pipeline is two lanes whose calls hand micro-batches
+over (``pipeline.py``). Nothing here knows about pytest.
+
+Time: the warm-up takes at most ``warmup`` seconds, probes and rounds at most ``max_budget``; the checks
+after them (memory, outputs, sync trials, profile) are a few runs more.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,26 +26,39 @@ import torch
 
 from . import stats
 from .backends import Backend, drop_locals, make_backend
+from .bounds import Bound, Figure, all_decided, final_status, parse_bounds
 from .compare import Tolerance, compare_lanes
-from .devices import device_name, measuring_lock, resolve_device
+from .devices import device_name, lock_path, resolve_device
 from .diagnosis import no_overlap_hint
-from .errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError
+from .errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError, LaneTimeoutError
 from .inputs import check_models, lane_names_for, make_lanes, to_device
 from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run
-from .measure import Samples, measure_rounds, reps_for, time_once
-from .pipeline import PIPELINE_MODES, HandOff, PipelineCalls, best_time, split_batch
+from .lock import MeasuringLock, Notify
+from .measure import Measured, Samples, block_warning, measure_rounds, reps_for, slower_start
+from .pipeline import PIPELINE_MODES, HandOff, PipelineCalls, split_batch
 from .profiling import KernelProfile, profile_pass
-from .results import DualResult, LaneResult, Measurement, MemoryStats, ModeProbe, SyncStats
+from .results import Decision, DualResult, LaneResult, Measurement, MemoryStats, ModeProbe, SyncStats, WarmUp
+from .sanity import assess, best_possible_time
 from .settings import MODES
 from .sync import SyncSettings
 from .sync import check as sync_checks
 from .timeline import LaneTimeline
 from .trees import map_tensors
+from .warmup import WarmUpClock, warm_up
+from .workers import still_running
 
 PROBE_ROUNDS = 3
 TIMELINE_REPS = 50  # intervals kept per lane: enough to draw, small enough to travel in every report
 MEANINGFUL_GAIN = 0.05  # efficiency needs a possible gain of at least this share of the sequential time
 LOCK_WAIT_WARNING_SECONDS = 1.0
+#: Without a bound to decide, measuring stops once the speedup's 95% interval is this narrow (its whole
+#: width as a share of the median, so +-2.5%): past that, more rounds change no conclusion anyone draws.
+PRECISION_WIDTH = 0.05
+DEFAULT_WARMUP = 3.0
+MAX_BUDGET_FACTOR = 5.0
+DEFAULT_LOCK_TIMEOUT = 600.0
+#: How long the lock waits for lane threads abandoned after a timeout before handing itself on.
+ABANDONED_LINGER = 30.0
 
 
 @dataclass(frozen=True)
@@ -48,8 +68,12 @@ class CallSettings:
     mode: str = "auto"
     device: str | torch.device | None = None
     budget: float = 1.0
+    max_budget: float | None = None  # None: MAX_BUDGET_FACTOR x budget
+    warmup: float = DEFAULT_WARMUP
+    bounds: tuple[Bound, ...] = ()
     min_rounds: int = 7
     timeout: float = 120.0
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     rtol: float | None = None
     atol: float | None = None
     equal_nan: bool = False
@@ -64,7 +88,25 @@ class CallSettings:
         if self.mode not in ("auto", *MODES):
             raise DualGpuUsageError(f"mode {self.mode!r} is not one of auto, {', '.join(MODES)}")
         _require_positive("budget", self.budget, "seconds of measuring per call, e.g. budget=1.0")
+        if self.max_budget is not None:
+            _require_positive("max_budget", self.max_budget, "seconds of measuring to decide a bound")
+            if self.max_budget < self.budget:
+                raise DualGpuUsageError(
+                    f"max_budget ({self.max_budget:g} s) must be at least the budget ({self.budget:g} s): "
+                    "it is how far measuring may go past the budget to decide a bound"
+                )
+        if (
+            isinstance(self.warmup, bool)
+            or not isinstance(self.warmup, (int, float))
+            or not 0 <= self.warmup < math.inf
+        ):
+            raise DualGpuUsageError(
+                f"warmup must be a number of seconds >= 0 (the cap of the steady-state warm-up; 0 skips "
+                f"it), got {self.warmup!r}"
+            )
         _require_positive("timeout", self.timeout, "seconds a lane may take per run")
+        _require_positive("lock_timeout", self.lock_timeout, "seconds to wait for the measuring lock")
+        object.__setattr__(self, "bounds", parse_bounds(self.bounds))
         if isinstance(self.min_rounds, bool) or not isinstance(self.min_rounds, int) or self.min_rounds < 1:
             raise DualGpuUsageError(f"min_rounds must be an integer >= 1, got {self.min_rounds!r}")
         if self.settle is not None and (not isinstance(self.settle, (int, float)) or self.settle < 0):
@@ -84,6 +126,10 @@ class CallSettings:
         for flag in ("detect_syncs", "sanitizer", "profile"):
             if not isinstance(getattr(self, flag), bool):
                 raise DualGpuUsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+
+    @property
+    def measuring_cap(self) -> float:
+        return self.budget * MAX_BUDGET_FACTOR if self.max_budget is None else self.max_budget
 
     @property
     def sync(self) -> SyncSettings:
@@ -106,10 +152,11 @@ def run_call(
     names: Sequence[str] | None,
     name: str | None,
     settings: CallSettings,
+    notify: Notify | None = None,
 ) -> DualResult:
     device = resolve_device(settings.device)
     lanes = make_lanes(models, inputs, names, device)
-    return _measured(make_backend(device, len(lanes)), lanes, settings, name)
+    return _measured(make_backend(device, len(lanes)), lanes, settings, name, notify=notify)
 
 
 def run_pipeline(
@@ -122,6 +169,7 @@ def run_pipeline(
     name: str | None,
     settings: CallSettings,
     hand_off_wait: bool = True,
+    notify: Notify | None = None,
 ) -> DualResult:
     """``hand_off_wait=False`` removes the consumer's wait: a broken pipeline, for the tests only."""
     device = resolve_device(settings.device)
@@ -137,7 +185,7 @@ def run_pipeline(
         Lane(lane_names[1], calls.consumer_taking_over),
     ]
     plan = PipelinePlan(calls, inputs, micro_batches)
-    return _measured(backend, lanes, settings, name or " -> ".join(lane_names), plan)
+    return _measured(backend, lanes, settings, name or " -> ".join(lane_names), plan, notify)
 
 
 @dataclass
@@ -153,28 +201,36 @@ def _measured(
     settings: CallSettings,
     name: str | None,
     plan: PipelinePlan | None = None,
+    notify: Notify | None = None,
 ) -> DualResult:
     device = backend.device
-    with measuring_lock(device) as waited:
-        measurement = _Measuring(backend, lanes, settings, lock_wait=waited, pipeline=plan)
+    lock = MeasuringLock(lock_path(device), timeout=settings.lock_timeout, notify=notify)
+    waited = lock.acquire()
+    measurement = _Measuring(backend, lanes, settings, lock_wait=waited, pipeline=plan)
+    try:
         if waited > LOCK_WAIT_WARNING_SECONDS:
             measurement.warnings.append(f"waited {waited:.1f} s for the {device.type} measuring lock")
-        try:
-            return measurement.run(name or "+".join(lane.name for lane in lanes))
-        except BaseException as error:
-            # Every failure gives cached device memory back; after running out of it, the frames that
-            # still hold the lane's tensors are cleared first, or there would be nothing to give back.
-            oom = (
-                error if isinstance(error, LaneError) and backend.is_out_of_memory(error.__cause__) else None
-            )
-            if oom is not None:
-                drop_locals(oom)
-            backend.release()
-            if oom is not None and oom.__cause__ is not None:
-                raise ConcurrentOutOfMemoryError(
-                    oom.run, oom.lane, measurement.alone_peaks, oom.__cause__
-                ) from oom.__cause__
-            raise
+        measurement.warnings += [
+            f"lane {entry.lane!r} of an earlier call still runs user code in thread {entry.thread.name} "
+            f"(abandoned after its timeout, {time.monotonic() - entry.since:.0f} s ago): it competes with "
+            "these measurements"
+            for entry in still_running()
+        ]
+        return measurement.run(name or "+".join(lane.name for lane in lanes))
+    except BaseException as error:
+        # Every failure gives cached device memory back; after running out of it, the frames that
+        # still hold the lane's tensors are cleared first, or there would be nothing to give back.
+        oom = error if isinstance(error, LaneError) and backend.is_out_of_memory(error.__cause__) else None
+        if oom is not None:
+            drop_locals(oom)
+        backend.release()
+        if oom is not None and oom.__cause__ is not None:
+            raise ConcurrentOutOfMemoryError(
+                oom.run, oom.lane, measurement.alone_peaks, oom.__cause__
+            ) from oom.__cause__
+        raise
+    finally:
+        lock.release(running=[entry.thread for entry in still_running()], linger=ABANDONED_LINGER)
 
 
 class _Measuring:
@@ -197,50 +253,69 @@ class _Measuring:
         self.everyone = list(range(len(lanes)))
         self.warnings: list[str] = []
         self.probes: dict[str, ModeProbe] = {}
+        self.mode_warmups: dict[str, WarmUp] = {}
         self.alone_peaks: dict[str, int] | None = None
 
     def run(self, name: str) -> DualResult:
+        started = time.perf_counter()
+        candidates = self._candidate_modes()
+        clock = WarmUpClock(self.settings.warmup, len(self.lanes) + len(candidates))
         with Executor(self.backend, self.lanes, self.settings.timeout) as executor:
             eager = self._mode("sequential", executor)
             if self.pipeline is not None:
-                try:
-                    self.pipeline.calls.prepare()
-                except Exception as error:
-                    raise LaneError(self.names[0], f"alone run of lane {self.names[0]!r}", error) from error
-            reference = self._warm_up_alone(eager)
+                self._prepare_pipeline(executor, self.pipeline)
+            reference, lane_warmups = self._warm_up_lanes(eager, clock)
             if self.pipeline is not None:
                 reference[-1] = self.pipeline.calls.whole_batch(self.pipeline.inputs)
-            modes = self._build_modes(executor)
+            modes = self._build_modes(executor, candidates, clock)
+            warmed = time.perf_counter()
             try:
-                reps = reps_for(
-                    time_once(lambda: eager.baseline(self.everyone, 1)),
-                    self.settings.budget,
-                    len(self.lanes) + 2,
-                    self.settings.min_rounds,
-                )
-                chosen = self._choose(modes, reps)
-                samples = self._measure(chosen, eager, reps)
+                deadline = warmed + self.settings.measuring_cap
+                reps = self._calibrate(lane_warmups, modes, eager)
+                chosen = self._choose(modes, reps, deadline)
+                measured = self._measure(chosen, eager, reps, warmed, deadline)
+                measuring_seconds = time.perf_counter() - warmed
                 memory = self._memory(chosen, executor)
                 outputs = self._checked_outputs(chosen)
-                profile = self._profile(chosen, executor, reps) if self.settings.profile else None
+                profile = self._profile(chosen, executor, measured.reps) if self.settings.profile else None
                 sync = self._sync_checks(chosen, executor, reference)
             finally:
                 for mode in modes:
                     mode.close()
-        result = self._result(name, chosen.name, samples, reps, memory, outputs, reference)
-        result.sync = sync
+        timing = _Timing(warmed - started, measuring_seconds)
+        result = self._result(name, chosen.name, measured, lane_warmups, memory, outputs, reference, timing)
+        result = dataclasses.replace(result, sync=sync)
         if profile is not None:
             result.kernel_overlap = profile.kernel_overlap
             result.timelines["kernels"] = profile.tracks
             result.warnings.extend(profile.warnings)
-        result.hint = no_overlap_hint(result)
-        return result
+        return self._finished(result)
 
-    def _best_time(self, alone: list[float]) -> float:
-        """What perfect overlap would take: the slowest lane, or a pipeline's fill time on top of it."""
-        if self.pipeline is None:
-            return max(alone)
-        return best_time(alone, self.pipeline.micro_batches)
+    def _finished(self, result: DualResult) -> DualResult:
+        """The result with its sanity checked, its bounds decided and its no-overlap hint."""
+        found = assess(result)
+        reliable = not found.problems
+        checked = dataclasses.replace(
+            result, reliable=reliable, problems=found.problems, warnings=[*result.warnings, *found.warnings]
+        )
+        decisions = []
+        for bound in self.settings.bounds:
+            status, figure = final_status(bound, checked)
+            decisions.append(
+                Decision(bound.metric, bound.value, status, None if figure is None else figure.interval)
+            )
+        checked.decisions = decisions
+        checked.hint = no_overlap_hint(checked)
+        return checked
+
+    def _prepare_pipeline(self, executor: Executor, plan: PipelinePlan) -> None:
+        run = f"first run of lane {self.names[0]!r}"
+        try:
+            executor.guarded_call(plan.calls.prepare, 0, run)
+        except LaneTimeoutError:
+            raise
+        except Exception as error:
+            raise LaneError(self.names[0], run, error) from error
 
     def _profile(self, mode: Mode, executor: Executor, reps: int) -> KernelProfile:
         """One more concurrent pass under torch.profiler, outside the measured rounds (it slows them)."""
@@ -270,19 +345,43 @@ class _Measuring:
             )
         return sync_checks(executor, concurrent, reference, self.settings.tolerance, self.settings.sync)
 
-    def _warm_up_alone(self, eager: Mode) -> list[Any]:
-        """Each lane alone first (lazy init, cudnn autotune in isolation), twice; keep the second outputs."""
+    def _warm_up_lanes(self, eager: Mode, clock: WarmUpClock) -> tuple[list[Any], list[WarmUp]]:
+        """Each lane alone until steady (lazy init, autotuning in isolation); its first call runs under
+        the timeout. Then one more call gives the reference output and the lane's peak memory."""
         reference = []
+        warmups = []
         peaks = {}
         for index, lane_name in enumerate(self.names):
             label = f"alone run of lane {lane_name!r}"
+            first = time.perf_counter()
             eager.baseline([index], 1, label)
+            first = time.perf_counter() - first
+            if self.settings.warmup > 0:
+                steady = warm_up(
+                    functools.partial(_per_call, eager, [index], label),
+                    deadline=clock.next_deadline(),
+                    min_seconds=self.backend.min_warmup,
+                )
+                warmup = WarmUp(steady.seconds + first, steady.calls + 1, steady.converged, steady.per_call)
+                if not steady.converged:
+                    self.warnings.append(_unsettled(f"lane {lane_name!r}", warmup, self.settings.warmup))
+            else:
+                warmup = WarmUp(first, 1, False, None)
             with self.backend.peak_memory() as peak:
-                reference.append(eager.baseline([index], 1, label).outputs[0])
+                run = eager.baseline([index], 1, label)
+            reference.append(run.outputs[0])
+            warmups.append(
+                warmup if warmup.per_call is not None else dataclasses.replace(warmup, per_call=run.elapsed)
+            )
             if peak:
                 peaks[lane_name] = peak[0]
+        if self.settings.warmup == 0:
+            self.warnings.append(
+                "warm-up skipped (warmup=0): the figures may include first-call effects (lazy "
+                "initialisation, caches, clocks)"
+            )
         self.alone_peaks = peaks or None
-        return reference
+        return reference, warmups
 
     def _candidate_modes(self) -> list[str]:
         requested = self.settings.mode
@@ -301,9 +400,10 @@ class _Measuring:
             return MODE_CLASSES[mode_name](executor)
         return PIPELINE_MODES[mode_name](executor, self.pipeline.calls)
 
-    def _build_modes(self, executor: Executor) -> list[Mode]:
+    def _build_modes(self, executor: Executor, candidates: list[str], clock: WarmUpClock) -> list[Mode]:
+        """Each candidate mode, its concurrent run warmed up to steady state like the lanes were."""
         modes: list[Mode] = []
-        candidates = self._candidate_modes()
+        candidates = list(candidates)
         for mode_name in candidates:  # grows when a graphs-only request falls back to threads
             try:
                 mode = self._mode(mode_name, executor)
@@ -312,13 +412,45 @@ class _Measuring:
                 if candidates == [mode_name]:
                     self.warnings.append(f"{error.reason}; ran 'threads' instead")
                     candidates.append("threads")
+                    clock.add_stages(1)
                 continue
             mode.baseline(self.everyone, 1)
             mode.concurrent(1)
+            if self.settings.warmup > 0:
+                warmup = warm_up(
+                    functools.partial(_concurrent_per_call, mode),
+                    deadline=clock.next_deadline(),
+                    min_seconds=self.backend.min_warmup,
+                )
+                self.mode_warmups[mode.name] = warmup
+                if not warmup.converged:
+                    label = f"the concurrent run of mode {mode.name!r}"
+                    self.warnings.append(_unsettled(label, warmup, self.settings.warmup))
             modes.append(mode)
         return modes
 
-    def _choose(self, modes: list[Mode], reps: int) -> Mode:
+    def _calibrate(self, lane_warmups: list[WarmUp], modes: list[Mode], eager: Mode) -> int:
+        """Repetitions per sample, from the steady times the warm-up ended with."""
+        alone = [warmup.per_call or 0.0 for warmup in lane_warmups]
+        concurrent = [
+            self.mode_warmups[mode.name].per_call or 0.0 for mode in modes if mode.name in self.mode_warmups
+        ]
+        if min(alone, default=0.0) <= 0 or not concurrent:
+            alone = [eager.baseline([index], 1).elapsed for index in self.everyone]
+            concurrent = [modes[0].concurrent(1).elapsed]
+        per_call = {f"alone:{index}": seconds for index, seconds in enumerate(alone)}
+        per_call["sequential"] = sum(alone)
+        per_call["concurrent"] = min(concurrent)
+        return reps_for(per_call, self._target_block)
+
+    @property
+    def _target_block(self) -> float:
+        """A sample long enough that ``min_rounds`` rounds take about half the budget: with a fast model
+        the budget then buys many more rounds than the minimum, which is what narrows the interval."""
+        variants = len(self.lanes) + 2
+        return self.settings.budget / (2 * self.settings.min_rounds * variants)
+
+    def _choose(self, modes: list[Mode], reps: int, deadline: float) -> Mode:
         """The mode whose concurrent run is fastest in a few short rounds.
 
         Fastest, not highest speedup: each mode's speedup is against a baseline in its own style, and
@@ -328,15 +460,23 @@ class _Measuring:
         if len(modes) == 1:
             return modes[0]
         for mode in modes:
-            samples = measure_rounds(
+            warmup = self.mode_warmups.get(mode.name)
+            measured = measure_rounds(
                 {
-                    "sequential": functools.partial(mode.baseline, self.everyone, reps),
-                    "concurrent": functools.partial(mode.concurrent, reps),
+                    "sequential": functools.partial(mode.baseline, self.everyone),
+                    "concurrent": mode.concurrent,
                 },
-                budget=0.0,
-                min_rounds=PROBE_ROUNDS,
+                reps,
                 settle=self._settle,
+                preroll=self.backend.preroll,
+                min_rounds=PROBE_ROUNDS,
+                stop=lambda samples, now: "probed",
+                deadline=deadline,
             )
+            samples = measured.samples
+            if not samples.rounds:
+                self.probes[mode.name] = ModeProbe(mode.name, warmup=warmup)
+                continue
             self.probes[mode.name] = ModeProbe(
                 mode.name,
                 speedup=stats.median(
@@ -344,6 +484,7 @@ class _Measuring:
                 ),
                 sequential=stats.median(samples.elapsed["sequential"]),
                 concurrent=stats.median(samples.elapsed["concurrent"]),
+                warmup=warmup,
             )
         return min(modes, key=lambda mode: self.probes[mode.name].concurrent or math.inf)
 
@@ -351,20 +492,36 @@ class _Measuring:
     def _settle(self) -> float:
         return self.backend.default_settle if self.settings.settle is None else self.settings.settle
 
-    def _measure(self, mode: Mode, eager: Mode, reps: int) -> Samples:
-        variants: dict[str, Callable[[], Run]] = {
-            f"alone:{index}": functools.partial(
-                mode.baseline, [index], reps, f"alone run of lane {lane_name!r}"
-            )
+    def _measure(self, mode: Mode, eager: Mode, reps: int, start: float, deadline: float) -> Measured:
+        variants: dict[str, Callable[[int], Run]] = {
+            f"alone:{index}": functools.partial(_alone, mode, index, f"alone run of lane {lane_name!r}")
             for index, lane_name in enumerate(self.names)
         }
-        variants["sequential"] = functools.partial(mode.baseline, self.everyone, reps)
-        variants["concurrent"] = functools.partial(mode.concurrent, reps)
+        variants["sequential"] = functools.partial(mode.baseline, self.everyone)
+        variants["concurrent"] = mode.concurrent
         if mode.static_outputs:
-            variants["eager sequential"] = functools.partial(eager.baseline, self.everyone, reps)
+            variants["eager sequential"] = functools.partial(eager.baseline, self.everyone)
+        timed = [f"alone:{index}" for index in self.everyone] + ["concurrent"]
         return measure_rounds(
-            variants, budget=self.settings.budget, min_rounds=self.settings.min_rounds, settle=self._settle
+            variants,
+            reps,
+            settle=self._settle,
+            preroll=self.backend.preroll,
+            min_rounds=self.settings.min_rounds,
+            stop=_StoppingRule(
+                self.settings.bounds,
+                budget_deadline=start + self.settings.budget,
+                deadline=deadline,
+                figures=functools.partial(_figures, lanes=len(self.lanes), best_time=self._best_time),
+            ),
+            deadline=deadline,
+            target_block=self._target_block,
+            check_start=lambda samples: slower_start(samples.elapsed, timed),
         )
+
+    def _best_time(self, alone: list[float]) -> float:
+        micro_batches = None if self.pipeline is None else self.pipeline.micro_batches
+        return best_possible_time(alone, micro_batches)
 
     def _memory(self, mode: Mode, executor: Executor) -> MemoryStats | None:
         if self.alone_peaks is None:
@@ -391,17 +548,23 @@ class _Measuring:
         self,
         name: str,
         mode_name: str,
-        samples: Samples,
-        reps: int,
+        measured: Measured,
+        lane_warmups: list[WarmUp],
         memory: MemoryStats | None,
         outputs: list[Any],
         reference: list[Any],
+        timing: _Timing,
     ) -> DualResult:
-        def measured(variant: str) -> Measurement:
+        samples = measured.samples
+
+        def measurement(variant: str) -> Measurement:
             return Measurement.from_samples(samples.elapsed[variant], samples.wall[variant])
 
-        lanes = [LaneResult(lane, measured(f"alone:{index}")) for index, lane in enumerate(self.names)]
-        sequential, concurrent = measured("sequential"), measured("concurrent")
+        lanes = [
+            LaneResult(lane, measurement(f"alone:{index}"), lane_warmups[index])
+            for index, lane in enumerate(self.names)
+        ]
+        sequential, concurrent = measurement("sequential"), measurement("concurrent")
         ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
         alone = [lane.alone.median for lane in lanes]
         efficiencies = _efficiencies(samples, len(lanes), self._best_time)
@@ -412,16 +575,9 @@ class _Measuring:
             sequential=sequential.median,
             concurrent=concurrent.median,
             chosen=True,
+            warmup=self.mode_warmups.get(mode_name),
         )
-        noisy = [
-            f"{value.relative_iqr:.0%} ({label})"
-            for label, value in (("sequential", sequential), ("concurrent", concurrent))
-            if value.noisy
-        ]
-        if noisy:
-            self.warnings.append(
-                f"noisy times: IQR/median is {' and '.join(noisy)}; raise the budget or quiet the machine"
-            )
+        self.warnings += self._measuring_notes(measured, sequential, concurrent)
         return DualResult(
             name=name,
             device=str(self.backend.device),
@@ -431,7 +587,9 @@ class _Measuring:
             lanes=lanes,
             sequential=sequential,
             concurrent=concurrent,
-            eager_sequential=measured("eager sequential") if "eager sequential" in samples.elapsed else None,
+            eager_sequential=measurement("eager sequential")
+            if "eager sequential" in samples.elapsed
+            else None,
             speedup=stats.median(ratios),
             speedup_ci=stats.median_ci(ratios),
             ideal_speedup=sum(alone) / self._best_time(alone) if max(alone) > 0 else 1.0,
@@ -447,8 +605,12 @@ class _Measuring:
             modes=[self.probes[mode] for mode in MODES if mode in self.probes],
             warnings=self.warnings,
             rounds=samples.rounds,
-            reps=reps,
+            reps=measured.reps,
             lock_wait=self.lock_wait,
+            stop=measured.stop,
+            warmup_seconds=timing.warmup,
+            measuring_seconds=timing.measuring,
+            dropped_rounds=measured.dropped,
             timelines={
                 run: [
                     LaneTimeline(self.names[index], tuple(intervals[:TIMELINE_REPS]))
@@ -461,6 +623,140 @@ class _Measuring:
             outputs=outputs,
             reference=reference,
         )
+
+    def _few_rounds(self, measured: Measured) -> str:
+        return _few_rounds_note(
+            measured.samples.rounds,
+            self.settings.min_rounds,
+            self.settings.measuring_cap,
+            measured.round_seconds,
+            self._settle,
+        )
+
+    def _measuring_notes(
+        self, measured: Measured, sequential: Measurement, concurrent: Measurement
+    ) -> list[str]:
+        notes = list(measured.notes)
+        noisy = [
+            f"{value.relative_iqr:.0%} ({label})"
+            for label, value in (("sequential", sequential), ("concurrent", concurrent))
+            if value.noisy
+        ]
+        if noisy:
+            notes.append(
+                f"noisy times: IQR/median is {' and '.join(noisy)}; raise the budget or quiet the machine"
+            )
+        if measured.dropped:
+            notes.append(
+                f"the first {measured.dropped} round(s) were left out: the lanes were still getting faster "
+                "then, although their warm-up had looked steady (raise warmup= for such models)"
+            )
+        if measured.samples.rounds < self.settings.min_rounds:
+            notes.append(self._few_rounds(measured))
+        short = block_warning(measured.samples, measured.reps)
+        if short:
+            notes.append(short)
+        return notes
+
+
+def _few_rounds_note(
+    rounds: int, min_rounds: int, cap: float, round_seconds: list[float], settle: float
+) -> str:
+    shortest = min(round_seconds, default=0.0)
+    said = f"only {rounds} round(s) fitted in max_budget {cap:g} s (min_rounds {min_rounds})"
+    if shortest * min_rounds > cap:
+        pauses = f", {settle * 1e3:g} ms of it settling pauses per variant" if settle else ""
+        return (
+            f"{said}: a round takes at least {shortest * 1e3:.0f} ms here{pauses}, so {min_rounds} rounds "
+            f"need {shortest * min_rounds:.2f} s; raise the budget (max_budget is 5x it unless set)"
+        )
+    return f"{said}: the rounds took longer as the call went on (the machine slowed down)"
+
+
+def _alone(mode: Mode, index: int, label: str, reps: int) -> Run:
+    return mode.baseline([index], reps, label)
+
+
+def _per_call(mode: Mode, lanes: list[int], label: str, calls: int) -> float:
+    return mode.baseline(lanes, calls, label).elapsed
+
+
+def _concurrent_per_call(mode: Mode, calls: int) -> float:
+    return mode.concurrent(calls).elapsed
+
+
+@dataclass(frozen=True)
+class _Timing:
+    warmup: float
+    measuring: float
+
+
+def _unsettled(what: str, warmup: WarmUp, cap: float) -> str:
+    return (
+        f"{what} did not settle in its share of the warm-up ({warmup.seconds:.2f} s, {warmup.calls} calls, "
+        f"of warmup={cap:g} s for the call): its time per call still moved by more than 5%; the figures may "
+        "include its warm-up; raise warmup= (--dualgpu-warmup)"
+    )
+
+
+class _StoppingRule:
+    """When to stop measuring: every bound decided (or undecidable), else a precise enough speedup, else
+    the budget spent; with bounds still open, measuring goes on to the deadline (``max_budget``)."""
+
+    def __init__(
+        self,
+        bounds: Sequence[Bound],
+        *,
+        budget_deadline: float,
+        deadline: float,
+        figures: Callable[[Samples], dict[str, Figure | None]],
+    ) -> None:
+        self.bounds = bounds
+        self.budget_deadline = budget_deadline
+        self.deadline = deadline
+        self.figures = figures
+
+    def __call__(self, samples: Samples, now: float) -> str | None:
+        figures = self.figures(samples)
+        speedup = figures["speedup"]
+        precise = (
+            speedup is not None and stats.relative_width(speedup.interval, speedup.value) <= PRECISION_WIDTH
+        )
+        if self.bounds:
+            if all_decided(self.bounds, figures):
+                return "decided"
+            if precise and all(
+                bound.decide(figures.get(bound.metric)) != stats.INCONCLUSIVE
+                or bound.undecidable(figures.get(bound.metric))
+                for bound in self.bounds
+            ):
+                return "undecidable"
+        elif precise:
+            return "precise"
+        elif now >= self.budget_deadline:
+            return "budget"
+        if now >= self.deadline:
+            return "max budget"
+        return None
+
+
+def _figures(
+    samples: Samples, *, lanes: int, best_time: Callable[[list[float]], float]
+) -> dict[str, Figure | None]:
+    """The figures bounds are decided on, from the rounds so far."""
+    ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
+    efficiencies = _efficiencies(samples, lanes, best_time)
+    concurrent = samples.elapsed["concurrent"]
+    rounds = samples.rounds
+    return {
+        "speedup": Figure(stats.median(ratios), stats.median_ci(ratios), rounds) if ratios else None,
+        "efficiency": (
+            Figure(stats.median(efficiencies), stats.median_ci(efficiencies), rounds)
+            if efficiencies
+            else None
+        ),
+        "concurrent": Figure(stats.median(concurrent), stats.median_ci(concurrent), rounds),
+    }
 
 
 def _efficiencies(

@@ -59,3 +59,16 @@ class ConcurrentOutOfMemoryError(DualGpuError, MemoryError):
 
 def bytes_to_mib(count: int) -> str:
     return f"{count / 2**20:.1f} MiB"
+
+
+class MeasuringLockTimeout(DualGpuError, TimeoutError):
+    """Another process held the device's measuring lock for longer than ``lock_timeout``."""
+
+    def __init__(self, path: str, holder: str, timeout: float) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(
+            f"gave up after waiting {timeout:g} s for the measuring lock {path}, held by {holder}; "
+            "let that run finish, give each process its own GPU (--dualgpu-devices), or raise "
+            "lock_timeout (--dualgpu-lock-timeout)"
+        )

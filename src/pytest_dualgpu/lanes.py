@@ -2,6 +2,9 @@
 
 Back-to-back runs (the baseline, each lane alone) and the ``streams`` and ``graphs`` modes issue from the
 caller's own thread, as the user's code would; only ``threads`` hands lanes to persistent worker threads.
+The one exception is a lane's first call: until a lane has returned once, its back-to-back runs go to a
+guard thread that the caller waits for at most ``timeout``, so a lane that hangs from the start raises
+``LaneTimeoutError`` instead of holding the caller forever.
 The caller's thread matters on CPU too: with libgomp, a second thread that opens an OpenMP team while the
 first still has one makes both throttle their spinning, which slowed a 2-core matmul baseline by ~11% on a
 worker thread (torch 2.13). Each run is timed from the caller's clock, so hand-offs count where they occur.
@@ -22,7 +25,7 @@ import torch
 from .backends import Backend, Stamps
 from .errors import HandOffStopped, LaneError, LaneTimeoutError
 from .timeline import Interval
-from .workers import Worker
+from .workers import Worker, abandon
 
 
 @dataclass
@@ -54,6 +57,7 @@ class _Outcome:
     stamps: Stamps = field(default_factory=list)
     output: Any = None
     error: BaseException | None = None
+    done: bool = False
 
 
 class Executor:
@@ -64,16 +68,34 @@ class Executor:
         self.lanes = list(lanes)
         self.timeout = timeout
         self.broken = False
+        self.proven: set[int] = set()
         self.lane_workers = [
             Worker(f"dualgpu-lane-{index}", backend.worker_setup()) for index in range(len(lanes))
         ]
+        self.guard: Worker | None = Worker("dualgpu-first-calls", backend.guard_setup())
+        self._guarding: str | None = None
 
     def close(self) -> None:
-        """Stop the lane threads; after a timeout they may be stuck in user code and are left behind."""
+        """Stop the threads; after a timeout they may be stuck in user code and are left behind (and
+        remembered, so the next measurements can say so)."""
         grace = 0.0 if self.broken else 5.0
+        if self.broken:
+            for index, worker in enumerate(self.lane_workers):
+                abandon(self.lanes[index].name, worker)
+            if self._guarding is not None and self.guard is not None:
+                abandon(self._guarding, self.guard)
         for worker in self.lane_workers:
             worker.stop(grace)
+        self._end_guard(grace)
         self.backend.restore()
+
+    def _end_guard(self, grace: float) -> None:
+        """Stop the guard thread once no lane needs it. Its end matters on CPU: with libgomp, every thread
+        that ran a parallel region keeps a thread team, and with more teams than cores all of them spin
+        less and wake slower (the caller's 2-thread operators ran ~15% slower while it lived)."""
+        if self.guard is not None:
+            self.guard.stop(grace)
+            self.guard = None
 
     def __enter__(self) -> Executor:
         return self
@@ -84,13 +106,51 @@ class Executor:
     def sequential(
         self, lanes: Sequence[int], reps: int, calls: Sequence[Callable[[], Any]], run: str
     ) -> Run:
-        """Lanes back to back on the caller's thread and stream: the baseline (and the alone runs)."""
+        """Lanes back to back on the caller's thread and stream: the baseline (and the alone runs).
+
+        Lanes that have not yet returned once run on the guard thread instead, under the timeout.
+        """
         outcomes = {index: _Outcome() for index in lanes}
-        origin = self.backend.begin()
-        with self.backend.lane_scope(None), torch.no_grad():
-            for index in lanes:
-                _repeat(self.backend, calls[index], reps, outcomes[index])
-        return self._finish(origin, lanes, [], outcomes, reps, run)
+
+        def back_to_back() -> Any:
+            origin = self.backend.begin()
+            with self.backend.lane_scope(None), torch.no_grad():
+                for index in lanes:
+                    _repeat(self.backend, calls[index], reps, outcomes[index])
+            return origin
+
+        unproven = [index for index in lanes if index not in self.proven]
+        if unproven:
+            autocast = inherited_autocast(self.backend.device.type)
+
+            def guarded() -> Any:
+                with autocast():
+                    return back_to_back()
+
+            origin = self._guarded(guarded, lambda: _stuck(self.lanes, lanes, outcomes), run)
+        else:
+            origin = back_to_back()
+        result = self._finish(origin, lanes, [], outcomes, reps, run)
+        self.proven.update(lanes)
+        if len(self.proven) == len(self.lanes):
+            self._end_guard(5.0)
+        return result
+
+    def guarded_call(self, call: Callable[[], Any], lane: int, run: str) -> Any:
+        """Run ``call`` (a lane's first piece of work outside a measured run) under the timeout."""
+        return self._guarded(call, lambda: self.lanes[lane].name, run)
+
+    def _guarded(self, call: Callable[[], Any], stuck: Callable[[], str], run: str) -> Any:
+        self._guarding = None
+        if self.guard is None:
+            self.guard = Worker("dualgpu-first-calls", self.backend.guard_setup())
+        future = self.guard.submit(call)
+        done, _ = wait_futures([future], timeout=self.timeout)
+        if not done:
+            self.broken = True
+            self._guarding = stuck()
+            raise LaneTimeoutError([self._guarding], run, self.timeout)
+        return future.result()
 
     def streams(self, reps: int, calls: Sequence[Callable[[], Any]], run: str) -> Run:
         """Every lane on its own stream, issued round-robin from the caller's thread."""
@@ -162,6 +222,12 @@ class Executor:
         )
 
 
+def _stuck(lanes: Sequence[Lane], indices: Sequence[int], outcomes: dict[int, _Outcome]) -> str:
+    """The lane a back-to-back run was in when it ran out of time: the first one not done."""
+    pending = [index for index in indices if not outcomes[index].done]
+    return lanes[pending[0] if pending else indices[-1]].name
+
+
 def inherited_autocast(device_type: str) -> Callable[[], AbstractContextManager[Any]]:
     """The calling thread's autocast state, to re-enter in lane threads (autocast is per thread)."""
     if not torch.is_autocast_enabled(device_type):
@@ -205,6 +271,7 @@ def _repeat(backend: Backend, call: Callable[[], Any], reps: int, outcome: _Outc
         outcome.output = None
     finally:
         _busy.backend = _busy.stamps = None
+        outcome.done = True
 
 
 class Mode:

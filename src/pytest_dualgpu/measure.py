@@ -1,8 +1,20 @@
-"""Calibration and interleaved measuring rounds.
+"""Calibration and interleaved measuring rounds, until a stopping rule has what it needs.
 
 Variants (each lane alone, the lanes back to back, the lanes at once) are measured in rounds, one sample
 of each per round, in an order that rotates every round: slow drift (clocks, temperature, a neighbour's
-load) then hits every variant alike, and the per-round ratio sequential/concurrent cancels it.
+load) then hits every variant alike, and the per-round ratio sequential/concurrent cancels it. A round is
+kept whole or not at all, so every sample has its partners.
+
+Each sample is a block of ``reps`` calls. On CPU it is preceded by a pause (``settle``: OpenMP workers of
+the previous variant keep spinning for a while and would compete) and then by one untimed call of the
+same variant, because the first call after a pause pays for waking the thread team and cold caches
+(measured: +4 ms on a 4 ms BERT-like encoder after a 10 ms pause).
+
+When rounds stop is the caller's rule (``stop``): enough precision, every bound decided, or the budget
+spent; the hard ``deadline`` ends measuring whatever the rule says, mid-round if need be. Before
+stopping, the rounds are checked for a slower start: a lane still settling when its warm-up looked steady
+(a plateau, then a step down) shows as early rounds all slower than the later ones; those are dropped
+and measuring goes on.
 """
 
 from __future__ import annotations
@@ -12,71 +24,173 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import stats
 from .lanes import Run
 from .timeline import overlap
 
 #: A round-trip to the worker threads costs tens of microseconds; blocks shorter than this are noise.
 MIN_BLOCK_SECONDS = 0.002
 MAX_REPS = 10_000
+#: A slower start is dropped when its rounds were this much slower than the rest (median to median).
+SLOW_START_STEP = 1.10
+MAX_RECALIBRATIONS = 2
+
+Variant = Callable[[int], Run]
 
 
 @dataclass
 class Samples:
-    """Per-variant samples, in round order."""
+    """Per-variant samples, in round order; ``blocks`` holds each sample's length in seconds."""
 
     elapsed: dict[str, list[float]] = field(default_factory=dict)
     wall: dict[str, list[float]] = field(default_factory=dict)
     overlaps: dict[str, list[float]] = field(default_factory=dict)
+    blocks: dict[str, list[float]] = field(default_factory=dict)
     last: dict[str, Run] = field(default_factory=dict)
     rounds: int = 0
 
-    def add(self, variant: str, run: Run) -> None:
-        self.elapsed.setdefault(variant, []).append(run.elapsed)
-        self.wall.setdefault(variant, []).append(run.wall)
-        self.overlaps.setdefault(variant, []).append(overlap(run.intervals))
-        run.outputs = []
-        self.last[variant] = run
+    def add_round(self, runs: dict[str, Run], reps: int) -> None:
+        for variant, run in runs.items():
+            self.elapsed.setdefault(variant, []).append(run.elapsed)
+            self.wall.setdefault(variant, []).append(run.wall)
+            self.overlaps.setdefault(variant, []).append(overlap(run.intervals))
+            self.blocks.setdefault(variant, []).append(run.elapsed * reps)
+            run.outputs = []
+            self.last[variant] = run
+        self.rounds += 1
+
+    def drop_first(self, count: int) -> None:
+        for series in (self.elapsed, self.wall, self.overlaps, self.blocks):
+            for variant in series:
+                del series[variant][:count]
+        self.rounds -= count
 
 
-def reps_for(iteration_seconds: float, budget: float, variants: int, min_rounds: int) -> int:
-    """Repetitions per sample so that ``min_rounds`` rounds take about half the budget.
+@dataclass
+class Measured:
+    samples: Samples
+    reps: int
+    stop: str
+    dropped: int = 0
+    recalibrated: int = 0
+    notes: list[str] = field(default_factory=list)
+    round_seconds: list[float] = field(default_factory=list)  # every full round's length, dropped ones too
 
-    Half, so that with a fast model the budget buys many more than the minimum rounds, which is what
-    narrows the confidence interval; and never below a block that the timer and hand-off can resolve.
-    """
-    target = max(MIN_BLOCK_SECONDS, budget / (2 * min_rounds * variants))
-    if iteration_seconds <= 0:
+
+def reps_for(per_call: dict[str, float], target_block: float) -> int:
+    """Repetitions per sample: the longest variant's block near ``target_block`` (at most 4x it), and no
+    block shorter than the timer and the hand-off can resolve."""
+    if not per_call or min(per_call.values()) <= 0:
         return MAX_REPS
-    return max(1, min(MAX_REPS, math.ceil(target / iteration_seconds)))
+    shortest, longest = min(per_call.values()), max(per_call.values())
+    target = max(MIN_BLOCK_SECONDS, target_block)
+    reps = max(math.ceil(MIN_BLOCK_SECONDS / shortest), math.ceil(target / longest))
+    reps = min(reps, max(1, math.ceil(4 * target / longest)))
+    return max(1, min(MAX_REPS, reps))
 
 
 def measure_rounds(
-    variants: dict[str, Callable[[], Run]],
+    variants: dict[str, Variant],
+    reps: int,
     *,
-    budget: float,
-    min_rounds: int,
     settle: float,
+    preroll: bool,
+    min_rounds: int,
+    stop: Callable[[Samples, float], str | None],
+    deadline: float,
+    target_block: float | None = None,
     max_rounds: int = 1000,
-) -> Samples:
-    """Run rotating rounds until ``budget`` seconds are spent (and at least ``min_rounds``).
+    check_start: Callable[[Samples], int | None] | None = None,
+) -> Measured:
+    """Rotating rounds until ``stop(samples, now)`` gives a reason (asked after ``min_rounds``), or
+    ``deadline`` (a ``time.perf_counter`` value) passes; one round at least, whatever the deadline.
 
-    ``settle`` is slept between variants: on CPU, OpenMP workers keep spinning for a while after a
-    parallel region, and a variant started right after one would compete with them.
+    With ``target_block``, the first round checks the calibration: where the blocks came out more than
+    twice too long or too short, ``reps`` is set again from what that round measured and it is measured
+    anew (twice at most).
     """
     names = list(variants)
-    samples = Samples()
-    deadline = time.perf_counter() + budget
-    while samples.rounds < max_rounds and (samples.rounds < min_rounds or time.perf_counter() < deadline):
+    measured = Measured(Samples(), reps, "")
+    samples = measured.samples
+    while samples.rounds < max_rounds:
         shift = samples.rounds % len(names)
+        runs: dict[str, Run] = {}
+        began = time.perf_counter()
         for name in names[shift:] + names[:shift]:
+            if samples.rounds and time.perf_counter() >= deadline:  # one round there is, whatever the time
+                break
             if settle:
                 time.sleep(settle)
-            samples.add(name, variants[name]())
-        samples.rounds += 1
-    return samples
+            if preroll:
+                variants[name](1)
+            runs[name] = variants[name](measured.reps)
+        if len(runs) < len(names):
+            measured.stop = "max budget" if samples.rounds >= min_rounds else "deadline"
+            break
+        samples.add_round(runs, measured.reps)
+        measured.round_seconds.append(time.perf_counter() - began)
+        if target_block is not None and samples.rounds == 1 and measured.recalibrated < MAX_RECALIBRATIONS:
+            better = reps_for({name: run.elapsed for name, run in runs.items()}, target_block)
+            if better >= 2 * measured.reps or 2 * better <= measured.reps:
+                measured.notes.append(
+                    f"recalibrated: {measured.reps} call(s) per sample gave blocks of "
+                    f"{min(samples.blocks[name][0] for name in names) * 1e3:.3g}-"
+                    f"{max(samples.blocks[name][0] for name in names) * 1e3:.3g} ms; now {better}"
+                )
+                measured.reps = better
+                measured.recalibrated += 1
+                samples.drop_first(1)
+                continue
+        now = time.perf_counter()
+        reason = stop(samples, now) if samples.rounds >= min_rounds or now >= deadline else None
+        if reason is None:
+            continue
+        start = check_start(samples) if check_start is not None else None
+        if start is not None and now < deadline:
+            samples.drop_first(start)
+            measured.dropped += start
+            continue
+        measured.stop = reason
+        break
+    else:
+        measured.stop = "max rounds"
+    start = check_start(samples) if check_start is not None else None
+    if start is not None and samples.rounds - start >= stats.MIN_DECISION_ROUNDS:
+        samples.drop_first(start)
+        measured.dropped += start
+    return measured
 
 
-def time_once(run: Callable[[], Run], times: int = 3) -> float:
-    """Median per-iteration time of a few single runs, for calibration."""
-    values = sorted(run().elapsed for _ in range(times))
-    return values[len(values) // 2]
+def slower_start(series: dict[str, list[float]], variants: list[str]) -> int | None:
+    """Rounds to drop from the start: where one of ``variants`` (times) began clearly slower than it went
+    on, and the back-to-back time (which contains every lane) agrees it was slower then."""
+    if not series:
+        return None
+    starts = []
+    for variant in variants:
+        split = stats.slower_start(series[variant])
+        if split is None:
+            continue
+        earlier, later = series[variant][:split], series[variant][split:]
+        sequential = series["sequential"]
+        if stats.median(earlier) >= SLOW_START_STEP * stats.median(later) and stats.median(
+            sequential[:split]
+        ) > stats.median(sequential[split:]):
+            starts.append(split)
+    return max(starts) if starts else None
+
+
+def block_warning(samples: Samples, reps: int) -> str | None:
+    """A note when a variant's median sample was shorter than the timer resolves well."""
+    short = {
+        name: stats.median(blocks)
+        for name, blocks in samples.blocks.items()
+        if blocks and stats.median(blocks) < MIN_BLOCK_SECONDS / 2
+    }
+    if not short:
+        return None
+    shown = ", ".join(f"{name} {seconds * 1e6:.0f} us" for name, seconds in short.items())
+    return (
+        f"samples too short to time well ({shown} per sample of {reps} call(s), under "
+        f"{MIN_BLOCK_SECONDS / 2 * 1e3:g} ms): the figures carry the timer's and hand-off's overhead"
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import warnings
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import gpus, hookspecs
+from .baseline import Baseline
 from .collector import ResultCollector
 from .errors import DualGpuError, DualGpuUsageError
 from .report import (
@@ -30,18 +32,20 @@ from .report import (
     dumps,
 )
 from .settings import OPTIONS, Settings
-from .verdicts import FAIL, MARKERS, WARN, judge, parse_marker
+from .verdicts import FAIL, INCONCLUSIVE, MARKERS, WARN, judge, parse_marker
 
 if TYPE_CHECKING:
     import torch
 
     from .api import DualInfer
+    from .bounds import Bound
     from .results import DualResult
 
 settings_key = pytest.StashKey[Settings]()
 assigned_gpu_key = pytest.StashKey["str | None"]()
 collector_key = pytest.StashKey[ResultCollector]()
 calls_key = pytest.StashKey[list["Call"]]()
+baseline_key = pytest.StashKey["Baseline | None"]()
 
 
 @dataclasses.dataclass
@@ -53,7 +57,8 @@ class Call:
 
 
 class DualGpuWarning(pytest.PytestWarning):
-    """A dualgpu check that was asked only to warn (``dualgpu_sync(implicit="warn")``)."""
+    """A dualgpu check that was asked only to warn (``dualgpu_sync(implicit="warn")``), or a verdict that
+    stayed inconclusive under ``--dualgpu-inconclusive=warn``."""
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -233,7 +238,12 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
     collector = session.config.stash.get(collector_key, None)
     if collector is not None and not collector.is_worker:
         comparison = collector.compare_with_baseline()
-        if comparison is not None and comparison.regressions:
+        undecided_fails = (
+            comparison is not None
+            and bool(comparison.inconclusive)
+            and (collector.settings.inconclusive == "fail")
+        )
+        if comparison is not None and (comparison.regressions or undecided_fails):
             session.testsfailed += 1
     return outcome
 
@@ -280,7 +290,7 @@ def place_model(dualgpu_device: torch.device) -> Callable[..., torch.nn.Module]:
 
 
 @pytest.fixture
-def dual_infer(request: pytest.FixtureRequest) -> DualInfer:
+def dual_infer(request: pytest.FixtureRequest) -> _FixtureDualInfer:
     """``dual_infer`` bound to the session's settings; every result is recorded for markers and report.
 
     The test's ``dualgpu_correct`` tolerance and ``dualgpu_sync`` checks are the defaults of each call;
@@ -315,15 +325,97 @@ def dual_infer(request: pytest.FixtureRequest) -> DualInfer:
         )
         _record(item, failed)
 
-    return unbound.bind(
+    device = _session_device(request.config)
+    speedup = specs.get("dualgpu_speedup")
+    marker_bounds = speedup.bounds if speedup is not None and device.type in speedup.device_types else ()
+    for name in ("max_budget", "warmup", "lock_timeout"):
+        if getattr(settings, name) is not None:
+            defaults[name] = getattr(settings, name)
+    bound = unbound.bind(
         on_result=record_result,
         on_error=record_error,
+        on_notice=functools.partial(_notice, request.config),
         mode=settings.mode,
-        device=_session_device(request.config),
+        device=device,
         budget=settings.budget,
         profile=settings.profile,
         **defaults,
     )
+    return _FixtureDualInfer(bound, item, marker_bounds, _baseline(request.config), settings)
+
+
+class _FixtureDualInfer:
+    """The fixture's callable: every call also gets the bounds it must decide, the markers' and the
+    regression gate's for that call (so the engine measures until it can say pass or fail)."""
+
+    def __init__(
+        self,
+        bound: DualInfer,
+        item: pytest.Item,
+        marker_bounds: tuple[Bound, ...],
+        baseline: Baseline | None,
+        settings: Settings,
+    ) -> None:
+        self._bound = bound
+        self._item = item
+        self._marker_bounds = marker_bounds
+        self._baseline = baseline
+        self._settings = settings
+
+    def _with_bounds(self, settings: dict[str, Any]) -> dict[str, Any]:
+        if "bounds" in settings:
+            return settings
+        bounds = self._marker_bounds
+        if self._baseline is not None and self._settings.compare_fail:
+            call = len(self._item.stash.get(calls_key, []))
+            bounds += self._baseline.bounds_for(self._item.nodeid, call, self._settings.compare_fail)
+        return {**settings, "bounds": bounds} if bounds else settings
+
+    def __call__(self, *args: Any, **settings: Any) -> DualResult:
+        return self._bound(*args, **self._with_bounds(settings))
+
+    def many(self, *args: Any, **settings: Any) -> DualResult:
+        return self._bound.many(*args, **self._with_bounds(settings))
+
+    def pipeline(self, *args: Any, **settings: Any) -> DualResult:
+        return self._bound.pipeline(*args, **self._with_bounds(settings))
+
+    def bind(self, **settings: Any) -> DualInfer:
+        return self._bound.bind(**settings)
+
+    @property
+    def settings(self) -> Any:
+        return self._bound.settings
+
+    def __repr__(self) -> str:
+        return repr(self._bound)
+
+
+def _baseline(config: pytest.Config) -> Baseline | None:
+    """The saved report the gate compares with, loaded once per process (xdist workers too)."""
+    if baseline_key not in config.stash:
+        settings = config.stash[settings_key]
+        baseline = None
+        if settings.compare is not None and settings.compare_fail:
+            try:
+                baseline = Baseline.load(settings.compare)
+            except DualGpuUsageError:
+                baseline = None  # the controller reports a broken baseline; here it only bounds no call
+        config.stash[baseline_key] = baseline
+    return config.stash[baseline_key]
+
+
+def _notice(config: pytest.Config, message: str) -> None:
+    """Say something now, while a test runs (a wait for the measuring lock): past output capturing."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    context = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+    with context:
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"dualgpu: {message}", yellow=True)
+        else:  # an xdist worker has no terminal of its own; its stderr reaches the controller's
+            print(f"dualgpu: {message}", file=sys.__stderr__, flush=True)
 
 
 def marker_specs(item: pytest.Item) -> dict[str, Any]:
@@ -360,7 +452,8 @@ def _judge(item: pytest.Item, body_passed: bool) -> None:
             "directly is not recorded)",
             pytrace=False,
         )
-    failures = []
+    policy = item.config.stash[settings_key].inconclusive
+    failures, undecided = [], []
     for call in results:
         row = call.entry
         assert isinstance(row, ReportRow)
@@ -371,11 +464,21 @@ def _judge(item: pytest.Item, body_passed: bool) -> None:
         for verdict in verdicts.values():
             if verdict.status == FAIL:
                 failures.append(f"dualgpu_{verdict.kind} failed for {where}: {verdict.message}")
+            elif verdict.status == INCONCLUSIVE:
+                undecided.append(f"dualgpu_{verdict.kind} inconclusive for {where}: {verdict.message}")
             elif verdict.status == WARN and body_passed:
                 message = f"dualgpu_{verdict.kind} for {where}: {verdict.message}"
                 warnings.warn(DualGpuWarning(message), stacklevel=1)
-    if failures and body_passed:
+    if not body_passed:
+        return
+    if policy == "fail":
+        failures += [f"{line} (--dualgpu-inconclusive=fail)" for line in undecided]
+    if failures:
         pytest.fail("\n".join(failures), pytrace=False)
+    if undecided and policy == "skip":
+        pytest.skip("\n".join(undecided))
+    for line in undecided:
+        warnings.warn(DualGpuWarning(line), stacklevel=1)
 
 
 def _session_device(config: pytest.Config) -> torch.device:

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
+from . import stats
 from .api import dual_infer
+from .bounds import Bound
 from .results import DualResult
 
 Models = Callable[[], tuple[torch.nn.Module, torch.nn.Module, Any, Any]]
@@ -45,6 +47,16 @@ class Task:
         """Measured, but the concurrent outputs differ from each model's alone: a race, not a speedup."""
         return self.result is not None and not self.result.correct
 
+    @property
+    def trusted(self) -> bool:
+        """Measured, correct, and with figures that can all be true: the only kind that may be "best"."""
+        return self.result is not None and self.result.correct and self.result.reliable
+
+    @property
+    def gains(self) -> bool:
+        """Trusted, and faster at once beyond noise and the harness's margin (decided like a bound)."""
+        return self.trusted and gains(_result(self))
+
     def run(self) -> None:
         try:
             model_a, model_b, inputs_a, inputs_b = self.make()
@@ -55,6 +67,31 @@ class Task:
             self.result = dataclasses.replace(result, outputs=None, reference=None)
         except Exception as error:  # a model that fails here is reported in its cells; the rest still runs
             self.error = f"{type(error).__name__}: {_first_line(error)}"
+
+
+def gains(result: DualResult) -> bool:
+    return result.reliable and Bound("speedup", 1.0).decide_on(result) == stats.PASS
+
+
+def best(tasks: Iterable[Task]) -> Task | None:
+    """The trusted task that gains the most, else the trusted one that loses the least; never an
+    unreliable or wrong one."""
+    trusted = [task for task in tasks if task.trusted]
+    if not trusted:
+        return None
+    return max(trusted, key=lambda task: (task.gains, _result(task).speedup))
+
+
+def notes(tasks: Iterable[Task]) -> list[str]:
+    """Every measured task's problems and warnings, as the pytest report lists them."""
+    lines = []
+    for task in tasks:
+        if task.result is None:
+            continue
+        where = f"{task.label} ({task.result.mode})"
+        lines += [f"{where}: UNRELIABLE: {problem}" for problem in task.result.problems]
+        lines += [f"{where}: {warning}" for warning in task.result.warnings]
+    return lines
 
 
 def applicable_modes(device: torch.device) -> list[str]:
@@ -72,11 +109,12 @@ def profile_tasks(
 def profile_verdict(tasks: Sequence[Task]) -> str:
     """The answer to "does this pair pay, and how": the best mode in numbers, then what went wrong."""
     ran = [task for task in tasks if task.result is not None and task.result.mode == _ran_as(task)]
-    sound = [task for task in ran if not task.wrong]
+    chosen = best(ran)
     sentences = []
-    if sound:
-        best = max(sound, key=lambda task: _result(task).speedup)
-        sentences.append(_pays(_result(best).mode, _result(best)))
+    if chosen is not None:
+        sentences.append(_pays(_result(chosen).mode, _result(chosen)))
+    elif any(not task.wrong for task in ran):
+        sentences.append("no mode gave figures that can all be true (see UNRELIABLE below); measure again")
     for task in tasks:
         if task.error is not None:
             sentences.append(f"{task.key} failed: {task.error}")
@@ -104,9 +142,10 @@ def _pays(mode: str, result: DualResult) -> str:
     lo, hi = result.speedup_ci
     efficiency = "" if result.efficiency is None else f", efficiency {result.efficiency:.2f}"
     verdict = f"{mode} mode: {result.speedup:.2f}x of an ideal {result.ideal_speedup:.2f}x{efficiency}"
-    if lo > 1.0:
+    against_one = Bound("speedup", 1.0).decide_on(result)
+    if against_one == stats.PASS:
         return verdict
-    if hi < 1.0:
+    if against_one == stats.FAIL:
         return f"{verdict}: running them at once is slower here"
     return f"{verdict}: no gain beyond noise [95% CI {lo:.2f}, {hi:.2f}]"
 
@@ -138,33 +177,36 @@ def _cell(task: Task) -> str:
     if task.result is None:
         return "..."
     efficiency = "-" if task.result.efficiency is None else f"{task.result.efficiency:.2f}"
-    return f"{task.result.speedup:.2f}x / {efficiency}" + (" WRONG" if task.wrong else "")
+    marks = (" WRONG" if task.wrong else "") + ("" if task.result.reliable else " UNRELIABLE")
+    return f"{task.result.speedup:.2f}x / {efficiency}{marks}"
 
 
 def matrix_verdict(tasks: Sequence[Task]) -> str:
     """The best sound pairing in words; pairs with wrong outputs are never it."""
-    sound = [task for task in tasks if task.result is not None and not task.wrong]
+    chosen = best(tasks)
+    trusted = [task for task in tasks if task.trusted]
     sentences = []
-    if sound:
-        best = max(sound, key=lambda task: _result(task).speedup)
-        result = _result(best)
-        gains = [task for task in sound if _result(task).speedup_ci[0] > 1.0]
-        if not gains:
+    if chosen is not None:
+        result = _result(chosen)
+        paying = [task for task in trusted if task.gains]
+        if not paying:
             kind = "no pairing gains beyond noise; the least costly"
-        elif best.key[0] == best.key[1]:
+        elif chosen.key[0] == chosen.key[1]:
             kind = "the best pairing is a model beside a copy of itself"
         else:
             kind = "the best pairing"
         sentences.append(
-            f"{kind}: {best.label}, {result.speedup:.2f}x of an ideal {result.ideal_speedup:.2f}x "
+            f"{kind}: {chosen.label}, {result.speedup:.2f}x of an ideal {result.ideal_speedup:.2f}x "
             f"({result.mode} mode)"
         )
-        sentences.append(f"{len(gains)} of {len(sound)} pairings gain beyond noise")
+        sentences.append(f"{len(paying)} of {len(trusted)} pairings gain beyond noise")
     for task in tasks:
         if task.error is not None:
             sentences.append(f"{task.label} failed: {task.error}")
         elif task.wrong:
             sentences.append(f"{task.label} gave wrong outputs: {_wrong(_result(task))}")
+        elif task.result is not None and not task.result.reliable:
+            sentences.append(f"{task.label} is unreliable (not counted)")
     return "; ".join(sentences) or "nothing was measured"
 
 
@@ -182,7 +224,9 @@ def sweep_rows(tasks: Sequence[Task]) -> list[list[str]]:
             [
                 str(batch),
                 result.mode,
-                f"{result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]" + (" WRONG" if task.wrong else ""),
+                f"{result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"
+                + (" WRONG" if task.wrong else "")
+                + ("" if result.reliable else " UNRELIABLE"),
                 f"{result.ideal_speedup:.2f}x",
                 "-" if result.efficiency is None else f"{result.efficiency:.2f}",
                 *(_rate(batch / lane.alone.median) for lane in result.lanes),
@@ -205,12 +249,17 @@ def sweep_table(names: tuple[str, str], tasks: Sequence[Task], tablefmt: str = "
 
 def sweep_verdict(tasks: Sequence[Task]) -> str:
     """Where concurrency stops paying: the batch size from which no larger one gains beyond noise."""
-    measured = [task for task in tasks if task.result is not None and not task.wrong]
-    notes = [f"batch {task.key} failed" for task in tasks if task.error is not None]
-    notes += [f"batch {task.key} gave wrong outputs" for task in tasks if task.wrong]
+    measured = [task for task in tasks if task.trusted]
+    said = [f"batch {task.key} failed" for task in tasks if task.error is not None]
+    said += [f"batch {task.key} gave wrong outputs" for task in tasks if task.wrong]
+    said += [
+        f"batch {task.key} is unreliable (not counted)"
+        for task in tasks
+        if task.result is not None and not task.wrong and not task.result.reliable
+    ]
     if not measured:
-        return "; ".join(["nothing was measured", *notes])
-    paying = [task for task in measured if _result(task).speedup_ci[0] > 1.0]
+        return "; ".join(["nothing was measured", *said])
+    paying = [task for task in measured if task.gains]
     if len(paying) == len(measured):
         verdict = f"concurrency pays at every batch size measured (up to {measured[-1].key})"
     elif not paying:
@@ -225,7 +274,7 @@ def sweep_verdict(tasks: Sequence[Task]) -> str:
             f"concurrency pays at batch {_batches(paying)}; from batch {stop.key} on it does not "
             f"({result.speedup:.2f}x [95% CI {lo:.2f}, {hi:.2f}] at {stop.key})"
         )
-    return "; ".join([verdict, *notes])
+    return "; ".join([verdict, *said])
 
 
 def _batches(tasks: Sequence[Task]) -> str:

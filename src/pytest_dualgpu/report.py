@@ -18,9 +18,12 @@ from tabulate import tabulate
 
 from .errors import DualGpuUsageError
 from .results import DualResult
-from .verdicts import FAIL, VERDICT_KINDS, WARN
+from .verdicts import FAIL, INCONCLUSIVE, VERDICT_KINDS, WARN
 
-JSON_VERSION = 2
+JSON_VERSION = 3
+#: Versions ``load_report`` reads: 2 lacks the warm-up, reliability and decision fields, which read back
+#: as unknown (reliable, no problems), so baselines saved before them still gate.
+READABLE_VERSIONS = (2, 3)
 PROPERTY = "dualgpu"
 ERROR_PROPERTY = "dualgpu_error"
 
@@ -50,6 +53,15 @@ class ReportRow:
     @property
     def failed(self) -> bool:
         return FAIL in self.verdicts.values()
+
+    @property
+    def doubtful(self) -> bool:
+        """A verdict left open, or figures that cannot all be true: shown, in yellow, but failing nothing."""
+        return INCONCLUSIVE in self.verdicts.values() or not self.result.reliable
+
+    @property
+    def colour(self) -> str | None:
+        return "red" if self.failed else "yellow" if self.doubtful else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,7 +126,7 @@ def _alone(row: ReportRow) -> str:
 
 def _speedup(row: ReportRow) -> str:
     lo, hi = row.result.speedup_ci
-    return f"{row.result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"
+    return f"{row.result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]" + ("" if row.result.reliable else " UNRELIABLE")
 
 
 def _efficiency(row: ReportRow) -> str:
@@ -141,7 +153,7 @@ def _verdicts(row: ReportRow) -> str:
 
 
 def _status(status: str) -> str:
-    return status.upper() if status in (FAIL, WARN) else status
+    return status.upper() if status in (FAIL, WARN, INCONCLUSIVE) else status
 
 
 def default_columns() -> list[Column]:
@@ -170,9 +182,10 @@ def format_table(
     rows: Sequence[ReportRow],
     columns: Sequence[Column] | None = None,
     tablefmt: str = "simple",
-    highlight: Callable[[str], str] | None = None,
+    highlight: Callable[[str, str], str] | None = None,
 ) -> str:
-    """The table; ``highlight`` marks up every cell of a row with a failed verdict."""
+    """The table; ``highlight(cell, colour)`` marks up every cell of a row with a failed verdict (red) or
+    an inconclusive one or unreliable figures (yellow)."""
     columns = default_columns() if columns is None else columns
     cells = [[column.cell(row) for column in columns] for row in rows]
     shown = [
@@ -183,7 +196,8 @@ def format_table(
     table = []
     for row, line in zip(rows, cells, strict=True):
         kept = [line[index] for index in shown]
-        table.append([highlight(cell) for cell in kept] if highlight is not None and row.failed else kept)
+        colour = row.colour
+        table.append([highlight(cell, colour) for cell in kept] if highlight and colour else kept)
     headers = [columns[index].header for index in shown]
     return tabulate(table, headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
@@ -226,6 +240,7 @@ def markdown(
     else:
         lines.append("No dual_infer results in this session.")
     bullets = [f"`{error.nodeid}` call {error.call + 1} raised: {error.error}" for error in errors]
+    bullets += [f"`{row.label}` is unreliable: {problem}" for row in rows for problem in row.result.problems]
     bullets += list(notes)
     if bullets:
         lines.append("")
@@ -255,10 +270,10 @@ def load_report(path: Path, shown: str, fix: str) -> SavedReport:
         raise DualGpuUsageError(f"{shown}: not JSON ({error}); {fix}") from None
     if not isinstance(document, dict) or not isinstance(document.get("results"), list):
         raise DualGpuUsageError(f"{shown}: not a pytest-dualgpu JSON report; {fix}")
-    if document.get("version") != JSON_VERSION:
+    if document.get("version") not in READABLE_VERSIONS:
         raise DualGpuUsageError(
-            f"{shown}: a version {document.get('version')} report; this pytest-dualgpu reads version "
-            f"{JSON_VERSION}; {fix}"
+            f"{shown}: a version {document.get('version')} report; this pytest-dualgpu reads versions "
+            f"{' and '.join(str(version) for version in READABLE_VERSIONS)}; {fix}"
         )
     machine = document.get("machine", {})
     if not isinstance(machine, dict):

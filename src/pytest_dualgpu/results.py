@@ -59,16 +59,67 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class WarmUp:
+    """How long a lane (or a mode's concurrent run) was warmed up before measuring, and whether its time
+    per call had stopped changing by then (``per_call``: that steady time, seconds)."""
+
+    seconds: float
+    calls: int
+    converged: bool
+    per_call: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WarmUp:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class LaneResult:
     name: str
     alone: Measurement
+    warmup: WarmUp | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "alone": self.alone.to_dict()}
+        return {
+            "name": self.name,
+            "alone": self.alone.to_dict(),
+            "warmup": self.warmup.to_dict() if self.warmup else None,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LaneResult:
-        return cls(name=data["name"], alone=Measurement.from_dict(data["alone"]))
+        warmup = data.get("warmup")
+        return cls(
+            name=data["name"],
+            alone=Measurement.from_dict(data["alone"]),
+            warmup=WarmUp.from_dict(warmup) if warmup else None,
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How one bound the call was asked to decide came out: pass, fail or inconclusive."""
+
+    metric: str
+    bound: float
+    status: str
+    interval: Interval | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "bound": self.bound,
+            "status": self.status,
+            "interval": None if self.interval is None else list(self.interval),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decision:
+        interval = data.get("interval")
+        return cls(data["metric"], data["bound"], data["status"], _pair(interval))
 
 
 @dataclass(frozen=True)
@@ -121,13 +172,15 @@ class ModeProbe:
     concurrent: float | None = None
     error: str | None = None
     chosen: bool = False
+    warmup: WarmUp | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "warmup": self.warmup.to_dict() if self.warmup else None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModeProbe:
-        return cls(**data)
+        warmup = data.get("warmup")
+        return cls(**{**data, "warmup": WarmUp.from_dict(warmup) if warmup else None})
 
 
 @dataclass
@@ -163,6 +216,15 @@ class DualResult:
     lock_wait: float = 0.0
     micro_batches: int | None = None
     hint: str | None = None  # why the lanes did not overlap, when they did not
+    # Whether the figures are physically possible and steady; ``problems`` says why not. No verdict passes
+    # on an unreliable result.
+    reliable: bool = True
+    problems: list[str] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    stop: str = ""  # why measuring stopped: precise, decided, undecidable, budget, max budget, deadline
+    warmup_seconds: float = 0.0
+    measuring_seconds: float = 0.0
+    dropped_rounds: int = 0  # rounds measured before the lanes had settled, left out
     # The last round's busy intervals of each lane (its first repetitions), for traces; overlap used all.
     timelines: dict[str, list[LaneTimeline]] = field(default_factory=dict)
     outputs: list[Any] | None = field(default=None, repr=False, compare=False)
@@ -204,6 +266,13 @@ class DualResult:
             "lock_wait": self.lock_wait,
             "micro_batches": self.micro_batches,
             "hint": self.hint,
+            "reliable": self.reliable,
+            "problems": list(self.problems),
+            "decisions": [decision.to_dict() for decision in self.decisions],
+            "stop": self.stop,
+            "warmup_seconds": self.warmup_seconds,
+            "measuring_seconds": self.measuring_seconds,
+            "dropped_rounds": self.dropped_rounds,
             "timelines": {
                 run: [{"lane": line.lane, "intervals": [list(iv) for iv in line.intervals]} for line in lines]
                 for run, lines in self.timelines.items()
@@ -251,6 +320,13 @@ class DualResult:
             lock_wait=data.get("lock_wait", 0.0),
             micro_batches=data.get("micro_batches"),
             hint=data.get("hint"),
+            reliable=data.get("reliable", True),
+            problems=list(data.get("problems", [])),
+            decisions=[Decision.from_dict(decision) for decision in data.get("decisions", [])],
+            stop=data.get("stop", ""),
+            warmup_seconds=data.get("warmup_seconds", 0.0),
+            measuring_seconds=data.get("measuring_seconds", 0.0),
+            dropped_rounds=data.get("dropped_rounds", 0),
             timelines={
                 run: [
                     LaneTimeline(line["lane"], tuple(_interval(iv) for iv in line["intervals"]))
@@ -261,7 +337,7 @@ class DualResult:
         )
 
 
-def _pair(values: Sequence[float] | None) -> tuple[float, float] | None:
+def _pair(values: Sequence[float] | None) -> Interval | None:
     return None if values is None else _interval(values)
 
 

@@ -21,6 +21,7 @@ ReportKind = Literal["term", "json", "md", "trace", "png"]
 REPORT_KINDS: tuple[ReportKind, ...] = ("term", "json", "md", "trace", "png")
 TARGET_FORMS = "term, json:PATH, md, md:PATH, trace:DIR or png:DIR"
 DEFAULT_BUDGET = 1.0
+INCONCLUSIVE_CHOICES = ("warn", "fail", "skip")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,27 @@ OPTIONS = (
     Option("mode", f"Execution mode of dual_infer: auto (default), {', '.join(MODES)}", "string"),
     Option("budget", f"Seconds of measured rounds per dual_infer call (default {DEFAULT_BUDGET})", "float"),
     Option(
+        "max_budget",
+        "Seconds a call may keep measuring to decide a bound the budget left open (default 5x the budget)",
+        "float",
+    ),
+    Option(
+        "warmup",
+        "Cap in seconds of the steady-state warm-up of a dual_infer call (default 3; 0 skips it)",
+        "float",
+    ),
+    Option(
+        "inconclusive",
+        "What an inconclusive verdict does to its test: warn (default: passes with a warning), fail or skip",
+        "string",
+        "warn|fail|skip",
+    ),
+    Option(
+        "lock_timeout",
+        "Seconds to wait for another process's measuring lock before giving up (default 600)",
+        "float",
+    ),
+    Option(
         "devices",
         "GPU per pytest-xdist worker: auto (all visible GPUs) or indices such as 0,1; worker gwN gets the "
         "Nth, round robin",
@@ -100,6 +122,10 @@ class Settings:
     device: str = "auto"
     mode: str = "auto"
     budget: float = DEFAULT_BUDGET
+    max_budget: float | None = None
+    warmup: float | None = None
+    inconclusive: str = "warn"
+    lock_timeout: float | None = None
     devices: tuple[int, ...] | Literal["auto"] | None = None
     require_cuda: bool = False
     profile: bool = False
@@ -134,6 +160,10 @@ class Settings:
             device=values.get("device", "auto"),
             mode=values.get("mode", "auto"),
             budget=values.get("budget", DEFAULT_BUDGET),
+            max_budget=values.get("max_budget"),
+            warmup=values.get("warmup"),
+            inconclusive=values.get("inconclusive", "warn"),
+            lock_timeout=values.get("lock_timeout"),
             devices=values.get("devices"),
             require_cuda=values.get("require_cuda", False),
             profile=values.get("profile", False),
@@ -146,6 +176,11 @@ class Settings:
             raise DualGpuUsageError(
                 "compare_fail needs a baseline to compare with: add --dualgpu-compare=PATH "
                 "(a JSON report saved earlier with --dualgpu-save=PATH)"
+            )
+        if settings.max_budget is not None and settings.max_budget < settings.budget:
+            raise DualGpuUsageError(
+                f"max_budget ({settings.max_budget:g} s) is below the budget ({settings.budget:g} s); it is "
+                "how far measuring may go past the budget to decide a bound, so give at least the budget"
             )
         if settings.require_cuda and settings.device == "cpu":
             raise DualGpuUsageError(
@@ -190,14 +225,43 @@ def parse_mode(raw: object) -> str:
     raise DualGpuUsageError(f"the mode must be auto or one of {', '.join(MODES)}")
 
 
-def parse_budget(raw: object) -> float:
+def _seconds(raw: object, what: str, example: str, allow_zero: bool = False) -> float:
     try:
-        budget = float(raw)  # type: ignore[arg-type]
+        seconds = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        budget = math.nan
-    if isinstance(raw, bool) or not budget > 0 or math.isinf(budget):
-        raise DualGpuUsageError("the budget must be a number of seconds > 0, e.g. 0.5")
-    return budget
+        seconds = math.nan
+    low_ok = seconds >= 0 if allow_zero else seconds > 0
+    if isinstance(raw, bool) or not low_ok or math.isinf(seconds):
+        raise DualGpuUsageError(
+            f"{what} must be a number of seconds {'>=' if allow_zero else '>'} 0, e.g. {example}"
+        )
+    return seconds
+
+
+def parse_budget(raw: object) -> float:
+    return _seconds(raw, "the budget", "0.5")
+
+
+def parse_max_budget(raw: object) -> float:
+    return _seconds(raw, "the max budget", "5")
+
+
+def parse_warmup(raw: object) -> float:
+    return _seconds(raw, "the warm-up cap", "3 (0 skips the warm-up)", allow_zero=True)
+
+
+def parse_lock_timeout(raw: object) -> float:
+    return _seconds(raw, "the lock timeout", "600")
+
+
+def parse_inconclusive(raw: object) -> str:
+    text = str(raw).strip()
+    if text in INCONCLUSIVE_CHOICES:
+        return text
+    raise DualGpuUsageError(
+        f"inconclusive must be one of {', '.join(INCONCLUSIVE_CHOICES)} (what an undecided verdict does to "
+        "its test)"
+    )
 
 
 def parse_devices(raw: object) -> tuple[int, ...] | Literal["auto"]:
@@ -246,6 +310,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "device": parse_device,
     "mode": parse_mode,
     "budget": parse_budget,
+    "max_budget": parse_max_budget,
+    "warmup": parse_warmup,
+    "inconclusive": parse_inconclusive,
+    "lock_timeout": parse_lock_timeout,
     "devices": parse_devices,
     "require_cuda": parse_bool,
     "profile": parse_bool,

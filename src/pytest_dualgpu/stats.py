@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 def quantile(samples: Sequence[float], q: float) -> float:
@@ -60,3 +61,115 @@ def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) ->
     if len(numerators) != len(denominators):
         raise ValueError(f"paired samples differ in length: {len(numerators)} vs {len(denominators)}")
     return [num / den for num, den in zip(numerators, denominators, strict=True) if den > 0.0]
+
+
+#: The smallest number of rounds whose range covers the median with at least 95% (1 - 2/2**6 = 96.9%):
+#: with fewer, no interval at 95% exists, so no bound can be decided.
+MIN_DECISION_ROUNDS = 6
+
+PASS = "pass"
+FAIL = "fail"
+INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class Margin:
+    """What the harness itself may be off by, on top of the statistical interval.
+
+    ``relative``: a share of the value (times, speedups); otherwise an amount (efficiency points).
+    """
+
+    amount: float
+    relative: bool = True
+
+    def widen(self, interval: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = interval
+        if self.relative:
+            return lo - self.amount * abs(lo), hi + self.amount * abs(hi)
+        return lo - self.amount, hi + self.amount
+
+
+def decide(
+    interval: tuple[float, float], bound: float, *, higher_is_better: bool, margin: Margin, rounds: int
+) -> str:
+    """Pass when the whole interval (widened by the margin) lies on the good side of the bound, fail when
+    it lies on the other side, inconclusive when it straddles it or too few rounds back it."""
+    if rounds < MIN_DECISION_ROUNDS:
+        return INCONCLUSIVE
+    lo, hi = margin.widen(interval)
+    if higher_is_better:
+        good, bad = lo >= bound, hi < bound
+    else:
+        good, bad = hi <= bound, lo > bound
+    return PASS if good else FAIL if bad else INCONCLUSIVE
+
+
+def relative_width(interval: tuple[float, float], center: float) -> float:
+    lo, hi = interval
+    return (hi - lo) / abs(center) if center else math.inf
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A monotone trend over the rounds: Mann-Kendall's test and the Theil-Sen slope.
+
+    ``change``: the slope over the whole run as a share of the median (0.3 = rose by 30%).
+    """
+
+    p_value: float
+    change: float
+
+    def significant(self, alpha: float, min_change: float) -> bool:
+        return self.p_value < alpha and abs(self.change) >= min_change
+
+
+def trend(samples: Sequence[float]) -> Trend | None:
+    """Mann-Kendall with the normal approximation (no tie correction: timings rarely tie); None below
+    8 samples, where even a perfectly monotone series is not significant at 1%."""
+    n = len(samples)
+    if n < 8:
+        return None
+    s = 0
+    slopes = []
+    for i in range(n - 1):
+        for j in range(i + 1, n):
+            difference = samples[j] - samples[i]
+            s += (difference > 0) - (difference < 0)
+            slopes.append(difference / (j - i))
+    variance = n * (n - 1) * (2 * n + 5) / 18
+    z = (s - math.copysign(1, s)) / math.sqrt(variance) if s else 0.0
+    p_value = math.erfc(abs(z) / math.sqrt(2))
+    middle = median(samples)
+    change = median(slopes) * (n - 1) / middle if middle else 0.0
+    return Trend(p_value, change)
+
+
+def slower_start(samples: Sequence[float], min_side: int = 3) -> int | None:
+    """Where a series that started slow settled: the split k with every one of the first k samples slower
+    than every later one, ``min_side`` on each side at least, and the later ones the faster by the most.
+
+    Under no change, one such split at a given k has probability 1/C(n, k) (0.05 summed over k = 3..5
+    at n = 8, less as n grows); the caller also asks for a size of the step.
+    """
+    n = len(samples)
+    best: tuple[float, int] | None = None
+    for k in range(min_side, n - min_side + 1):
+        earlier, later = samples[:k], samples[k:]
+        if min(earlier) > max(later):
+            step = median(earlier) / median(later) if median(later) > 0 else math.inf
+            if best is None or step > best[0]:
+                best = (step, k)
+    return None if best is None else best[1]
+
+
+def outliers(samples: Sequence[float], reach: float = 3.0) -> list[int]:
+    """Indices of samples beyond ``reach`` interquartile ranges outside the quartiles (Tukey's far out)."""
+    if len(samples) < 4:
+        return []
+    q1, q3 = quantile(samples, 0.25), quantile(samples, 0.75)
+    spread = q3 - q1
+    return [
+        index
+        for index, value in enumerate(samples)
+        if value < q1 - reach * spread or value > q3 + reach * spread
+    ]

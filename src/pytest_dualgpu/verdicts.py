@@ -15,11 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import stats
+from .bounds import Bound, figure, interval_text
 from .errors import DualGpuUsageError
 from .results import DualResult
 
-PASS = "pass"
-FAIL = "fail"
+PASS = stats.PASS
+FAIL = stats.FAIL
+INCONCLUSIVE = stats.INCONCLUSIVE
 WARN = "warn"
 VERDICT_KINDS = ("correct", "sync", "speedup", "memory")
 MiB = 2**20
@@ -83,6 +86,12 @@ class SpeedupSpec:
     @property
     def device_types(self) -> tuple[str, ...]:
         return (self.device,) if isinstance(self.device, str) else tuple(self.device)
+
+    @property
+    def bounds(self) -> tuple[Bound, ...]:
+        """What the engine must decide for this marker (it measures longer while they are open)."""
+        wanted = [("speedup", self.min), ("efficiency", self.min_efficiency)]
+        return tuple(Bound(metric, value) for metric, value in wanted if value is not None)
 
 
 @dataclass(frozen=True)
@@ -177,7 +186,8 @@ def parse_size(value: int | str) -> int:
 
 @dataclass(frozen=True)
 class Verdict:
-    """One marker's judgement of one result; ``status`` is pass, fail, warn or "not judged (...)"."""
+    """One marker's judgement of one result; ``status`` is pass, fail, warn, inconclusive or
+    "not judged (...)"."""
 
     kind: str
     status: str
@@ -243,6 +253,9 @@ def _judge_sync(result: DualResult, spec: SyncSpec) -> Verdict:
 
 
 def _judge_speedup(result: DualResult, spec: SpeedupSpec) -> Verdict:
+    """Decided on the confidence interval (``bounds.py``): pass when it lies at or above every bound, fail
+    when it lies below one, inconclusive when it straddles one after all the measuring allowed, and
+    inconclusive whatever it says when the result is unreliable."""
     device_type = result.device.partition(":")[0]
     if device_type not in spec.device_types:
         return Verdict("speedup", f"not judged ({device_type})")
@@ -252,23 +265,52 @@ def _judge_speedup(result: DualResult, spec: SpeedupSpec) -> Verdict:
         f"efficiency {_maybe(result.efficiency)}, overlap {result.overlap:.2f}, "
         f"mode {result.mode!r} on {result.device}"
     )
-    misses = []
-    if spec.min is not None and not result.speedup >= spec.min:
-        misses.append(f"speedup below the bound {spec.min:.2f}x")
-    if spec.min_efficiency is not None and not (
-        result.efficiency is not None and result.efficiency >= spec.min_efficiency
-    ):
-        misses.append(f"efficiency below the bound {spec.min_efficiency:.2f}")
-    if not misses:
-        return Verdict("speedup", PASS)
-    if spec.min is not None and spec.min > result.ideal_speedup:
-        hint = (
-            f"the bound {spec.min:.2f}x is above the ideal {result.ideal_speedup:.2f}x that perfect overlap "
-            "of these lanes would give; lower min, or balance the lanes so the ideal rises"
+    if not result.reliable:
+        return Verdict(
+            "speedup",
+            INCONCLUSIVE,
+            f"no verdict on an unreliable result: {'; '.join(result.problems)} ({measured})",
         )
-    else:
-        hint = speedup_hint(result)
-    return Verdict("speedup", FAIL, f"{' and '.join(misses)}: {measured}; hint: {hint}")
+    misses, open_bounds = [], []
+    for bound in spec.bounds:
+        measured_figure = figure(result, bound.metric)
+        if bound.metric == "efficiency" and measured_figure is None:
+            misses.append(
+                f"no efficiency to reach {bound.value:.2f}: these lanes cannot gain from overlap (ideal "
+                f"{result.ideal_speedup:.2f}x)"
+            )
+            continue
+        status = bound.decide(measured_figure)
+        shown = "speedup" if bound.metric == "speedup" else "efficiency"
+        if status == FAIL:
+            misses.append(f"{shown} below the bound {_bound_text(bound)}")
+        elif status == INCONCLUSIVE and measured_figure is not None:
+            open_bounds.append(
+                f"{interval_text(bound.metric, measured_figure)} straddles {_bound_text(bound)}"
+            )
+    if misses:
+        if spec.min is not None and spec.min > result.ideal_speedup:
+            hint = (
+                f"the bound {spec.min:.2f}x is above the ideal {result.ideal_speedup:.2f}x that perfect "
+                "overlap of these lanes would give; lower min, or balance the lanes so the ideal rises"
+            )
+        else:
+            hint = speedup_hint(result)
+        return Verdict("speedup", FAIL, f"{' and '.join(misses)}: {measured}; hint: {hint}")
+    if open_bounds:
+        return Verdict(
+            "speedup",
+            INCONCLUSIVE,
+            f"{'; '.join(open_bounds)} after {result.rounds} rounds ({result.measuring_seconds:.1f} s of "
+            f"measuring, stopped: {result.stop or 'budget'}), so neither pass nor fail can be said with 95% "
+            f"confidence and the harness's own margin ({measured}); raise --dualgpu-max-budget, quiet the "
+            "machine, or set the bound further from what this pair does",
+        )
+    return Verdict("speedup", PASS)
+
+
+def _bound_text(bound: Bound) -> str:
+    return f"{bound.value:.2f}x" if bound.metric == "speedup" else f"{bound.value:.2f}"
 
 
 def speedup_hint(result: DualResult) -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 _Task = tuple["Future[Any]", Callable[[], Any]]
@@ -23,8 +25,13 @@ class Worker:
         self.name = name
         self._setup = setup
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self.busy_since: float | None = None  # time.monotonic() when the running task began
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
 
     @property
     def native_id(self) -> int | None:
@@ -56,8 +63,40 @@ class Worker:
             if setup_error is not None:
                 future.set_exception(setup_error)
                 continue
+            self.busy_since = time.monotonic()
             try:
                 future.set_result(task())
             except BaseException as error:
                 future.set_exception(error)
+            finally:
+                self.busy_since = None
             del future, task, item
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """A worker left behind while it ran a lane's user code past its timeout."""
+
+    lane: str
+    thread: threading.Thread
+    since: float  # time.monotonic() when its task began
+
+
+_abandoned: list[Abandoned] = []
+_abandoned_lock = threading.Lock()
+
+
+def abandon(lane: str, worker: Worker) -> None:
+    """Remember a busy worker that is being given up on; later measurements say it still runs."""
+    since = worker.busy_since
+    if since is None or not worker.thread.is_alive():
+        return
+    with _abandoned_lock:
+        _abandoned.append(Abandoned(lane, worker.thread, since))
+
+
+def still_running() -> list[Abandoned]:
+    """Abandoned workers whose user code has not returned yet (the ones that have are forgotten)."""
+    with _abandoned_lock:
+        _abandoned[:] = [entry for entry in _abandoned if entry.thread.is_alive()]
+        return list(_abandoned)

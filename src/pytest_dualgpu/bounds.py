@@ -1,0 +1,149 @@
+"""Bounds on a result's figures, and how one is decided: on the confidence interval, never the median.
+
+One definition serves the engine (which measures until every bound it was given is decided), the markers'
+verdicts and the regression gate. Each metric says which way is better and what the harness itself may be
+off by (its margin, added to the statistical interval): a bound closer to the truth than that margin stays
+inconclusive however long it is measured, which is the honest answer. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from . import stats
+from .errors import DualGpuUsageError
+from .results import DualResult
+from .timeline import Interval
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    margin: stats.Margin
+    unit: str
+
+
+#: Margins: 2% of a speedup or a time (the hand-off and timer overhead of a run, measured against
+#: hand-written loops in docs/measurement.md), 0.04 of efficiency (2% of the times moves a balanced pair's
+#: efficiency by up to twice that), nothing for memory (an exact count of bytes).
+METRICS: dict[str, Metric] = {
+    "speedup": Metric("speedup", True, stats.Margin(0.02), "x"),
+    "efficiency": Metric("efficiency", True, stats.Margin(0.04, relative=False), ""),
+    "concurrent": Metric("concurrent", False, stats.Margin(0.02), "s"),
+    "memory": Metric("memory", False, stats.Margin(0.0), "B"),
+}
+TIMED = ("speedup", "efficiency", "concurrent")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A limit a call's figure must reach: at least ``value`` for speedup and efficiency, at most for
+    concurrent time (seconds)."""
+
+    metric: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.metric not in TIMED:
+            raise DualGpuUsageError(
+                f"a bound is on one of {', '.join(TIMED)}, got {self.metric!r} "
+                "(e.g. bounds={'speedup': 1.3})"
+            )
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DualGpuUsageError(f"the {self.metric} bound must be a finite number, got {value!r}")
+
+    def decide(self, figure: Figure | None) -> str:
+        if figure is None:
+            return stats.INCONCLUSIVE
+        metric = METRICS[self.metric]
+        return stats.decide(
+            figure.interval,
+            self.value,
+            higher_is_better=metric.higher_is_better,
+            margin=metric.margin,
+            rounds=figure.rounds,
+        )
+
+    def decide_on(self, result: DualResult) -> str:
+        return self.decide(figure(result, self.metric))
+
+    def undecidable(self, figure: Figure | None) -> bool:
+        """Whether more rounds cannot help: even an interval shrunk to the median would straddle the bound."""
+        if figure is None:
+            return False
+        return Bound.decide(self, Figure(figure.value, (figure.value, figure.value), figure.rounds)) == (
+            stats.INCONCLUSIVE
+        )
+
+    def __str__(self) -> str:
+        return f"{self.metric} {'>=' if METRICS[self.metric].higher_is_better else '<='} {self.value:g}"
+
+
+def parse_bounds(raw: object) -> tuple[Bound, ...]:
+    """``{"speedup": 1.3}``, or a sequence of ``Bound``s, as the API's ``bounds=`` takes them."""
+    if raw is None:
+        return ()
+    if isinstance(raw, Mapping):
+        return tuple(Bound(str(metric), value) for metric, value in raw.items())
+    if isinstance(raw, (list, tuple)) and all(isinstance(item, Bound) for item in raw):
+        return tuple(raw)
+    raise DualGpuUsageError(
+        f"bounds must be a mapping such as {{'speedup': 1.3, 'efficiency': 0.5}}, got {raw!r}"
+    )
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A measured value, its 95% interval and how many rounds it rests on."""
+
+    value: float
+    interval: Interval
+    rounds: int
+
+
+def figure(result: DualResult, metric: str) -> Figure | None:
+    """A result's figure for a metric, or None where it has none (no efficiency, no memory on CPU)."""
+    if metric == "speedup":
+        return Figure(result.speedup, result.speedup_ci, result.rounds)
+    if metric == "efficiency":
+        if result.efficiency is None:
+            return None
+        interval = result.efficiency_ci or (result.efficiency, result.efficiency)
+        return Figure(result.efficiency, interval, result.rounds)
+    if metric == "concurrent":
+        samples = result.concurrent.samples
+        median = result.concurrent.median
+        interval = stats.median_ci(samples) if samples else (median, median)
+        return Figure(median, interval, result.rounds)
+    if metric == "memory":
+        if result.memory is None:
+            return None
+        peak = float(result.memory.concurrent)
+        return Figure(peak, (peak, peak), stats.MIN_DECISION_ROUNDS)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def interval_text(metric: str, figure: Figure) -> str:
+    lo, hi = figure.interval
+    if metric == "speedup":
+        return f"{figure.value:.2f}x [95% CI {lo:.2f}, {hi:.2f}]"
+    if metric == "concurrent":
+        return f"{figure.value * 1e3:.3g} ms [95% CI {lo * 1e3:.3g}, {hi * 1e3:.3g}]"
+    return f"{figure.value:.2f} [95% CI {lo:.2f}, {hi:.2f}]"
+
+
+def all_decided(bounds: Sequence[Bound], figures: Mapping[str, Figure | None]) -> bool:
+    return all(bound.decide(figures.get(bound.metric)) != stats.INCONCLUSIVE for bound in bounds)
+
+
+def final_status(bound: Bound, result: DualResult) -> tuple[str, Figure | None]:
+    """A bound on a finished result: inconclusive whatever the interval says when the result is unreliable
+    (its figures cannot all be true, so none of them may pass a verdict)."""
+    measured = figure(result, bound.metric)
+    if not result.reliable:
+        return stats.INCONCLUSIVE, measured
+    return bound.decide(measured), measured
