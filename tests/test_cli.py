@@ -60,6 +60,19 @@ class Racy(nn.Module):
         return x + 1 if threading.current_thread().name.startswith("dualgpu-lane") else x
 
 
+class Impossible(nn.Module):
+    # faster on a lane thread than alone: at once it beats its own alone time, which no overlap can do
+    def forward(self, x):
+        time.sleep(0.001 if threading.current_thread().name.startswith("dualgpu-lane") else 0.004)
+        return x * 2
+
+
+class Steady(nn.Module):
+    def forward(self, x):
+        time.sleep(0.004)
+        return x * 2
+
+
 class Boom(nn.Module):
     def __init__(self):
         super().__init__()
@@ -196,6 +209,21 @@ def test_the_matrix_is_symmetric_with_every_model_beside_a_copy_of_itself(tmp_pa
         "MLP + MLP-copy", "MLP + SmallCNN", "MLP + TinyTransformer",
         "SmallCNN + SmallCNN-copy", "SmallCNN + TinyTransformer", "TinyTransformer + TinyTransformer-copy",
     ]  # fmt: skip
+
+
+def test_an_unreliable_result_is_marked_listed_and_never_the_best_pairing(zoo: Path) -> None:
+    done = dualgpu("matrix", f"{zoo}:Impossible", f"{zoo}:Steady", "--inputs", "2x16", *FAST)
+    assert done.returncode == 0, done.stderr
+    _, impossible, steady = table(done.stdout)
+    assert impossible[1].endswith("UNRELIABLE")  # Impossible beside a copy of itself
+    assert not steady[2].endswith("UNRELIABLE")  # two sleeping lanes: about 2x, and possible
+    verdict = next(line for line in done.stdout.splitlines() if line.startswith("verdict: "))
+    best = verdict.split(";")[0]
+    assert "Impossible + Impossible-copy" not in best  # its 7x would be the best by far, if it counted
+    assert "2 of 2 pairings gain beyond noise" in verdict
+    assert "Impossible + Impossible-copy is unreliable (not counted)" in verdict
+    assert "Impossible + Impossible-copy (threads): UNRELIABLE: speedup" in done.stdout
+    assert "is above the ideal" in done.stdout
 
 
 def test_a_failing_model_fills_its_cells_and_the_rest_of_the_matrix_still_runs(zoo: Path) -> None:

@@ -129,6 +129,23 @@ def test_cli_beats_environment_beats_ini(
         ),
         ("dualgpu_budget = soon", "ERROR: dualgpu: dualgpu_budget (ini): could not convert string to float*"),
         (
+            ["--dualgpu-inconclusive=shrug"],
+            "ERROR: dualgpu: --dualgpu-inconclusive='shrug': inconclusive must be one of warn, fail, skip*",
+        ),
+        (
+            {"DUALGPU_WARMUP": "-1"},
+            "ERROR: dualgpu: DUALGPU_WARMUP='-1': the warm-up cap must be a number of seconds >= 0*",
+        ),
+        (
+            ["--dualgpu-budget=2", "--dualgpu-max-budget=1"],
+            "ERROR: dualgpu: max_budget (1 s) is below the budget (2 s)*",
+        ),
+        (
+            "dualgpu_lock_timeout = 0",
+            "ERROR: dualgpu: dualgpu_lock_timeout (ini)=0.0: the lock timeout must be a number of "
+            "seconds > 0*",
+        ),
+        (
             ["--dualgpu-require-cuda", "--dualgpu-device=cpu"],
             "ERROR: dualgpu: require_cuda is set but the device is cpu (from --dualgpu-*, DUALGPU_* or *",
         ),

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .engine import CallSettings, run_call, run_pipeline
+from .callsettings import CallSettings
+from .engine import run_call, run_pipeline
 from .errors import DualGpuError, DualGpuUsageError
 from .results import DualResult
 

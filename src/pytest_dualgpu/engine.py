@@ -26,21 +26,22 @@ import torch
 
 from . import stats
 from .backends import Backend, drop_locals, make_backend
-from .bounds import Bound, Figure, all_decided, final_status, parse_bounds
-from .compare import Tolerance, compare_lanes
+from .bounds import final_status
+from .callsettings import CallSettings
+from .compare import compare_lanes
 from .devices import device_name, lock_path, resolve_device
 from .diagnosis import no_overlap_hint
-from .errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError, LaneTimeoutError
+from .errors import ConcurrentOutOfMemoryError, LaneError, LaneTimeoutError
 from .inputs import check_models, lane_names_for, make_lanes, to_device
 from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run
 from .lock import MeasuringLock, Notify
-from .measure import Measured, Samples, block_warning, measure_rounds, reps_for, slower_start
+from .measure import Measured, block_warning, measure_rounds, reps_for, slower_start
 from .pipeline import PIPELINE_MODES, HandOff, PipelineCalls, split_batch
 from .profiling import KernelProfile, profile_pass
 from .results import Decision, DualResult, LaneResult, Measurement, MemoryStats, ModeProbe, SyncStats, WarmUp
 from .sanity import assess, best_possible_time
 from .settings import MODES
-from .sync import SyncSettings
+from .stopping import StoppingRule, figures, per_round_efficiencies
 from .sync import check as sync_checks
 from .timeline import LaneTimeline
 from .trees import map_tensors
@@ -49,100 +50,9 @@ from .workers import still_running
 
 PROBE_ROUNDS = 3
 TIMELINE_REPS = 50  # intervals kept per lane: enough to draw, small enough to travel in every report
-MEANINGFUL_GAIN = 0.05  # efficiency needs a possible gain of at least this share of the sequential time
 LOCK_WAIT_WARNING_SECONDS = 1.0
-#: Without a bound to decide, measuring stops once the speedup's 95% interval is this narrow (its whole
-#: width as a share of the median, so +-2.5%): past that, more rounds change no conclusion anyone draws.
-PRECISION_WIDTH = 0.05
-DEFAULT_WARMUP = 3.0
-MAX_BUDGET_FACTOR = 5.0
-DEFAULT_LOCK_TIMEOUT = 600.0
 #: How long the lock waits for lane threads abandoned after a timeout before handing itself on.
 ABANDONED_LINGER = 30.0
-
-
-@dataclass(frozen=True)
-class CallSettings:
-    """How a call measures. ``budget``: seconds of measured rounds (warm-up and probes come on top)."""
-
-    mode: str = "auto"
-    device: str | torch.device | None = None
-    budget: float = 1.0
-    max_budget: float | None = None  # None: MAX_BUDGET_FACTOR x budget
-    warmup: float = DEFAULT_WARMUP
-    bounds: tuple[Bound, ...] = ()
-    min_rounds: int = 7
-    timeout: float = 120.0
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
-    rtol: float | None = None
-    atol: float | None = None
-    equal_nan: bool = False
-    settle: float | None = None
-    race_trials: int = 0
-    race_seed: int | None = None
-    detect_syncs: bool = False
-    sanitizer: bool = False
-    profile: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("auto", *MODES):
-            raise DualGpuUsageError(f"mode {self.mode!r} is not one of auto, {', '.join(MODES)}")
-        _require_positive("budget", self.budget, "seconds of measuring per call, e.g. budget=1.0")
-        if self.max_budget is not None:
-            _require_positive("max_budget", self.max_budget, "seconds of measuring to decide a bound")
-            if self.max_budget < self.budget:
-                raise DualGpuUsageError(
-                    f"max_budget ({self.max_budget:g} s) must be at least the budget ({self.budget:g} s): "
-                    "it is how far measuring may go past the budget to decide a bound"
-                )
-        if (
-            isinstance(self.warmup, bool)
-            or not isinstance(self.warmup, (int, float))
-            or not 0 <= self.warmup < math.inf
-        ):
-            raise DualGpuUsageError(
-                f"warmup must be a number of seconds >= 0 (the cap of the steady-state warm-up; 0 skips "
-                f"it), got {self.warmup!r}"
-            )
-        _require_positive("timeout", self.timeout, "seconds a lane may take per run")
-        _require_positive("lock_timeout", self.lock_timeout, "seconds to wait for the measuring lock")
-        object.__setattr__(self, "bounds", parse_bounds(self.bounds))
-        if isinstance(self.min_rounds, bool) or not isinstance(self.min_rounds, int) or self.min_rounds < 1:
-            raise DualGpuUsageError(f"min_rounds must be an integer >= 1, got {self.min_rounds!r}")
-        if self.settle is not None and (not isinstance(self.settle, (int, float)) or self.settle < 0):
-            raise DualGpuUsageError(f"settle must be a number of seconds >= 0, got {self.settle!r}")
-        if (
-            isinstance(self.race_trials, bool)
-            or not isinstance(self.race_trials, int)
-            or self.race_trials < 0
-        ):
-            raise DualGpuUsageError(f"race_trials must be an integer >= 0, got {self.race_trials!r}")
-        if self.race_seed is not None and (
-            isinstance(self.race_seed, bool) or not isinstance(self.race_seed, int)
-        ):
-            raise DualGpuUsageError(
-                f"race_seed must be an integer (to replay a failing trial), got {self.race_seed!r}"
-            )
-        for flag in ("detect_syncs", "sanitizer", "profile"):
-            if not isinstance(getattr(self, flag), bool):
-                raise DualGpuUsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
-
-    @property
-    def measuring_cap(self) -> float:
-        return self.budget * MAX_BUDGET_FACTOR if self.max_budget is None else self.max_budget
-
-    @property
-    def sync(self) -> SyncSettings:
-        return SyncSettings(self.race_trials, self.race_seed, self.detect_syncs, self.sanitizer)
-
-    @property
-    def tolerance(self) -> Tolerance:
-        return Tolerance(rtol=self.rtol, atol=self.atol, equal_nan=self.equal_nan)
-
-
-def _require_positive(name: str, value: object, meaning: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
-        raise DualGpuUsageError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}")
 
 
 def run_call(
@@ -508,11 +418,11 @@ class _Measuring:
             settle=self._settle,
             preroll=self.backend.preroll,
             min_rounds=self.settings.min_rounds,
-            stop=_StoppingRule(
+            stop=StoppingRule(
                 self.settings.bounds,
                 budget_deadline=start + self.settings.budget,
                 deadline=deadline,
-                figures=functools.partial(_figures, lanes=len(self.lanes), best_time=self._best_time),
+                figures=functools.partial(figures, lanes=len(self.lanes), best_time=self._best_time),
             ),
             deadline=deadline,
             target_block=self._target_block,
@@ -567,7 +477,7 @@ class _Measuring:
         sequential, concurrent = measurement("sequential"), measurement("concurrent")
         ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
         alone = [lane.alone.median for lane in lanes]
-        efficiencies = _efficiencies(samples, len(lanes), self._best_time)
+        efficiencies = per_round_efficiencies(samples, len(lanes), self._best_time)
         comparison = compare_lanes(self.names, reference, outputs, self.settings.tolerance)
         self.probes[mode_name] = ModeProbe(
             mode_name,
@@ -697,87 +607,3 @@ def _unsettled(what: str, warmup: WarmUp, cap: float) -> str:
         f"of warmup={cap:g} s for the call): its time per call still moved by more than 5%; the figures may "
         "include its warm-up; raise warmup= (--dualgpu-warmup)"
     )
-
-
-class _StoppingRule:
-    """When to stop measuring: every bound decided (or undecidable), else a precise enough speedup, else
-    the budget spent; with bounds still open, measuring goes on to the deadline (``max_budget``)."""
-
-    def __init__(
-        self,
-        bounds: Sequence[Bound],
-        *,
-        budget_deadline: float,
-        deadline: float,
-        figures: Callable[[Samples], dict[str, Figure | None]],
-    ) -> None:
-        self.bounds = bounds
-        self.budget_deadline = budget_deadline
-        self.deadline = deadline
-        self.figures = figures
-
-    def __call__(self, samples: Samples, now: float) -> str | None:
-        figures = self.figures(samples)
-        speedup = figures["speedup"]
-        precise = (
-            speedup is not None and stats.relative_width(speedup.interval, speedup.value) <= PRECISION_WIDTH
-        )
-        if self.bounds:
-            if all_decided(self.bounds, figures):
-                return "decided"
-            if precise and all(
-                bound.decide(figures.get(bound.metric)) != stats.INCONCLUSIVE
-                or bound.undecidable(figures.get(bound.metric))
-                for bound in self.bounds
-            ):
-                return "undecidable"
-        elif precise:
-            return "precise"
-        elif now >= self.budget_deadline:
-            return "budget"
-        if now >= self.deadline:
-            return "max budget"
-        return None
-
-
-def _figures(
-    samples: Samples, *, lanes: int, best_time: Callable[[list[float]], float]
-) -> dict[str, Figure | None]:
-    """The figures bounds are decided on, from the rounds so far."""
-    ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
-    efficiencies = _efficiencies(samples, lanes, best_time)
-    concurrent = samples.elapsed["concurrent"]
-    rounds = samples.rounds
-    return {
-        "speedup": Figure(stats.median(ratios), stats.median_ci(ratios), rounds) if ratios else None,
-        "efficiency": (
-            Figure(stats.median(efficiencies), stats.median_ci(efficiencies), rounds)
-            if efficiencies
-            else None
-        ),
-        "concurrent": Figure(stats.median(concurrent), stats.median_ci(concurrent), rounds),
-    }
-
-
-def _efficiencies(
-    samples: Samples, lane_count: int, best_time: Callable[[list[float]], float]
-) -> list[float]:
-    """Per round: (sequential - concurrent) / (sequential - best possible concurrent time).
-
-    The best possible time is the slowest lane alone, or for a pipeline of k micro-batches that plus the
-    faster lane's share of one micro-batch.
-
-    Per round, like the speedup: on a machine whose speed drifts, the medians of separately sorted
-    variants can come from different phases and disagree with the paired speedup.
-    """
-    per_round = []
-    for round_index in range(samples.rounds):
-        sequential = samples.elapsed["sequential"][round_index]
-        concurrent = samples.elapsed["concurrent"][round_index]
-        alone = [samples.elapsed[f"alone:{lane}"][round_index] for lane in range(lane_count)]
-        best = best_time(alone)
-        # Where overlap could save (almost) nothing, as in a pipeline of one micro-batch, the ratio would
-        # divide noise by noise: that is decided from the alone times, not from the noisy difference.
-        if sum(alone) - best > MEANINGFUL_GAIN * sum(alone) and sequential > best:
-            per_round.append((sequential - concurrent) / (sequential - best))
-    return per_round

@@ -97,7 +97,7 @@ class MeasuringLock:
         note = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "what": os.environ.get("PYTEST_CURRENT_TEST") or " ".join(sys.argv) or "python",
+            "what": os.environ.get("PYTEST_CURRENT_TEST") or _command_line(),
             "doing": doing,
             "since": time.time(),
         }
@@ -108,3 +108,8 @@ class MeasuringLock:
         with contextlib.suppress(OSError):
             self.note_path.unlink(missing_ok=True)
         self._lock.release()
+
+
+def _command_line() -> str:
+    shown = " ".join(getattr(sys, "orig_argv", sys.argv)) or "python"
+    return shown if len(shown) <= 100 else shown[:97] + "..."

@@ -23,10 +23,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import stats
-from .lanes import Run
 from .timeline import overlap
+
+if TYPE_CHECKING:
+    from .lanes import Run
 
 #: A round-trip to the worker threads costs tens of microseconds; blocks shorter than this are noise.
 MIN_BLOCK_SECONDS = 0.002
@@ -35,7 +38,7 @@ MAX_REPS = 10_000
 SLOW_START_STEP = 1.10
 MAX_RECALIBRATIONS = 2
 
-Variant = Callable[[int], Run]
+Variant = Callable[[int], "Run"]
 
 
 @dataclass

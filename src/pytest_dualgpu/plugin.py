@@ -468,7 +468,7 @@ def _judge(item: pytest.Item, body_passed: bool) -> None:
                 undecided.append(f"dualgpu_{verdict.kind} inconclusive for {where}: {verdict.message}")
             elif verdict.status == WARN and body_passed:
                 message = f"dualgpu_{verdict.kind} for {where}: {verdict.message}"
-                warnings.warn(DualGpuWarning(message), stacklevel=1)
+                _warn(item, message)
     if not body_passed:
         return
     if policy == "fail":
@@ -478,7 +478,13 @@ def _judge(item: pytest.Item, body_passed: bool) -> None:
     if undecided and policy == "skip":
         pytest.skip("\n".join(undecided))
     for line in undecided:
-        warnings.warn(DualGpuWarning(line), stacklevel=1)
+        _warn(item, line)
+
+
+def _warn(item: pytest.Item, message: str) -> None:
+    """A ``DualGpuWarning`` that points at the test, not at this plugin."""
+    _, line, _ = item.location
+    warnings.warn_explicit(DualGpuWarning(message), DualGpuWarning, str(item.path), (line or 0) + 1)
 
 
 def _session_device(config: pytest.Config) -> torch.device:

@@ -163,11 +163,15 @@ def slower_start(samples: Sequence[float], min_side: int = 3) -> int | None:
 
 
 def outliers(samples: Sequence[float], reach: float = 3.0) -> list[int]:
-    """Indices of samples beyond ``reach`` interquartile ranges outside the quartiles (Tukey's far out)."""
+    """Indices of samples beyond ``reach`` interquartile ranges outside the quartiles (Tukey's far out).
+
+    The spread is at least 1% of the median: where nearly every sample is the same, a rounding-level
+    difference is not "far out".
+    """
     if len(samples) < 4:
         return []
     q1, q3 = quantile(samples, 0.25), quantile(samples, 0.75)
-    spread = q3 - q1
+    spread = max(q3 - q1, 0.01 * abs(median(samples)))
     return [
         index
         for index, value in enumerate(samples)

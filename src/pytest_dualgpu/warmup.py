@@ -4,7 +4,8 @@ A fixed count of warm-up calls is right for one model and wrong for the next: la
 allocator's and autotuners' caches and a GPU's clocks take from one call to a second or more. As in
 criterion and triton's ``do_bench`` the calls run in blocks long enough for the clock (``BLOCK_SECONDS``);
 as in pyperf's warm-up calibration, two stretches of blocks are compared, and the warm-up has converged
-when their median times per call agree within ``TOLERANCE``, either way (still getting faster, or slower).
+when their median times per call agree within ``TOLERANCE``, either way (still getting faster, or slower),
+and together they show no monotone trend (a ramp too gentle for two stretches to differ yet).
 
 Unlike a fixed window, the two stretches are the last two quarters of the warm-up so far: the stretch
 examined grows with the warm-up, so a slow phase of any length L is seen as a change, and the warm-up
@@ -29,6 +30,9 @@ BLOCK_SECONDS = 0.005
 WINDOW = 4
 TOLERANCE = 0.05
 LONG_STRETCH = 0.1
+#: A monotone trend over the last half (Mann-Kendall at 1%, moving it by 2% or more) also means "not yet".
+TREND_ALPHA = 0.01
+TREND_MIN_CHANGE = 0.02
 MAX_BLOCK_CALLS = 10_000
 
 
@@ -70,7 +74,12 @@ def _steady(blocks: list[_Block], elapsed: float) -> float | None:
         return None
     before = stats.median([block.per_call for block in earlier])
     now = stats.median([block.per_call for block in later])
-    return now if abs(now - before) <= TOLERANCE * now else None
+    if abs(now - before) > TOLERANCE * now:
+        return None
+    moving = stats.trend([block.per_call for block in earlier + later])
+    if moving is not None and moving.significant(TREND_ALPHA, TREND_MIN_CHANGE):
+        return None  # a slow ramp: too gentle for the quarters to differ yet, but going one way
+    return now
 
 
 def _enough(stretch: list[_Block]) -> bool:
@@ -83,15 +92,15 @@ def _enough(stretch: list[_Block]) -> bool:
 
 class WarmUpClock:
     """Shares the warm-up cap between the stages of a call (each lane, then each mode): a stage may use
-    what is left of it, less a reserve for each stage still to come, so one slow lane can take most of the
-    cap and the later ones still get their turn."""
+    what is left of it, less a reserve for each stage still to come (what a quick stage needs, at most a
+    fair share), so one slow lane can take most of the cap and the later ones still get their turn."""
 
-    RESERVE_SHARE = 0.25  # of the cap, kept back in all for the stages still to come
+    RESERVE_SECONDS = 0.25
 
     def __init__(self, cap: float, stages: int) -> None:
         self.deadline = time.perf_counter() + cap
         self.stages_left = max(1, stages)
-        self.reserve = cap * self.RESERVE_SHARE / max(1, stages)
+        self.reserve = min(self.RESERVE_SECONDS, cap / max(1, stages))
 
     def next_deadline(self) -> float:
         self.stages_left = max(0, self.stages_left - 1)

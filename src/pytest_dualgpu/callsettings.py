@@ -1,0 +1,104 @@
+"""How one ``dual_infer`` call measures: every setting the API takes, checked before anything runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .bounds import Bound, parse_bounds
+from .compare import Tolerance
+from .errors import DualGpuUsageError
+from .settings import MODES
+from .sync import SyncSettings
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_WARMUP = 3.0
+MAX_BUDGET_FACTOR = 5.0
+DEFAULT_LOCK_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """How a call measures. ``budget``: seconds of measured rounds (warm-up and probes come on top)."""
+
+    mode: str = "auto"
+    device: str | torch.device | None = None
+    budget: float = 1.0
+    max_budget: float | None = None  # None: MAX_BUDGET_FACTOR x budget
+    warmup: float = DEFAULT_WARMUP
+    bounds: tuple[Bound, ...] = ()
+    min_rounds: int = 7
+    timeout: float = 120.0
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    rtol: float | None = None
+    atol: float | None = None
+    equal_nan: bool = False
+    settle: float | None = None
+    race_trials: int = 0
+    race_seed: int | None = None
+    detect_syncs: bool = False
+    sanitizer: bool = False
+    profile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", *MODES):
+            raise DualGpuUsageError(f"mode {self.mode!r} is not one of auto, {', '.join(MODES)}")
+        _require_positive("budget", self.budget, "seconds of measuring per call, e.g. budget=1.0")
+        if self.max_budget is not None:
+            _require_positive("max_budget", self.max_budget, "seconds of measuring to decide a bound")
+            if self.max_budget < self.budget:
+                raise DualGpuUsageError(
+                    f"max_budget ({self.max_budget:g} s) must be at least the budget ({self.budget:g} s): "
+                    "it is how far measuring may go past the budget to decide a bound"
+                )
+        if (
+            isinstance(self.warmup, bool)
+            or not isinstance(self.warmup, (int, float))
+            or not 0 <= self.warmup < math.inf
+        ):
+            raise DualGpuUsageError(
+                f"warmup must be a number of seconds >= 0 (the cap of the steady-state warm-up; 0 skips "
+                f"it), got {self.warmup!r}"
+            )
+        _require_positive("timeout", self.timeout, "seconds a lane may take per run")
+        _require_positive("lock_timeout", self.lock_timeout, "seconds to wait for the measuring lock")
+        object.__setattr__(self, "bounds", parse_bounds(self.bounds))
+        if isinstance(self.min_rounds, bool) or not isinstance(self.min_rounds, int) or self.min_rounds < 1:
+            raise DualGpuUsageError(f"min_rounds must be an integer >= 1, got {self.min_rounds!r}")
+        if self.settle is not None and (not isinstance(self.settle, (int, float)) or self.settle < 0):
+            raise DualGpuUsageError(f"settle must be a number of seconds >= 0, got {self.settle!r}")
+        if (
+            isinstance(self.race_trials, bool)
+            or not isinstance(self.race_trials, int)
+            or self.race_trials < 0
+        ):
+            raise DualGpuUsageError(f"race_trials must be an integer >= 0, got {self.race_trials!r}")
+        if self.race_seed is not None and (
+            isinstance(self.race_seed, bool) or not isinstance(self.race_seed, int)
+        ):
+            raise DualGpuUsageError(
+                f"race_seed must be an integer (to replay a failing trial), got {self.race_seed!r}"
+            )
+        for flag in ("detect_syncs", "sanitizer", "profile"):
+            if not isinstance(getattr(self, flag), bool):
+                raise DualGpuUsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+
+    @property
+    def measuring_cap(self) -> float:
+        return self.budget * MAX_BUDGET_FACTOR if self.max_budget is None else self.max_budget
+
+    @property
+    def sync(self) -> SyncSettings:
+        return SyncSettings(self.race_trials, self.race_seed, self.detect_syncs, self.sanitizer)
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return Tolerance(rtol=self.rtol, atol=self.atol, equal_nan=self.equal_nan)
+
+
+def _require_positive(name: str, value: object, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+        raise DualGpuUsageError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}")

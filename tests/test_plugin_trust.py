@@ -1,0 +1,222 @@
+"""Decided verdicts through real inner pytest sessions: pass, fail and inconclusive, each
+``--dualgpu-inconclusive`` choice, unreliable results, the gate, the JSON, JUnit and markdown statuses,
+with and without xdist, and a wait for another process's measuring lock said while it lasts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_dualgpu.devices import lock_path
+
+FAST = ("--dualgpu-budget=0.3", "--dualgpu-max-budget=3", "--dualgpu-warmup=1")
+
+#: Lanes that take turns on one lock: their speedup is 1.0 by construction, so bounds around it are known.
+TURNS = '''
+import threading, time
+
+import pytest
+import torch
+from torch import nn
+
+LOCK = threading.Lock()
+
+
+class Turns(nn.Module):
+    def forward(self, x):
+        with LOCK:
+            time.sleep(0.003)
+        return x * 2
+
+
+class FastOnLaneThreads(nn.Module):
+    """Faster at once than alone: no overlap can do that, so no verdict may pass on it."""
+
+    def forward(self, x):
+        time.sleep(0.001 if threading.current_thread().name.startswith("dualgpu-lane") else 0.004)
+        return x * 2
+
+
+@pytest.mark.dualgpu_speedup(min=0.8, device="cpu")
+def test_above(dual_infer):
+    dual_infer(Turns(), Turns(), torch.ones(2))
+
+
+@pytest.mark.dualgpu_speedup(min=1.25, device="cpu")
+def test_below(dual_infer):
+    dual_infer(Turns(), Turns(), torch.ones(2))
+
+
+@pytest.mark.dualgpu_speedup(min=1.0, device="cpu")
+def test_at(dual_infer):
+    dual_infer(Turns(), Turns(), torch.ones(2))
+
+
+@pytest.mark.dualgpu_speedup(min=1.5, device="cpu")
+def test_impossible(dual_infer):
+    dual_infer(FastOnLaneThreads(), FastOnLaneThreads(), torch.ones(2), mode="threads")
+'''
+
+
+def statuses(path: Path) -> dict[str, str]:
+    rows = json.loads(path.read_text())["results"]
+    return {row["nodeid"].rpartition("::")[2]: row["verdicts"]["speedup"] for row in rows}
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_pass_fail_and_inconclusive_verdicts_with_the_default_warn(
+    suite: pytest.Pytester, workers: str
+) -> None:
+    suite.makepyfile(test_turns=TURNS)
+    result = suite.runpytest_subprocess(
+        *FAST, "-n", workers, "--dualgpu-report", "--dualgpu-report=json:out.json", "--junitxml=junit.xml"
+    )
+    result.assert_outcomes(passed=3, failed=1)
+    assert statuses(suite.path / "out.json") == {
+        "test_above": "pass",
+        "test_below": "fail",
+        "test_at": "inconclusive",
+        "test_impossible": "inconclusive",
+    }
+    result.stdout.fnmatch_lines(
+        [
+            "*dualgpu_speedup failed for 'Turns+Turns-2'*speedup below the bound 1.25x*",
+            "*test_turns.py:*: DualGpuWarning: dualgpu_speedup inconclusive for 'Turns+Turns-2' "
+            "(call 1 of 1): *straddles 1.00x after * rounds*",
+            "*DualGpuWarning: dualgpu_speedup inconclusive for 'FastOnLaneThreads+FastOnLaneThreads-2'*no "
+            "verdict on an unreliable result: speedup *x * is above the ideal *x*",
+        ]
+    )
+    table = result.stdout.str()
+    assert "speedup INCONCLUSIVE" in table
+    assert "UNRELIABLE" in table
+    assert "UNRELIABLE: speedup" in table  # the problem, listed under the table
+    rows = json.loads((suite.path / "out.json").read_text())["results"]
+    impossible = next(row for row in rows if row["nodeid"].endswith("test_impossible"))
+    assert impossible["reliable"] is False
+    assert impossible["problems"]
+    at = next(row for row in rows if row["nodeid"].endswith("test_at"))
+    assert at["decisions"] == [
+        {"metric": "speedup", "bound": 1.0, "status": "inconclusive", "interval": at["speedup_ci"]}
+    ]
+    junit = ET.parse(suite.path / "junit.xml")
+    carried = {
+        case.get("name"): json.loads(prop.get("value", "{}"))["verdicts"]["speedup"]
+        for case in junit.iter("testcase")
+        for prop in case.iter("property")
+        if prop.get("name") == "dualgpu"
+    }
+    assert carried["test_at"] == "inconclusive"
+    assert carried["test_above"] == "pass"
+
+
+def test_inconclusive_fail_fails_the_test_and_skip_skips_it(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_turns=TURNS)
+    failing = suite.runpytest(*FAST, "-k", "at or above", "--dualgpu-inconclusive=fail")
+    failing.assert_outcomes(passed=1, failed=1)
+    failing.stdout.fnmatch_lines(
+        ["*dualgpu_speedup inconclusive for 'Turns+Turns-2'*straddles 1.00x*(--dualgpu-inconclusive=fail)*"]
+    )
+    skipping = suite.runpytest(*FAST, "-k", "at or above", "-rs", "--dualgpu-report=md:t.md")
+    assert skipping.ret == 0  # warn: the default
+    suite.makeini("[pytest]\ndualgpu_inconclusive = skip\n")
+    skipping = suite.runpytest(*FAST, "-k", "at or above", "-rs", "--dualgpu-report=md:t.md")
+    skipping.assert_outcomes(passed=1, skipped=1)
+    skipping.stdout.fnmatch_lines(
+        ["SKIPPED * dualgpu_speedup inconclusive for 'Turns+Turns-2'*straddles 1.00x*"]
+    )
+    assert "speedup INCONCLUSIVE" in (suite.path / "t.md").read_text()
+
+
+def test_the_regression_gate_is_inconclusive_where_the_interval_straddles_its_limit(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(
+        test_gate="""
+        import threading, time
+        import torch
+        from torch import nn
+
+        LOCK = threading.Lock()
+
+        class Turns(nn.Module):
+            def forward(self, x):
+                with LOCK:
+                    time.sleep(0.003)
+                return x * 2
+
+        def test_turns(dual_infer):
+            dual_infer(Turns(), Turns(), torch.ones(2))
+        """
+    )
+    suite.runpytest(*FAST, "--dualgpu-save=base.json").assert_outcomes(passed=1)
+    gate = (
+        "--dualgpu-compare=base.json",
+        "--dualgpu-compare-fail=speedup:0%",
+        "--dualgpu-report=json:now.json",
+    )
+    warned = suite.runpytest(*FAST, *gate)
+    assert warned.ret == 0
+    warned.stdout.fnmatch_lines(
+        [
+            "*regression gate (speedup:0%) is inconclusive for 1 result(s)*",
+            "*test_turns*limit *x (speedup:0%)*",
+        ]
+    )
+    document = json.loads((suite.path / "now.json").read_text())
+    assert len(document["comparison"]["inconclusive"]) == 1
+    assert document["results"][0]["decisions"][0]["metric"] == "speedup"  # the engine knew the limit
+    strict = suite.runpytest(*FAST, *gate, "--dualgpu-inconclusive=fail")
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def lock_held_for_three_seconds() -> Iterator[None]:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pytest_dualgpu.lock import MeasuringLock; "
+            f"lock = MeasuringLock({lock_path(torch.device('cpu'))!r}, timeout=10); lock.acquire(); "
+            "print('held', flush=True); time.sleep(3); lock.release()",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={name: value for name, value in os.environ.items() if name != "PYTEST_CURRENT_TEST"},
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    yield
+    holder.kill()
+    holder.wait()
+
+
+def test_a_session_waiting_for_the_lock_says_who_holds_it(
+    suite: pytest.Pytester, lock_held_for_three_seconds: None
+) -> None:
+    suite.makepyfile(
+        """
+        import torch
+        from inner_models import Sleep
+
+        def test_pair(dual_infer):
+            dual_infer(Sleep(), Sleep(), torch.ones(2))
+        """
+    )
+    result = suite.runpytest(*FAST, "--dualgpu-report")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "dualgpu: waiting * s for the measuring lock *, held by pid * (*python -c *; measuring) since *; "
+            "giving up after 600 s (lock_timeout)",
+            "*waited * s for the cpu measuring lock*",
+        ]
+    )

@@ -1,0 +1,282 @@
+"""The torch-free parts of trust: statistics, sanity checks, bounds, the stopping rule and the warm-up rule,
+each on hand-made rounds whose answer is known, with a positive and a negative case."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_dualgpu import stats
+from pytest_dualgpu.bounds import Bound, parse_bounds
+from pytest_dualgpu.callsettings import CallSettings
+from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.measure import Samples
+from pytest_dualgpu.results import DualResult, LaneResult, Measurement
+from pytest_dualgpu.sanity import assess
+from pytest_dualgpu.stopping import StoppingRule, figures
+from pytest_dualgpu.warmup import WarmUpClock, warm_up
+
+
+def result_of(alone: list[list[float]], sequential: list[float], concurrent: list[float]) -> DualResult:
+    """A result as the engine builds one from these per-round samples."""
+    ratios = stats.paired_ratios(sequential, concurrent)
+    lanes = [
+        LaneResult(f"lane{index}", Measurement.from_samples(samples)) for index, samples in enumerate(alone)
+    ]
+    medians = [lane.alone.median for lane in lanes]
+    efficiencies = [
+        (s - c) / (s - max(a))
+        for s, c, a in zip(sequential, concurrent, zip(*alone, strict=True), strict=True)
+    ]
+    return DualResult(
+        name="pair",
+        device="cpu",
+        device_name="test",
+        mode="threads",
+        requested_mode="auto",
+        lanes=lanes,
+        sequential=Measurement.from_samples(sequential),
+        concurrent=Measurement.from_samples(concurrent),
+        speedup=stats.median(ratios),
+        speedup_ci=stats.median_ci(ratios),
+        ideal_speedup=sum(medians) / max(medians),
+        efficiency=stats.median(efficiencies),
+        efficiency_ci=stats.median_ci(efficiencies),
+        overlap=1.0,
+        correct=True,
+        max_abs_err=0.0,
+        max_rel_err=0.0,
+        rounds=len(sequential),
+    )
+
+
+def jitter(value: float, count: int, spread: float = 0.01, phase: int = 0) -> list[float]:
+    """``count`` values around ``value``, spread evenly by +-spread (a deterministic stand-in for noise);
+    another ``phase`` gives another order, so two series do not move together."""
+    return [value * (1 + spread * (((index + phase) * 7) % 5 - 2) / 2) for index in range(count)]
+
+
+def test_an_honest_pair_has_no_problems() -> None:
+    honest = result_of([jitter(4e-3, 12), jitter(4e-3, 12)], jitter(8e-3, 12), jitter(4.2e-3, 12))
+    found = assess(honest)
+    assert found.problems == []
+    assert not any(warning.startswith("drifting") for warning in found.warnings)
+
+
+def test_a_speedup_above_the_ideal_names_the_ideal() -> None:
+    impossible = result_of([jitter(4e-3, 12), jitter(2e-3, 12)], jitter(6e-3, 12), jitter(1e-3, 12))
+    found = assess(impossible)
+    assert any("above the ideal 1.50x" in problem for problem in found.problems)
+    assert any("finished sooner than lane 'lane0' alone" in problem for problem in found.problems)
+
+
+def test_a_baseline_that_is_not_the_sum_of_its_parts_is_a_problem() -> None:
+    odd = result_of([jitter(4e-3, 12), jitter(4e-3, 12)], jitter(12e-3, 12), jitter(6e-3, 12))
+    assert any("disagrees with the sum of the alone times" in problem for problem in assess(odd).problems)
+    close = result_of([jitter(4e-3, 12), jitter(4e-3, 12)], jitter(8.4e-3, 12), jitter(6e-3, 12))
+    assert not any("sum of the alone" in problem for problem in assess(close).problems)
+
+
+def test_medians_that_contradict_a_decided_speedup_are_a_problem() -> None:
+    # Eight rounds of nine gain 1.2x; in the ninth the concurrent run took 100 ms. Sorted apart, the
+    # concurrent median (10 ms) lands above the sequential one (5 ms): the columns would contradict.
+    ms = 1e-3
+    sequential = [ms * value for value in (1, 2, 3, 4, 5, 12, 12, 12, 12)]
+    concurrent = [100 * ms] + [value / 1.2 for value in sequential[1:]]
+    lanes = [[value / 2 for value in sequential]] * 2
+    contradicting = result_of(lanes, sequential, concurrent)
+    assert contradicting.concurrent.median > contradicting.sequential.median
+    assert any("the rounds contradict each other" in problem for problem in assess(contradicting).problems)
+    consistent = result_of(lanes, sequential, [value / 1.2 for value in sequential])
+    assert not any("contradict" in problem for problem in assess(consistent).problems)
+
+
+def test_a_drifting_lane_is_a_warning_and_a_drifting_speedup_a_problem() -> None:
+    rising = [4e-3 * (1 + 0.05 * index) for index in range(12)]
+    lane_drifts = result_of(
+        [rising, jitter(4e-3, 12)], [r + 4e-3 for r in rising], [max(r, 4e-3) for r in rising]
+    )
+    found = assess(lane_drifts)
+    assert any(
+        warning.startswith("drifting: the alone time of lane 'lane0' rose") for warning in found.warnings
+    )
+    speedup_drifts = result_of(
+        [jitter(4e-3, 12), jitter(4e-3, 12)],
+        jitter(8e-3, 12),
+        [4e-3 * (1 + 0.06 * index) for index in range(12)],
+    )
+    assert any(problem.startswith("drifting speedup") for problem in assess(speedup_drifts).problems)
+
+
+def test_far_outlier_rounds_are_labelled_and_kept() -> None:
+    concurrent = jitter(4.2e-3, 12)
+    concurrent[3] = concurrent[7] = 40e-3
+    noisy = result_of([jitter(4e-3, 12), jitter(4e-3, 12)], jitter(8e-3, 12), concurrent)
+    assert any("2 of 12 rounds are far outliers" in warning for warning in assess(noisy).warnings)
+    assert noisy.rounds == 12
+
+
+def test_too_few_rounds_for_an_interval_are_said() -> None:
+    few = result_of([jitter(4e-3, 4), jitter(4e-3, 4)], jitter(8e-3, 4), jitter(4.2e-3, 4))
+    assert any("only 4 measured round(s)" in warning for warning in assess(few).warnings)
+
+
+@pytest.mark.parametrize(
+    ("interval", "bound", "higher", "status"),
+    [
+        ((1.5, 1.6), 1.3, True, "pass"),
+        ((1.1, 1.2), 1.3, True, "fail"),
+        ((1.2, 1.4), 1.3, True, "inconclusive"),
+        ((1.30, 1.31), 1.3, True, "inconclusive"),  # at the bound: the margin keeps it open
+        ((5e-3, 6e-3), 7e-3, False, "pass"),
+        ((8e-3, 9e-3), 7e-3, False, "fail"),
+    ],
+)
+def test_decide_on_the_widened_interval(
+    interval: tuple[float, float], bound: float, higher: bool, status: str
+) -> None:
+    margin = stats.Margin(0.02)
+    assert stats.decide(interval, bound, higher_is_better=higher, margin=margin, rounds=10) == status
+    assert stats.decide(interval, bound, higher_is_better=higher, margin=margin, rounds=5) == "inconclusive"
+
+
+@given(st.lists(st.floats(0.5, 2.0), min_size=6, max_size=40), st.floats(0.5, 2.0))
+def test_a_decision_never_contradicts_its_interval(samples: list[float], bound: float) -> None:
+    interval = stats.median_ci(samples)
+    status = stats.decide(
+        interval, bound, higher_is_better=True, margin=stats.Margin(0.02), rounds=len(samples)
+    )
+    if status == "pass":
+        assert interval[0] >= bound
+    if status == "fail":
+        assert interval[1] < bound
+    if interval[0] <= bound <= interval[1]:
+        assert status == "inconclusive"
+
+
+def test_the_trend_test_finds_monotone_series_and_not_shuffled_ones() -> None:
+    rising = [1.0 + 0.02 * index for index in range(12)]
+    moving = stats.trend(rising)
+    assert moving is not None
+    assert moving.significant(0.01, 0.10)
+    assert moving.change == pytest.approx(0.22 / 1.11, rel=0.05)
+    shuffled = [rising[(index * 5) % 12] for index in range(12)]
+    still = stats.trend(shuffled)
+    assert still is not None
+    assert not still.significant(0.01, 0.10)
+    assert stats.trend(rising[:7]) is None
+
+
+def test_a_slower_start_is_found_where_every_early_sample_is_slower() -> None:
+    series = [12.0, 11.8, 12.1, 12.0, 3.0, 3.1, 2.9, 3.0, 3.05]
+    assert stats.slower_start(series) == 4
+    assert stats.slower_start([3.0, 3.1, 2.9, 3.0, 3.05, 3.0, 2.95]) is None
+    assert stats.slower_start([12.0, 3.0, 3.1, 2.9, 3.0, 3.05]) is None  # fewer than 3 on a side
+
+
+def test_bounds_are_parsed_and_bad_ones_named() -> None:
+    assert parse_bounds({"speedup": 1.3, "efficiency": 0.4}) == (
+        Bound("speedup", 1.3),
+        Bound("efficiency", 0.4),
+    )
+    with pytest.raises(DualGpuUsageError, match="a bound is on one of speedup, efficiency, concurrent"):
+        parse_bounds({"memory": 1})
+    with pytest.raises(DualGpuUsageError, match="the speedup bound must be a finite number"):
+        parse_bounds({"speedup": "fast"})
+    with pytest.raises(DualGpuUsageError, match="bounds must be a mapping"):
+        parse_bounds([1.3])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"warmup": -1}, "warmup must be a number of seconds >= 0"),
+        ({"budget": 2, "max_budget": 1}, r"max_budget \(1 s\) must be at least the budget \(2 s\)"),
+        ({"lock_timeout": 0}, "lock_timeout must be a finite number > 0"),
+        ({"bounds": {"overlap": 0.5}}, "a bound is on one of"),
+    ],
+)
+def test_call_settings_refuse_what_cannot_work(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(DualGpuUsageError, match=message):
+        CallSettings(**settings)  # type: ignore[arg-type]
+
+
+def samples_of(sequential: list[float], concurrent: list[float], alone: list[list[float]]) -> Samples:
+    samples = Samples()
+    samples.elapsed = {"sequential": sequential, "concurrent": concurrent}
+    samples.elapsed.update({f"alone:{index}": lane for index, lane in enumerate(alone)})
+    samples.rounds = len(sequential)
+    return samples
+
+
+def rule(
+    bounds: tuple[Bound, ...], *, budget_left: float = 10.0, deadline_left: float = 20.0
+) -> StoppingRule:
+    now = time.perf_counter()
+    return StoppingRule(
+        bounds,
+        budget_deadline=now + budget_left,
+        deadline=now + deadline_left,
+        figures=lambda samples, confidence: figures(samples, confidence, lanes=2, best_time=max),
+    )
+
+
+def test_the_stopping_rule_stops_when_decided_keeps_going_when_open_and_ends_at_the_deadline() -> None:
+    precise = samples_of(jitter(8e-3, 12, 0.002), jitter(4.2e-3, 12, 0.002), [jitter(4e-3, 12)] * 2)
+    now = time.perf_counter()
+    assert rule(())(precise, now) == "precise"
+    assert rule((Bound("speedup", 1.5),))(precise, now) == "decided"
+    assert rule((Bound("speedup", 1.9),))(precise, now) == "undecidable"  # within the margin of 1.90x
+    wide = samples_of(jitter(8e-3, 12, 0.4), jitter(4.2e-3, 12, 0.4, phase=2), [jitter(4e-3, 12)] * 2)
+    assert rule((Bound("speedup", 1.9),))(wide, now) is None  # open: measure on
+    assert rule((Bound("speedup", 1.9),), deadline_left=-1)(wide, now) == "max budget"
+    assert rule((), budget_left=-1)(wide, now) == "budget"
+    assert rule(())(wide, now) is None
+
+
+def test_the_warm_up_ends_once_the_time_per_call_stops_changing_and_not_before() -> None:
+    calls = []
+
+    def settling(count: int) -> float:
+        """6 ms per call at first, falling by a tenth of what is left above 2 ms with every call."""
+        per_call = 2e-3 + 4e-3 * 0.9 ** len(calls)
+        for _ in range(count):
+            calls.append(per_call)
+            time.sleep(per_call)
+        return per_call
+
+    warmed = warm_up(settling, deadline=time.perf_counter() + 5, min_seconds=0.05)
+    assert warmed.converged
+    assert warmed.per_call is not None
+    assert warmed.per_call < 2.1e-3
+    assert warmed.calls > 25
+    steady = warm_up(
+        lambda count: (time.sleep(2e-3 * count), 2e-3)[1], deadline=time.perf_counter() + 5, min_seconds=0.05
+    )
+    assert steady.converged
+    assert steady.seconds < 0.5
+    capped = warm_up(settling_forever(), deadline=time.perf_counter() + 0.2, min_seconds=0.05)
+    assert not capped.converged
+    assert capped.seconds < 0.3
+
+
+def settling_forever() -> object:
+    state = {"per_call": 4e-3}
+
+    def block(count: int) -> float:
+        state["per_call"] *= 0.97
+        time.sleep(state["per_call"] * count)
+        return state["per_call"]
+
+    return block
+
+
+def test_the_warm_up_clock_lets_one_stage_borrow_but_keeps_a_turn_for_the_others() -> None:
+    clock = WarmUpClock(cap=3.0, stages=3)
+    first = clock.next_deadline() - time.perf_counter()
+    assert 2.4 < first <= 2.5  # 3 s less a 0.25 s reserve for each of the two stages to come
+    small = WarmUpClock(cap=0.3, stages=3)
+    assert small.next_deadline() - time.perf_counter() == pytest.approx(0.1, abs=0.01)
