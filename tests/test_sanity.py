@@ -4,6 +4,7 @@ each on hand-made rounds whose answer is known, with a positive and a negative c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -13,7 +14,8 @@ from pytest_dualgpu import stats
 from pytest_dualgpu.bounds import Bound, parse_bounds
 from pytest_dualgpu.callsettings import CallSettings
 from pytest_dualgpu.errors import DualGpuUsageError
-from pytest_dualgpu.measure import Samples
+from pytest_dualgpu.lanes import Run
+from pytest_dualgpu.measure import Samples, block_warning, measure_rounds
 from pytest_dualgpu.results import DualResult, LaneResult, Measurement
 from pytest_dualgpu.sanity import assess
 from pytest_dualgpu.stopping import StoppingRule, figures
@@ -280,3 +282,40 @@ def test_the_warm_up_clock_lets_one_stage_borrow_but_keeps_a_turn_for_the_others
     assert 2.4 < first <= 2.5  # 3 s less a 0.25 s reserve for each of the two stages to come
     small = WarmUpClock(cap=0.3, stages=3)
     assert small.next_deadline() - time.perf_counter() == pytest.approx(0.1, abs=0.01)
+
+
+def sleeping(seconds: float) -> Callable[[int], Run]:
+    """A variant that really sleeps ``seconds`` per call, timed like the engine times a block."""
+
+    def run(reps: int) -> Run:
+        started = time.perf_counter()
+        for _ in range(reps):
+            time.sleep(seconds)
+        elapsed = (time.perf_counter() - started) / reps
+        return Run([0], elapsed, elapsed, [[(0.0, elapsed * reps)]], [])
+
+    return run
+
+
+def test_a_calibration_that_was_far_off_is_redone_after_the_first_round() -> None:
+    variants = {"alone:0": sleeping(2e-4), "sequential": sleeping(4e-4), "concurrent": sleeping(2e-4)}
+    measured = measure_rounds(
+        variants, 1, settle=0.0, preroll=False, min_rounds=3, stop=lambda samples, now: "enough",
+        deadline=time.perf_counter() + 5, target_block=0.01,
+    )  # fmt: skip
+    assert measured.recalibrated == 1
+    assert measured.reps >= 10
+    assert any(note.startswith("recalibrated: 1 call(s) per sample") for note in measured.notes)
+    assert all(len(blocks) == measured.samples.rounds for blocks in measured.samples.blocks.values())
+    assert block_warning(measured.samples, measured.reps) is None
+
+
+def test_samples_too_short_for_the_timer_are_flagged() -> None:
+    variants = {"alone:0": sleeping(1e-5), "sequential": sleeping(1e-5), "concurrent": sleeping(1e-5)}
+    measured = measure_rounds(
+        variants, 1, settle=0.0, preroll=False, min_rounds=3, stop=lambda samples, now: "enough",
+        deadline=time.perf_counter() + 5,
+    )  # fmt: skip
+    warning = block_warning(measured.samples, measured.reps)
+    assert warning is not None
+    assert warning.startswith("samples too short to time well")
