@@ -52,7 +52,8 @@ def test_every_lane_and_mode_warms_up_to_a_steady_time_on_the_gpu(x: torch.Tenso
         assert lane.warmup.converged, lane.warmup
         assert lane.warmup.seconds >= 0.25  # the GPU minimum
     chosen = next(probe for probe in result.modes if probe.chosen)
-    assert chosen.warmup is not None and chosen.warmup.converged
+    assert chosen.warmup is not None
+    assert chosen.warmup.converged
     assert result.reliable, result.problems
 
 
