@@ -169,7 +169,7 @@ def test_the_trend_test_finds_monotone_series_and_not_shuffled_ones() -> None:
     still = stats.trend(shuffled)
     assert still is not None
     assert not still.significant(0.01, 0.10)
-    assert stats.trend(rising[:7]) is None
+    assert stats.trend(rising[:5]) is None
 
 
 def test_a_slower_start_is_found_where_every_early_sample_is_slower() -> None:

@@ -129,7 +129,7 @@ def test_a_lane_that_speeds_up_over_its_first_seconds_is_measured_once_it_has_se
 
 
 def test_a_warm_up_cap_too_short_for_the_lane_is_said_and_named() -> None:
-    ramp = SlowAtFirst(slow=0.012, fast=0.003, phase=3.0)
+    ramp = SlowAtFirst(slow=0.040, fast=0.003, phase=3.0)
     result = dual_infer(ramp, SleepLane(0.003), torch.ones(2), warmup=0.6, budget=0.2)
     lane = result.lanes[0]
     assert lane.warmup is not None

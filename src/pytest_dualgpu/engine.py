@@ -355,10 +355,11 @@ class _Measuring:
 
     @property
     def _target_block(self) -> float:
-        """A sample long enough that ``min_rounds`` rounds take about half the budget: with a fast model
-        the budget then buys many more rounds than the minimum, which is what narrows the interval."""
+        """A sample long enough that ``min_rounds`` rounds of samples take about a third of the budget: a
+        quiet pair that is precise after them stops early, and a noisy one gets many more rounds than the
+        minimum in its budget, which is what narrows its interval."""
         variants = len(self.lanes) + 2
-        return self.settings.budget / (2 * self.settings.min_rounds * variants)
+        return self.settings.budget / (3 * self.settings.min_rounds * variants)
 
     def _choose(self, modes: list[Mode], reps: int, deadline: float) -> Mode:
         """The mode whose concurrent run is fastest in a few short rounds.

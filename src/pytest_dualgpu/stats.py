@@ -125,9 +125,9 @@ class Trend:
 
 def trend(samples: Sequence[float]) -> Trend | None:
     """Mann-Kendall with the normal approximation (no tie correction: timings rarely tie); None below
-    8 samples, where even a perfectly monotone series is not significant at 1%."""
+    6 samples, where even a perfectly monotone series is not significant at 1% (at 6 it is: p = 0.009)."""
     n = len(samples)
-    if n < 8:
+    if n < 6:
         return None
     s = 0
     slopes = []

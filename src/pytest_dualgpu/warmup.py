@@ -27,12 +27,12 @@ from . import stats
 from .results import WarmUp
 
 BLOCK_SECONDS = 0.005
-WINDOW = 4
+WINDOW = 3
 TOLERANCE = 0.05
 LONG_STRETCH = 0.1
-#: A monotone trend over the last half (Mann-Kendall at 1%, moving it by 2% or more) also means "not yet".
+#: A monotone trend over the last half (Mann-Kendall at 1%, moving it by 0.5% or more) also means "not yet".
 TREND_ALPHA = 0.01
-TREND_MIN_CHANGE = 0.02
+TREND_MIN_CHANGE = 0.005
 MAX_BLOCK_CALLS = 10_000
 
 
