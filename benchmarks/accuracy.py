@@ -4,12 +4,13 @@
                                   [--compare-with OTHER_CHECKOUT] [--format github]
 
 Part "models": pairs of real third-party models (transformers, built from small configs: nothing is
-downloaded), each in a fresh process. The first ``dual_infer`` call of the process (every first-call effect
-in play; the warm-up rule must absorb them) and the same call after a 10 s warm-up, each lane's alone
-time taken against ``torch.utils.benchmark.Timer.blocked_autorange`` in the same minute (right after the
-first call; before and after each later one): this VM's speed moves by up to 25% over minutes, so only
-figures taken against a reference of the same moment can be compared. "first vs steady" is the first
-call's ratio to Timer over the steady calls' ratio.
+downloaded). Each lane's alone time is taken against ``torch.utils.benchmark.Timer.blocked_autorange``
+measured at the same moment, because this VM's speed moves by up to 25% over seconds to minutes:
+- the first ``dual_infer`` call of a fresh process (every first-call effect in play; the warm-up rule must
+  absorb them) against Timer right after it, in ``--processes`` fresh processes per pair;
+- calls after a 10 s warm-up against Timer right before and after each, five times; a repetition counts
+  only where those two Timers agree within 5% (the machine held still).
+A first call at steady state reads like the steady calls; one measured in its slow phase reads higher.
 
 Part "verdicts": pairs whose speedup is fixed by construction, GIL-free, so it holds on a loaded machine:
 two lanes that sleep 3 ms each while holding one shared lock (they can only take turns: 1.0x), and two
@@ -91,7 +92,7 @@ def real_model(kind: str) -> tuple[Any, dict[str, Any]]:
     return model.eval(), inputs
 
 
-def timer_median(model: Any, inputs: dict[str, Any], device: str) -> float:
+def timer_median(model: Any, inputs: dict[str, Any], device: str, seconds: float = 0.5) -> float:
     import torch
     from torch.utils import benchmark
 
@@ -99,87 +100,108 @@ def timer_median(model: Any, inputs: dict[str, Any], device: str) -> float:
         "model(**inputs)", globals={"model": model, "inputs": inputs}, num_threads=torch.get_num_threads()
     )
     with torch.no_grad():
-        return float(timer.blocked_autorange(min_run_time=1.0).median)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return float(timer.blocked_autorange(min_run_time=seconds).median)
 
 
-def models_child(first: str, second: str, device: str) -> dict[str, Any]:
-    """In a fresh process: the first call and Timer right after it; a long warm-up; then Timer / engine /
-    Timer three times. Each engine figure is taken relative to a Timer measured in the same minute, so
-    the machine's own drift over the process's life (up to 25% here) does not pass for a warm-up error."""
+def _built(first: str, second: str, device: str) -> list[tuple[Any, dict[str, Any]]]:
     import torch
 
-    from pytest_dualgpu import dual_infer, place_model
+    from pytest_dualgpu import place_model
 
     torch.manual_seed(0)
-    built = [real_model(kind) for kind in (first, second)]
-    models = [place_model(model, device) for model, _ in built]
-    inputs = [{k: v.to(device) if hasattr(v, "to") else v for k, v in kw.items()} for _, kw in built]
-    pairs = list(zip(models, inputs, strict=True))
-    started = time.perf_counter()
-    first_call = dual_infer(models[0], models[1], inputs[0], inputs[1])
-    first_seconds = time.perf_counter() - started
-    after_first = [timer_median(model, kw, device) for model, kw in pairs]
-    first_vs_timer = [
-        lane.alone.median / timer for lane, timer in zip(first_call.lanes, after_first, strict=True)
-    ]
-    with torch.no_grad():  # the long warm-up: 10 s of each model alone
+    pairs = []
+    for kind in (first, second):
+        model, inputs = real_model(kind)
+        placed = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        pairs.append((place_model(model, device), placed))
+    return pairs
+
+
+def first_child(first: str, second: str, device: str) -> dict[str, Any]:
+    """In a fresh process: the first call (every first-call effect in play), then Timer right after."""
+    from pytest_dualgpu import dual_infer
+
+    (model_a, inputs_a), (model_b, inputs_b) = pairs = _built(first, second, device)
+    result = dual_infer(model_a, model_b, inputs_a, inputs_b, device=device)
+    after = [timer_median(model, kw, device) for model, kw in pairs]
+    return {
+        "vs_timer": [lane.alone.median / timer for lane, timer in zip(result.lanes, after, strict=True)],
+        "warmup": [lane.warmup.to_dict() if lane.warmup else None for lane in result.lanes],
+        "speedup": result.speedup,
+        "seconds": result.warmup_seconds + result.measuring_seconds,
+        "problems": result.problems,
+    }
+
+
+def steady_child(first: str, second: str, device: str, repeats: int = 5) -> dict[str, Any]:
+    """After 10 s of each model: Timer / engine / Timer, ``repeats`` times. A repetition counts only where
+    the two Timers agree within 5% (the machine held still), against their mean."""
+    import torch
+
+    from pytest_dualgpu import dual_infer
+
+    (model_a, inputs_a), (model_b, inputs_b) = pairs = _built(first, second, device)
+    with torch.no_grad():
         for model, kw in pairs:
             deadline = time.perf_counter() + 10
             while time.perf_counter() < deadline:
                 model(**kw)
-    steady, against_timer = [], []
-    for _ in range(3):
+    ratios: list[list[float]] = [[], []]
+    unsteady = 0
+    for _ in range(repeats):
         before = [timer_median(model, kw, device) for model, kw in pairs]
-        result = dual_infer(models[0], models[1], inputs[0], inputs[1])
+        result = dual_infer(model_a, model_b, inputs_a, inputs_b, device=device)
         after = [timer_median(model, kw, device) for model, kw in pairs]
-        steady.append(result)
-        against_timer.append(
-            [
-                lane.alone.median / ((b + a) / 2)
-                for lane, b, a in zip(result.lanes, before, after, strict=True)
-            ]
-        )
-    return {
-        "first_alone": [lane.alone.median for lane in first_call.lanes],
-        "first_vs_timer": first_vs_timer,
-        "first_speedup": first_call.speedup,
-        "first_seconds": first_seconds,
-        "first_warmup": [lane.warmup.to_dict() if lane.warmup else None for lane in first_call.lanes],
-        "steady_alone": [statistics.median(r.lanes[i].alone.median for r in steady) for i in range(2)],
-        "steady_speedup": statistics.median(r.speedup for r in steady),
-        "vs_timer": [statistics.median(ratios[i] for ratios in against_timer) for i in range(2)],
-        "problems": sorted({p for r in [first_call, *steady] for p in r.problems}),
-    }
+        if any(abs(b / a - 1) > 0.05 for b, a in zip(before, after, strict=True)):
+            unsteady += 1
+            continue
+        for lane, (b, a) in enumerate(zip(before, after, strict=True)):
+            ratios[lane].append(result.lanes[lane].alone.median / ((b + a) / 2))
+    return {"vs_timer": ratios, "unsteady": unsteady, "repeats": repeats}
 
 
-def part_models(device: str, tablefmt: str) -> str:
+def _child(mode: str, first: str, second: str, device: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", mode, first, second, "--device", device],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values) - 1:+.1%} [{min(values) - 1:+.1%}, {max(values) - 1:+.1%}]"
+
+
+def part_models(device: str, tablefmt: str, processes: int) -> str:
     rows = []
     for label, (first, second) in PAIRS.items():
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", first, second, "--device", device],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        data = json.loads(done.stdout.strip().splitlines()[-1])
+        firsts = [_child("first", first, second, device) for _ in range(processes)]
+        steady = _child("steady", first, second, device)
+        speedups = ", ".join(f"{run['speedup']:.2f}" for run in firsts)
+        kept = f"{steady['repeats'] - steady['unsteady']}/{steady['repeats']}; speedups {speedups}"
         for lane in range(2):
-            first_vs_steady = data["first_vs_timer"][lane] / data["vs_timer"][lane]
-            warm = data["first_warmup"][lane]
+            warmups = [run["warmup"][lane] for run in firsts]
             rows.append(
                 [
                     label if lane == 0 else "",
                     (first, second)[lane],
-                    f"{data['first_alone'][lane] * 1e3:.3f}",
-                    f"{data['steady_alone'][lane] * 1e3:.3f}",
-                    f"{first_vs_steady - 1:+.1%}",
-                    f"{data['first_vs_timer'][lane] - 1:+.1%} / {data['vs_timer'][lane] - 1:+.1%}",
-                    f"{warm['seconds']:.2f} s, {'converged' if warm['converged'] else 'NOT converged'}",
-                    f"{data['first_speedup']:.2f} / {data['steady_speedup']:.2f}" if lane == 0 else "",
+                    _spread([run["vs_timer"][lane] for run in firsts]),
+                    _spread(steady["vs_timer"][lane]),
+                    f"{min(w['seconds'] for w in warmups):.2f}-{max(w['seconds'] for w in warmups):.2f} s, "
+                    f"{sum(w['converged'] for w in warmups)}/{processes} converged",
+                    kept if lane == 0 else "",
                 ]
             )
-        for problem in data["problems"]:
-            rows.append(["", "problem:", problem[:90], "", "", "", "", ""])
+        for problem in sorted({problem for run in firsts for problem in run["problems"]}):
+            rows.append(["", "problem:", problem[:90], "", "", ""])
     headers = [
-        "pair", "lane", "first call alone ms", "steady alone ms", "first vs steady",
-        "engine vs Timer (first / steady)", "warm-up (first call)", "speedup first / steady",
+        "pair", "lane", "first call vs Timer after it", "steady call vs Timer around it",
+        "warm-up in the first call", "steady repeats kept; first-call speedups",
     ]  # fmt: skip
     return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
@@ -376,13 +398,16 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--part", choices=["models", "verdicts", "all"], default="all")
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=10, help="Calls per bound in the verdicts part")
+    parser.add_argument("--processes", type=int, default=5, help="Fresh processes per pair for first calls")
     parser.add_argument("--compare-with", help="another checkout of pytest-dualgpu, for seconds per call")
     parser.add_argument("--format", default="simple")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
-        print(json.dumps(models_child(*options.child, options.device)))
+        mode, first, second = options.child
+        child = first_child if mode == "first" else steady_child
+        print(json.dumps(child(first, second, options.device)))
         return
     import torch
 
@@ -391,7 +416,7 @@ def main() -> None:
         f"intra-op threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}\n"
     )
     if options.part in ("models", "all"):
-        print(part_models(options.device, options.format), "\n", flush=True)
+        print(part_models(options.device, options.format, options.processes), "\n", flush=True)
     if options.part in ("verdicts", "all"):
         print(part_verdicts(options.device, options.runs, options.format, options.compare_with))
 
