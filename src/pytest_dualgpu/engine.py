@@ -4,7 +4,7 @@ take the measuring lock -> place inputs -> warm up to steady state (each lane al
 the timeout, then each candidate mode; ``warmup.py``) -> calibrate -> probe modes (auto) -> measured
 rounds until the figures are precise or every bound is decided (``measure.py``) -> memory peaks (CUDA)
 -> one checked concurrent run -> compare with the reference -> sync checks when asked -> the result,
-checked for what cannot be true (``sanitity.py``). A pipeline is two lanes whose calls hand micro-batches
+checked for what cannot be true (``sanity.py``). A pipeline is two lanes whose calls hand micro-batches
 over (``pipeline.py``). Nothing here knows about pytest.
 
 Time: the warm-up takes at most ``warmup`` seconds, probes and rounds at most ``max_budget``; the checks
@@ -35,7 +35,7 @@ from .errors import ConcurrentOutOfMemoryError, LaneError, LaneTimeoutError
 from .inputs import check_models, lane_names_for, make_lanes, to_device
 from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run
 from .lock import MeasuringLock, Notify
-from .measure import Measured, block_warning, measure_rounds, reps_for, slower_start
+from .measure import Measured, measure_rounds, measuring_notes, reps_for, slower_start
 from .pipeline import PIPELINE_MODES, HandOff, PipelineCalls, split_batch
 from .profiling import KernelProfile, profile_pass
 from .results import Decision, DualResult, LaneResult, Measurement, MemoryStats, ModeProbe, SyncStats, WarmUp
@@ -45,7 +45,7 @@ from .stopping import StoppingRule, figures, per_round_efficiencies
 from .sync import check as sync_checks
 from .timeline import LaneTimeline
 from .trees import map_tensors
-from .warmup import WarmUpClock, warm_up
+from .warmup import WarmUpClock, unsettled_warning, warm_up
 from .workers import still_running
 
 PROBE_ROUNDS = 3
@@ -274,7 +274,9 @@ class _Measuring:
                 )
                 warmup = WarmUp(steady.seconds + first, steady.calls + 1, steady.converged, steady.per_call)
                 if not steady.converged:
-                    self.warnings.append(_unsettled(f"lane {lane_name!r}", warmup, self.settings.warmup))
+                    self.warnings.append(
+                        unsettled_warning(f"lane {lane_name!r}", warmup, self.settings.warmup)
+                    )
             else:
                 warmup = WarmUp(first, 1, False, None)
             with self.backend.peak_memory() as peak:
@@ -335,7 +337,7 @@ class _Measuring:
                 self.mode_warmups[mode.name] = warmup
                 if not warmup.converged:
                     label = f"the concurrent run of mode {mode.name!r}"
-                    self.warnings.append(_unsettled(label, warmup, self.settings.warmup))
+                    self.warnings.append(unsettled_warning(label, warmup, self.settings.warmup))
             modes.append(mode)
         return modes
 
@@ -488,7 +490,13 @@ class _Measuring:
             chosen=True,
             warmup=self.mode_warmups.get(mode_name),
         )
-        self.warnings += self._measuring_notes(measured, sequential, concurrent)
+        self.warnings += measuring_notes(
+            measured,
+            (sequential, concurrent),
+            min_rounds=self.settings.min_rounds,
+            cap=self.settings.measuring_cap,
+            settle=self._settle,
+        )
         return DualResult(
             name=name,
             device=str(self.backend.device),
@@ -535,54 +543,6 @@ class _Measuring:
             reference=reference,
         )
 
-    def _few_rounds(self, measured: Measured) -> str:
-        return _few_rounds_note(
-            measured.samples.rounds,
-            self.settings.min_rounds,
-            self.settings.measuring_cap,
-            measured.round_seconds,
-            self._settle,
-        )
-
-    def _measuring_notes(
-        self, measured: Measured, sequential: Measurement, concurrent: Measurement
-    ) -> list[str]:
-        notes = list(measured.notes)
-        noisy = [
-            f"{value.relative_iqr:.0%} ({label})"
-            for label, value in (("sequential", sequential), ("concurrent", concurrent))
-            if value.noisy
-        ]
-        if noisy:
-            notes.append(
-                f"noisy times: IQR/median is {' and '.join(noisy)}; raise the budget or quiet the machine"
-            )
-        if measured.dropped:
-            notes.append(
-                f"the first {measured.dropped} round(s) were left out: the lanes were still getting faster "
-                "then, although their warm-up had looked steady (raise warmup= for such models)"
-            )
-        if measured.samples.rounds < self.settings.min_rounds:
-            notes.append(self._few_rounds(measured))
-        short = block_warning(measured.samples, measured.reps)
-        if short:
-            notes.append(short)
-        return notes
-
-
-def _few_rounds_note(
-    rounds: int, min_rounds: int, cap: float, round_seconds: list[float], settle: float
-) -> str:
-    shortest = min(round_seconds, default=0.0)
-    said = f"only {rounds} round(s) fitted in max_budget {cap:g} s (min_rounds {min_rounds})"
-    if shortest * min_rounds > cap:
-        pauses = f", {settle * 1e3:g} ms of it settling pauses per variant" if settle else ""
-        return (
-            f"{said}: a round takes at least {shortest * 1e3:.0f} ms here{pauses}, so {min_rounds} rounds "
-            f"need {shortest * min_rounds:.2f} s; raise the budget (max_budget is 5x it unless set)"
-        )
-    return f"{said}: the rounds took longer as the call went on (the machine slowed down)"
-
 
 def _alone(mode: Mode, index: int, label: str, reps: int) -> Run:
     return mode.baseline([index], reps, label)
@@ -600,11 +560,3 @@ def _concurrent_per_call(mode: Mode, calls: int) -> float:
 class _Timing:
     warmup: float
     measuring: float
-
-
-def _unsettled(what: str, warmup: WarmUp, cap: float) -> str:
-    return (
-        f"{what} did not settle in its share of the warm-up ({warmup.seconds:.2f} s, {warmup.calls} calls, "
-        f"of warmup={cap:g} s for the call): its time per call still moved by more than 5%; the figures may "
-        "include its warm-up; raise warmup= (--dualgpu-warmup)"
-    )

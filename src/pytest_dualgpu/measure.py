@@ -30,6 +30,7 @@ from .timeline import overlap
 
 if TYPE_CHECKING:
     from .lanes import Run
+    from .results import Measurement
 
 #: A round-trip to the worker threads costs tens of microseconds; blocks shorter than this are noise.
 MIN_BLOCK_SECONDS = 0.002
@@ -197,3 +198,50 @@ def block_warning(samples: Samples, reps: int) -> str | None:
         f"samples too short to time well ({shown} per sample of {reps} call(s), under "
         f"{MIN_BLOCK_SECONDS / 2 * 1e3:g} ms): the figures carry the timer's and hand-off's overhead"
     )
+
+
+def measuring_notes(
+    measured: Measured,
+    times: tuple[Measurement, Measurement],
+    *,
+    min_rounds: int,
+    cap: float,
+    settle: float,
+) -> list[str]:
+    """What a result should say about its rounds: recalibrations, noise in the (sequential, concurrent)
+    times, rounds left out, too few rounds (and why), samples too short."""
+    notes = list(measured.notes)
+    noisy = [
+        f"{value.relative_iqr:.0%} ({label})"
+        for label, value in zip(("sequential", "concurrent"), times, strict=True)
+        if value.noisy
+    ]
+    if noisy:
+        notes.append(
+            f"noisy times: IQR/median is {' and '.join(noisy)}; raise the budget or quiet the machine"
+        )
+    if measured.dropped:
+        notes.append(
+            f"the first {measured.dropped} round(s) were left out: the lanes were still getting faster "
+            "then, although their warm-up had looked steady (raise warmup= for such models)"
+        )
+    if measured.samples.rounds < min_rounds:
+        notes.append(_few_rounds(measured, min_rounds, cap, settle))
+    short = block_warning(measured.samples, measured.reps)
+    if short:
+        notes.append(short)
+    return notes
+
+
+def _few_rounds(measured: Measured, min_rounds: int, cap: float, settle: float) -> str:
+    """Why fewer than ``min_rounds`` rounds fitted in ``max_budget``: a budget too small for one round
+    here, or a machine that slowed down while it measured."""
+    shortest = min(measured.round_seconds, default=0.0)
+    said = f"only {measured.samples.rounds} round(s) fitted in max_budget {cap:g} s (min_rounds {min_rounds})"
+    if shortest * min_rounds > cap:
+        pauses = f", {settle * 1e3:g} ms of it settling pauses per variant" if settle else ""
+        return (
+            f"{said}: a round takes at least {shortest * 1e3:.0f} ms here{pauses}, so {min_rounds} rounds "
+            f"need {shortest * min_rounds:.2f} s; raise the budget (max_budget is 5x it unless set)"
+        )
+    return f"{said}: the rounds took longer as the call went on (the machine slowed down)"

@@ -82,6 +82,14 @@ def _steady(blocks: list[_Block], elapsed: float) -> float | None:
     return now
 
 
+def unsettled_warning(what: str, warmup: WarmUp, cap: float) -> str:
+    return (
+        f"{what} did not settle in its share of the warm-up ({warmup.seconds:.2f} s, {warmup.calls} calls, "
+        f"of warmup={cap:g} s for the call): its time per call still moved by more than "
+        f"{TOLERANCE:.0%}; the figures may include its warm-up; raise warmup= (--dualgpu-warmup)"
+    )
+
+
 def _enough(stretch: list[_Block]) -> bool:
     """``WINDOW`` blocks, or two of calls so long (a stretch of ``LONG_STRETCH`` s) that each averages
     out its own noise."""
