@@ -172,6 +172,7 @@ def _demo(arguments: argparse.Namespace, lanes: Lanes, settings: dict[str, Any],
     interrupted = _run(tasks, progress, "demo: matrix")
     print(f"== matrix of the built-in models ({', '.join(names)}) ==")
     print(_matrix_text(names, tasks))
+    _print_notes(tasks)
     if arguments.png:
         _matrix_png(names, tasks, arguments.png)
     pairs = [task for task in tasks if task.key[0] != task.key[1]]
@@ -184,6 +185,7 @@ def _demo(arguments: argparse.Namespace, lanes: Lanes, settings: dict[str, Any],
         interrupted = _run(profiled, progress, "demo: profile")
         print(f"\n== profile of the best pair of two different models, {best.label} ==")
         print(_profile_text(profiled))
+        _print_notes(profiled)
     return _finish(arguments, tasks + profiled, interrupted, None)
 
 
@@ -208,8 +210,7 @@ def _finish(arguments: argparse.Namespace, tasks: list[Task], interrupted: bool,
         print(f"interrupted: {len(done)} of {len(tasks)} measured", file=sys.stderr)
     if render is not None:
         print(render(done))
-    for line in profiler.notes(done):
-        print(line)
+        _print_notes(done)
     if arguments.json:
         emit(dumps(_document(arguments.command, done)), arguments.json)
     if arguments.png and arguments.command in ("profile", "sweep"):
@@ -217,6 +218,12 @@ def _finish(arguments: argparse.Namespace, tasks: list[Task], interrupted: bool,
     if interrupted:
         return INTERRUPTED
     return 1 if any(task.error is not None or task.wrong for task in tasks) else 0
+
+
+def _print_notes(tasks: list[Task]) -> None:
+    """Under a table: each unreliable result's problems and each result's warnings."""
+    for line in profiler.notes(task for task in tasks if task.done):
+        print(line)
 
 
 def _profile_text(tasks: list[Task]) -> str:

@@ -109,9 +109,9 @@ def measure_rounds(
     """Rotating rounds until ``stop(samples, now)`` gives a reason (asked after ``min_rounds``), or
     ``deadline`` (a ``time.perf_counter`` value) passes; one round at least, whatever the deadline.
 
-    With ``target_block``, the first round checks the calibration: where the blocks came out more than
-    twice too long or too short, ``reps`` is set again from what that round measured and it is measured
-    anew (twice at most).
+    With ``target_block``, the first round checks the calibration: where its blocks came out far from the
+    target (``_off_target``), ``reps`` is set again from what that round measured and it is measured anew
+    (twice at most).
     """
     names = list(variants)
     measured = Measured(Samples(), reps, "")
@@ -135,7 +135,7 @@ def measure_rounds(
         measured.round_seconds.append(time.perf_counter() - began)
         if target_block is not None and samples.rounds == 1 and measured.recalibrated < MAX_RECALIBRATIONS:
             better = reps_for({name: run.elapsed for name, run in runs.items()}, target_block)
-            if better >= 2 * measured.reps or 2 * better <= measured.reps:
+            if better != measured.reps and _off_target(samples, target_block):
                 measured.notes.append(
                     f"recalibrated: {measured.reps} call(s) per sample gave blocks of "
                     f"{min(samples.blocks[name][0] for name in names) * 1e3:.3g}-"
@@ -163,6 +163,14 @@ def measure_rounds(
         samples.drop_first(start)
         measured.dropped += start
     return measured
+
+
+def _off_target(samples: Samples, target_block: float) -> bool:
+    """The first round's blocks were far from what calibration aimed at: the longest under 0.4x or over
+    4x the target (it may reach 4x by design), or the shortest under half the timer's minimum."""
+    blocks = [series[0] for series in samples.blocks.values()]
+    target = max(MIN_BLOCK_SECONDS, target_block)
+    return max(blocks) < 0.4 * target or max(blocks) > 4 * target or min(blocks) < MIN_BLOCK_SECONDS / 2
 
 
 def slower_start(series: dict[str, list[float]], variants: list[str]) -> int | None:

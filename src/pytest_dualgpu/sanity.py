@@ -191,7 +191,7 @@ def _moved(label: str, samples: list[float]) -> str | None:
 def _outliers(rounds: _Rounds, found: Assessment) -> None:
     speedups = stats.paired_ratios(rounds.sequential, rounds.concurrent)
     far = stats.outliers(speedups)
-    if far and len(far) > OUTLIER_SHARE * len(speedups):
+    if len(far) >= 2 and len(far) > OUTLIER_SHARE * len(speedups):
         found.warnings.append(
             f"{len(far)} of {len(speedups)} rounds are far outliers (speedup beyond 3 IQR of the quartiles); "
             "they are kept: the median and its interval do not depend on how far out they lie"
