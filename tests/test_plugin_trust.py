@@ -4,27 +4,20 @@ with and without xdist, and a wait for another process's measuring lock said whi
 
 from __future__ import annotations
 
+import fnmatch
 import json
-import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-
-from pytest_dualgpu.devices import lock_path
+from lockholder import lock_held_elsewhere
 
 FAST = ("--dualgpu-budget=0.3", "--dualgpu-max-budget=3", "--dualgpu-warmup=1")
 
 #: Lanes that take turns on one lock: their speedup is 1.0 by construction, so bounds around it are known.
-TURNS = '''
+TURNS_MODELS = '''
 import threading, time
 
-import pytest
-import torch
 from torch import nn
 
 LOCK = threading.Lock()
@@ -43,6 +36,12 @@ class FastOnLaneThreads(nn.Module):
     def forward(self, x):
         time.sleep(0.001 if threading.current_thread().name.startswith("dualgpu-lane") else 0.004)
         return x * 2
+'''
+
+TURNS = """
+import pytest
+import torch
+from turns_models import FastOnLaneThreads, Turns
 
 
 @pytest.mark.dualgpu_speedup(min=0.8, device="cpu")
@@ -63,7 +62,7 @@ def test_at(dual_infer):
 @pytest.mark.dualgpu_speedup(min=1.5, device="cpu")
 def test_impossible(dual_infer):
     dual_infer(FastOnLaneThreads(), FastOnLaneThreads(), torch.ones(2), mode="threads")
-'''
+"""
 
 
 def statuses(path: Path) -> dict[str, str]:
@@ -75,7 +74,7 @@ def statuses(path: Path) -> dict[str, str]:
 def test_pass_fail_and_inconclusive_verdicts_with_the_default_warn(
     suite: pytest.Pytester, workers: str
 ) -> None:
-    suite.makepyfile(test_turns=TURNS)
+    suite.makepyfile(turns_models=TURNS_MODELS, test_turns=TURNS)
     result = suite.runpytest_subprocess(
         *FAST, "-n", workers, "--dualgpu-report", "--dualgpu-report=json:out.json", "--junitxml=junit.xml"
     )
@@ -119,7 +118,7 @@ def test_pass_fail_and_inconclusive_verdicts_with_the_default_warn(
 
 
 def test_inconclusive_fail_fails_the_test_and_skip_skips_it(suite: pytest.Pytester) -> None:
-    suite.makepyfile(test_turns=TURNS)
+    suite.makepyfile(turns_models=TURNS_MODELS, test_turns=TURNS)
     failing = suite.runpytest(*FAST, "-k", "at or above", "--dualgpu-inconclusive=fail")
     failing.assert_outcomes(passed=1, failed=1)
     failing.stdout.fnmatch_lines(
@@ -140,22 +139,14 @@ def test_the_regression_gate_is_inconclusive_where_the_interval_straddles_its_li
     suite: pytest.Pytester,
 ) -> None:
     suite.makepyfile(
+        turns_models=TURNS_MODELS,
         test_gate="""
-        import threading, time
         import torch
-        from torch import nn
-
-        LOCK = threading.Lock()
-
-        class Turns(nn.Module):
-            def forward(self, x):
-                with LOCK:
-                    time.sleep(0.003)
-                return x * 2
+        from turns_models import Turns
 
         def test_turns(dual_infer):
             dual_infer(Turns(), Turns(), torch.ones(2))
-        """
+        """,
     )
     suite.runpytest(*FAST, "--dualgpu-save=base.json").assert_outcomes(passed=1)
     gate = (
@@ -178,29 +169,9 @@ def test_the_regression_gate_is_inconclusive_where_the_interval_straddles_its_li
     assert strict.ret == pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture
-def lock_held_for_three_seconds() -> Iterator[None]:
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time; from pytest_dualgpu.lock import MeasuringLock; "
-            f"lock = MeasuringLock({lock_path(torch.device('cpu'))!r}, timeout=10); lock.acquire(); "
-            "print('held', flush=True); time.sleep(3); lock.release()",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={name: value for name, value in os.environ.items() if name != "PYTEST_CURRENT_TEST"},
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "held"
-    yield
-    holder.kill()
-    holder.wait()
-
-
+@pytest.mark.parametrize(("workers", "held"), [("0", 4), ("1", 7)])  # xdist takes ~3 s to start
 def test_a_session_waiting_for_the_lock_says_who_holds_it(
-    suite: pytest.Pytester, lock_held_for_three_seconds: None
+    suite: pytest.Pytester, workers: str, held: int
 ) -> None:
     suite.makepyfile(
         """
@@ -211,12 +182,13 @@ def test_a_session_waiting_for_the_lock_says_who_holds_it(
             dual_infer(Sleep(), Sleep(), torch.ones(2))
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-report")
+    with lock_held_elsewhere(held):
+        result = suite.runpytest_subprocess(*FAST, "-n", workers, "--dualgpu-report")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "dualgpu: waiting * s for the measuring lock *, held by pid * (*python -c *; measuring) since *; "
-            "giving up after 600 s (lock_timeout)",
-            "*waited * s for the cpu measuring lock*",
-        ]
+    said = result.stdout.lines + result.stderr.lines  # an xdist worker says it on its standard error
+    pattern = (
+        "dualgpu: waiting * s for the measuring lock *, held by pid * (*python -c import time*; measuring) "
+        "since *; giving up after 600 s (lock_timeout)"
     )
+    assert any(fnmatch.fnmatch(line, pattern) for line in said), "\n".join(said)
+    result.stdout.fnmatch_lines(["*waited * s for the cpu measuring lock*"])

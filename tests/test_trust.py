@@ -4,20 +4,17 @@ impossible results, decided and inconclusive bounds, every run under the timeout
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
+from lockholder import lock_held_elsewhere
 from models import GilLane, SleepLane, in_lane_thread
 from torch import nn
 
 from pytest_dualgpu import LaneTimeoutError, dual_infer
 from pytest_dualgpu import engine as engine_module
-from pytest_dualgpu.devices import lock_path
 from pytest_dualgpu.errors import MeasuringLockTimeout
 from pytest_dualgpu.verdicts import SpeedupSpec, judge
 
@@ -265,41 +262,17 @@ def test_the_lock_waits_for_an_abandoned_lane_before_the_next_call_measures() ->
     assert not any("still runs user code" in warning for warning in result.warnings)
 
 
-@pytest.fixture
-def lock_held_elsewhere() -> Iterator[int]:
-    """Another process holding the CPU measuring lock, as a real measuring session would."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pytest_dualgpu.lock import MeasuringLock; "
-            f"lock = MeasuringLock({lock_path(torch.device('cpu'))!r}, timeout=10); lock.acquire(); "
-            "print('held', flush=True); time.sleep(30)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "held"
-    yield holder.pid
-    holder.kill()
-    holder.wait()
-
-
-def test_a_wait_for_another_process_s_lock_is_said_while_it_lasts_and_gives_up_at_its_limit(
-    lock_held_elsewhere: int,
-) -> None:
+def test_a_wait_for_another_process_s_lock_is_said_while_it_lasts_and_gives_up_at_its_limit() -> None:
     notices: list[str] = []
-    started = time.perf_counter()
-    with pytest.raises(
-        MeasuringLockTimeout, match=rf"gave up after waiting 3 s .* held by pid {lock_held_elsewhere}"
-    ):
-        dual_infer.bind(on_notice=notices.append)(
-            SleepLane(0.001), SleepLane(0.001), torch.ones(2), lock_timeout=3
-        )
-    assert 3 <= time.perf_counter() - started < 5
+    with lock_held_elsewhere(30) as holder:
+        started = time.perf_counter()
+        with pytest.raises(MeasuringLockTimeout, match=rf"gave up after waiting 3 s .* held by pid {holder}"):
+            dual_infer.bind(on_notice=notices.append)(
+                SleepLane(0.001), SleepLane(0.001), torch.ones(2), lock_timeout=3
+            )
+        assert 3 <= time.perf_counter() - started < 5
     assert notices, "nothing was said while waiting"
-    assert f"held by pid {lock_held_elsewhere}" in notices[0]
+    assert f"held by pid {holder}" in notices[0]
     assert "giving up after 3 s" in notices[0]
 
 

@@ -111,5 +111,5 @@ class MeasuringLock:
 
 
 def _command_line() -> str:
-    shown = " ".join(getattr(sys, "orig_argv", sys.argv)) or "python"
+    shown = " ".join(" ".join(getattr(sys, "orig_argv", sys.argv)).split()) or "python"
     return shown if len(shown) <= 100 else shown[:97] + "..."

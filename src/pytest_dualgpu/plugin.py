@@ -411,10 +411,10 @@ def _notice(config: pytest.Config, message: str) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     context = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
     with context:
-        if reporter is not None:
+        if reporter is not None and not hasattr(config, "workerinput"):
             reporter.ensure_newline()
             reporter.write_line(f"dualgpu: {message}", yellow=True)
-        else:  # an xdist worker has no terminal of its own; its stderr reaches the controller's
+        else:  # an xdist worker's terminal goes nowhere; its standard error reaches the controller's
             print(f"dualgpu: {message}", file=sys.__stderr__, flush=True)
 
 
