@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from pytest_dualgpu.devices import lock_path
+from pytest_dualgpu.lock import MeasuringLock
 
 
 @contextlib.contextmanager
@@ -35,3 +36,14 @@ def lock_held_elsewhere(seconds: float) -> Iterator[int]:
     finally:
         holder.kill()
         holder.wait()
+
+
+@contextlib.contextmanager
+def lock_held_here() -> Iterator[None]:
+    """Hold the lock in this process (other processes may hold it first: wait our turn)."""
+    lock = MeasuringLock(lock_path(torch.device("cpu")), timeout=120)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

@@ -10,7 +10,7 @@ import torch
 from models import SleepLane
 
 from pytest_dualgpu import dual_infer
-from pytest_dualgpu.baseline import Baseline, compare, parse_threshold
+from pytest_dualgpu.baseline import Baseline, MetricChange, compare, parse_threshold
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.report import ReportRow, dumps, json_document
 from pytest_dualgpu.results import DualResult, Measurement
@@ -249,3 +249,12 @@ def test_thresholds_from_the_ini_file_wait_for_a_baseline(suite: pytest.Pytester
     result = suite.runpytest(*FAST, "-k", "steady")
     assert result.ret == pytest.ExitCode.OK
     assert "regression gate" not in result.stdout.str()
+
+
+def test_a_memory_regression_is_judged_on_an_unreliable_result_too() -> None:
+    grown = MetricChange(
+        "memory", 100.0, 200.0, (200.0, 200.0), parse_threshold("memory:10%"), reliable=False
+    )
+    assert grown.regressed
+    slower = MetricChange("speedup", 2.0, 1.0, (0.9, 1.1), parse_threshold("speedup:10%"), reliable=False)
+    assert slower.status == "inconclusive"

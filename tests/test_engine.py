@@ -9,11 +9,11 @@ import time
 
 import pytest
 import torch
+from lockholder import lock_held_here
 from models import MLP, GilLane, SleepLane, SmallCNN, TinyTransformer, in_lane_thread, text_inputs
 
 from pytest_dualgpu import DualResult, dual_infer
 from pytest_dualgpu.backends import Backend
-from pytest_dualgpu.devices import measuring_lock
 from pytest_dualgpu.results import Measurement
 from pytest_dualgpu.settings import MODES
 
@@ -179,7 +179,7 @@ def test_auto_probes_each_mode_and_keeps_the_fastest(monkeypatch: pytest.MonkeyP
 
 def test_measuring_waits_for_the_device_lock_and_says_so() -> None:
     results: list[DualResult] = []
-    with measuring_lock(torch.device("cpu")):
+    with lock_held_here():
         worker = threading.Thread(
             target=lambda: results.append(
                 dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(1), **FAST)

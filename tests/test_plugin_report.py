@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import torch
+from lockholder import lock_held_here
 
-from pytest_dualgpu.devices import measuring_lock
 from pytest_dualgpu.results import DualResult
 
 FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
@@ -242,7 +242,7 @@ def test_a_long_wait_for_the_measuring_lock_is_reported(suite: pytest.Pytester) 
     held = threading.Event()
 
     def hold() -> None:
-        with measuring_lock(torch.device("cpu")):  # other processes may hold it first: wait our turn
+        with lock_held_here():
             held.set()
             started.event.wait(timeout=60)
             time.sleep(1.5)

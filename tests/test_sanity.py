@@ -239,6 +239,30 @@ def test_the_stopping_rule_stops_when_decided_keeps_going_when_open_and_ends_at_
     assert rule(())(wide, now) is None
 
 
+def test_the_stopping_rule_needs_enough_rounds_for_its_interval() -> None:
+    now = time.perf_counter()
+    few = samples_of(jitter(8e-3, 3, 0.002), jitter(4e-3, 3, 0.002), [jitter(4e-3, 3)] * 2)
+    assert rule((Bound("speedup", 1.5),))(few, now) is None  # precise, but 3 rounds decide nothing
+    seven = samples_of(jitter(8e-3, 7, 0.002), jitter(4e-3, 7, 0.002), [jitter(4e-3, 7)] * 2)
+    assert rule((Bound("speedup", 1.5),))(seven, now) is None  # no 99% interval from 7 rounds
+    eight = samples_of(jitter(8e-3, 8, 0.002), jitter(4e-3, 8, 0.002), [jitter(4e-3, 8)] * 2)
+    assert rule((Bound("speedup", 1.5),))(eight, now) == "decided"
+    assert stats.rounds_for(0.95) == 6
+    assert stats.rounds_for(0.99) == 8
+
+
+def test_an_efficiency_bound_with_no_efficiency_to_measure_is_decided_at_once() -> None:
+    # One lane takes nearly all the time: overlap can save almost nothing, so no round has an efficiency.
+    lopsided = samples_of(jitter(10e-3, 8), jitter(10e-3, 8), [jitter(10e-3, 8), jitter(1e-5, 8)])
+    assert rule((Bound("efficiency", 0.5),))(lopsided, time.perf_counter()) == "decided"
+    assert Bound("efficiency", 0.5).decide(None) == "fail"
+
+
+def test_measuring_ends_at_the_deadline_with_or_without_bounds() -> None:
+    wide = samples_of(jitter(8e-3, 12, 0.4), jitter(4.2e-3, 12, 0.4, phase=2), [jitter(4e-3, 12)] * 2)
+    assert rule((), budget_left=5, deadline_left=-1)(wide, time.perf_counter()) == "max budget"
+
+
 def test_the_warm_up_ends_once_the_time_per_call_stops_changing_and_not_before() -> None:
     calls = []
 

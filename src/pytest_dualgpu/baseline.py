@@ -100,10 +100,10 @@ class Baseline:
         saved = load_report(Path(path).expanduser(), f"--dualgpu-compare={path}", fix)
         return cls(path, saved.machine, dict(zip(row_keys(saved.rows), saved.rows, strict=True)))
 
-    def bounds_for(self, nodeid: str, call: int, thresholds: Sequence[Threshold]) -> tuple[Bound, ...]:
-        """The gate's limits for a test's call about to run, as bounds the engine can measure until it
-        decides them (the base row of that test with the same call number)."""
-        base = next((row for row in self.rows.values() if row.nodeid == nodeid and row.call == call), None)
+    def bounds_for(self, key: RowKey, thresholds: Sequence[Threshold]) -> tuple[Bound, ...]:
+        """The gate's limits for a call about to run, as bounds the engine can measure until it decides
+        them: from the base row with that key (test, result name, occurrence), as ``compare`` matches."""
+        base = self.rows.get(key)
         if base is None:
             return ()
         bounds = []
@@ -138,7 +138,7 @@ class MetricChange:
         limit = self.limit
         if limit is None:
             return None
-        if not self.reliable:
+        if not self.reliable and self.metric != "memory":  # bytes are counted exactly, whatever the clock did
             return stats.INCONCLUSIVE
         metric = METRICS[self.metric]
         return stats.decide(

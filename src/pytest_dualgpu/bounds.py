@@ -58,7 +58,9 @@ class Bound:
 
     def decide(self, figure: Figure | None) -> str:
         if figure is None:
-            return stats.INCONCLUSIVE
+            # No efficiency: the lanes cannot gain from overlap (nearly all the time is one lane's), so no
+            # efficiency bound can be met, and measuring longer will not change that.
+            return stats.FAIL if self.metric == "efficiency" else stats.INCONCLUSIVE
         metric = METRICS[self.metric]
         return stats.decide(
             figure.interval,
@@ -66,6 +68,7 @@ class Bound:
             higher_is_better=metric.higher_is_better,
             margin=metric.margin,
             rounds=figure.rounds,
+            confidence=figure.confidence,
         )
 
     def decide_on(self, result: DualResult) -> str:
@@ -73,11 +76,10 @@ class Bound:
 
     def undecidable(self, figure: Figure | None) -> bool:
         """Whether more rounds cannot help: even an interval shrunk to the median would straddle the bound."""
-        if figure is None:
+        if figure is None or figure.rounds < stats.rounds_for(figure.confidence):
             return False
-        return Bound.decide(self, Figure(figure.value, (figure.value, figure.value), figure.rounds)) == (
-            stats.INCONCLUSIVE
-        )
+        point = Figure(figure.value, (figure.value, figure.value), figure.rounds, figure.confidence)
+        return Bound.decide(self, point) == stats.INCONCLUSIVE
 
     def __str__(self) -> str:
         return f"{self.metric} {'>=' if METRICS[self.metric].higher_is_better else '<='} {self.value:g}"
@@ -98,11 +100,12 @@ def parse_bounds(raw: object) -> tuple[Bound, ...]:
 
 @dataclass(frozen=True)
 class Figure:
-    """A measured value, its 95% interval and how many rounds it rests on."""
+    """A measured value, its interval at ``confidence`` and how many rounds (values) it rests on."""
 
     value: float
     interval: Interval
     rounds: int
+    confidence: float = 0.95
 
 
 def figure(result: DualResult, metric: str) -> Figure | None:
@@ -113,7 +116,8 @@ def figure(result: DualResult, metric: str) -> Figure | None:
         if result.efficiency is None:
             return None
         interval = result.efficiency_ci or (result.efficiency, result.efficiency)
-        return Figure(result.efficiency, interval, result.rounds)
+        rounds = result.rounds if result.efficiency_rounds is None else result.efficiency_rounds
+        return Figure(result.efficiency, interval, rounds)
     if metric == "concurrent":
         samples = result.concurrent.samples
         median = result.concurrent.median

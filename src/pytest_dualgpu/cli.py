@@ -104,7 +104,9 @@ def _add_measuring(parser: argparse.ArgumentParser, modes: bool = False, budget:
         "--max-budget", type=_positive, help="Seconds a call may measure at most (default 5x the budget)"
     )
     parser.add_argument(
-        "--warmup", type=_positive, help="Cap in seconds of each call's steady-state warm-up (default 3)"
+        "--warmup",
+        type=_not_negative,
+        help="Cap in seconds of each call's steady-state warm-up (default 3; 0 skips it)",
     )
     parser.add_argument(
         "--dtype", choices=("float32", "float16", "bfloat16"), help="Cast models and float inputs"
@@ -129,6 +131,16 @@ def _batches(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be at least 1")
     return sorted(set(sizes))
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds >= 0, e.g. 3 (0 skips the warm-up)")
+    return value
 
 
 def _positive(text: str) -> float:

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
-from filelock import FileLock
 
 from .errors import DualGpuUsageError
 from .gpus import nvidia_smi
@@ -100,19 +96,6 @@ def lock_path(device: torch.device) -> str:
     else:
         key = "cpu"
     return os.path.join(tempfile.gettempdir(), f"pytest-dualgpu-{key}.lock")
-
-
-@contextmanager
-def measuring_lock(device: torch.device) -> Iterator[float]:
-    """Hold the device's measuring lock; yields how many seconds were spent waiting for it.
-
-    A file lock (not a thread lock) because the processes that must not time each other's work are
-    pytest-xdist workers, or separate test sessions sharing one GPU runner.
-    """
-    lock = FileLock(lock_path(device))
-    started = time.perf_counter()
-    with lock:
-        yield time.perf_counter() - started
 
 
 def describe_device(device: torch.device) -> str:

@@ -116,8 +116,10 @@ def _measured(
     device = backend.device
     lock = MeasuringLock(lock_path(device), timeout=settings.lock_timeout, notify=notify)
     waited = lock.acquire()
-    measurement = _Measuring(backend, lanes, settings, lock_wait=waited, pipeline=plan)
+    abandoned_before = {id(entry.thread) for entry in still_running()}
+    measurement: _Measuring | None = None
     try:
+        measurement = _Measuring(backend, lanes, settings, lock_wait=waited, pipeline=plan)
         if waited > LOCK_WAIT_WARNING_SECONDS:
             measurement.warnings.append(f"waited {waited:.1f} s for the {device.type} measuring lock")
         measurement.warnings += [
@@ -135,12 +137,13 @@ def _measured(
             drop_locals(oom)
         backend.release()
         if oom is not None and oom.__cause__ is not None:
-            raise ConcurrentOutOfMemoryError(
-                oom.run, oom.lane, measurement.alone_peaks, oom.__cause__
-            ) from oom.__cause__
+            peaks = measurement.alone_peaks if measurement is not None else None
+            raise ConcurrentOutOfMemoryError(oom.run, oom.lane, peaks, oom.__cause__) from oom.__cause__
         raise
     finally:
-        lock.release(running=[entry.thread for entry in still_running()], linger=ABANDONED_LINGER)
+        # Only threads this call abandoned hold the lock back; one stuck for good delays one call, not all.
+        fresh = [entry.thread for entry in still_running() if id(entry.thread) not in abandoned_before]
+        lock.release(running=fresh, linger=ABANDONED_LINGER)
 
 
 class _Measuring:
@@ -514,6 +517,7 @@ class _Measuring:
             ideal_speedup=sum(alone) / self._best_time(alone) if max(alone) > 0 else 1.0,
             efficiency=stats.median(efficiencies) if efficiencies else None,
             efficiency_ci=stats.median_ci(efficiencies) if efficiencies else None,
+            efficiency_rounds=len(efficiencies),
             micro_batches=self.pipeline.micro_batches if self.pipeline is not None else None,
             overlap=stats.median(samples.overlaps["concurrent"]),
             correct=comparison.correct,

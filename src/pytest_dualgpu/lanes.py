@@ -137,8 +137,15 @@ class Executor:
         return result
 
     def guarded_call(self, call: Callable[[], Any], lane: int, run: str) -> Any:
-        """Run ``call`` (a lane's first piece of work outside a measured run) under the timeout."""
-        return self._guarded(call, lambda: self.lanes[lane].name, run)
+        """Run ``call`` (a lane's first piece of work outside a measured run) under the timeout, on the
+        caller's stream and with the caller's autocast, as the caller would have run it."""
+        autocast = inherited_autocast(self.backend.device.type)
+
+        def as_the_caller() -> Any:
+            with self.backend.lane_scope(None), autocast():
+                return call()
+
+        return self._guarded(as_the_caller, lambda: self.lanes[lane].name, run)
 
     def _guarded(self, call: Callable[[], Any], stuck: Callable[[], str], run: str) -> Any:
         self._guarding = None

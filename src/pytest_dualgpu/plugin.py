@@ -22,6 +22,7 @@ import pytest
 
 from . import gpus, hookspecs
 from .baseline import Baseline
+from .calls import FixtureDualInfer, GateLimits
 from .collector import ResultCollector
 from .errors import DualGpuError, DualGpuUsageError
 from .report import (
@@ -37,8 +38,6 @@ from .verdicts import FAIL, INCONCLUSIVE, MARKERS, WARN, judge, parse_marker
 if TYPE_CHECKING:
     import torch
 
-    from .api import DualInfer
-    from .bounds import Bound
     from .results import DualResult
 
 settings_key = pytest.StashKey[Settings]()
@@ -160,6 +159,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     extras = config.pluginmanager.get_plugin("dualgpu-html")
     if extras is not None:
         config.pluginmanager.unregister(extras)
+
+
+def _recorded_names(item: pytest.Item) -> list[str]:
+    """The result names of the test's calls so far (a call that raised has none)."""
+    return [
+        call.entry.result.name for call in item.stash.get(calls_key, []) if isinstance(call.entry, ReportRow)
+    ]
 
 
 def _recorded_rows(item: pytest.Item) -> list[ReportRow]:
@@ -290,7 +296,7 @@ def place_model(dualgpu_device: torch.device) -> Callable[..., torch.nn.Module]:
 
 
 @pytest.fixture
-def dual_infer(request: pytest.FixtureRequest) -> _FixtureDualInfer:
+def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
     """``dual_infer`` bound to the session's settings; every result is recorded for markers and report.
 
     The test's ``dualgpu_correct`` tolerance and ``dualgpu_sync`` checks are the defaults of each call;
@@ -341,54 +347,8 @@ def dual_infer(request: pytest.FixtureRequest) -> _FixtureDualInfer:
         profile=settings.profile,
         **defaults,
     )
-    return _FixtureDualInfer(bound, item, marker_bounds, _baseline(request.config), settings)
-
-
-class _FixtureDualInfer:
-    """The fixture's callable: every call also gets the bounds it must decide, the markers' and the
-    regression gate's for that call (so the engine measures until it can say pass or fail)."""
-
-    def __init__(
-        self,
-        bound: DualInfer,
-        item: pytest.Item,
-        marker_bounds: tuple[Bound, ...],
-        baseline: Baseline | None,
-        settings: Settings,
-    ) -> None:
-        self._bound = bound
-        self._item = item
-        self._marker_bounds = marker_bounds
-        self._baseline = baseline
-        self._settings = settings
-
-    def _with_bounds(self, settings: dict[str, Any]) -> dict[str, Any]:
-        if "bounds" in settings:
-            return settings
-        bounds = self._marker_bounds
-        if self._baseline is not None and self._settings.compare_fail:
-            call = len(self._item.stash.get(calls_key, []))
-            bounds += self._baseline.bounds_for(self._item.nodeid, call, self._settings.compare_fail)
-        return {**settings, "bounds": bounds} if bounds else settings
-
-    def __call__(self, *args: Any, **settings: Any) -> DualResult:
-        return self._bound(*args, **self._with_bounds(settings))
-
-    def many(self, *args: Any, **settings: Any) -> DualResult:
-        return self._bound.many(*args, **self._with_bounds(settings))
-
-    def pipeline(self, *args: Any, **settings: Any) -> DualResult:
-        return self._bound.pipeline(*args, **self._with_bounds(settings))
-
-    def bind(self, **settings: Any) -> DualInfer:
-        return self._bound.bind(**settings)
-
-    @property
-    def settings(self) -> Any:
-        return self._bound.settings
-
-    def __repr__(self) -> str:
-        return repr(self._bound)
+    gate = GateLimits(_baseline(request.config), settings.compare_fail, item.nodeid)
+    return FixtureDualInfer(bound, marker_bounds, gate, lambda: _recorded_names(item))
 
 
 def _baseline(config: pytest.Config) -> Baseline | None:

@@ -205,6 +205,7 @@ class DualResult:
     max_rel_err: float
     mismatches: list[str] = field(default_factory=list)
     efficiency_ci: tuple[float, float] | None = None
+    efficiency_rounds: int | None = None  # rounds with an efficiency (some have no gain to measure)
     kernel_overlap: float | None = None
     memory: MemoryStats | None = None
     eager_sequential: Measurement | None = None
@@ -251,6 +252,7 @@ class DualResult:
             "ideal_speedup": self.ideal_speedup,
             "efficiency": self.efficiency,
             "efficiency_ci": list(self.efficiency_ci) if self.efficiency_ci else None,
+            "efficiency_rounds": self.efficiency_rounds,
             "overlap": self.overlap,
             "kernel_overlap": self.kernel_overlap,
             "memory": self.memory.to_dict() if self.memory else None,
@@ -305,6 +307,7 @@ class DualResult:
             ideal_speedup=data["ideal_speedup"],
             efficiency=data["efficiency"],
             efficiency_ci=_pair(data.get("efficiency_ci")),
+            efficiency_rounds=data.get("efficiency_rounds"),
             overlap=data["overlap"],
             kernel_overlap=data.get("kernel_overlap"),
             memory=MemoryStats.from_dict(data["memory"]) if data.get("memory") else None,

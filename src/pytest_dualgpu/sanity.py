@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import stats
+from .bounds import Bound
 from .results import DualResult
 
 #: How far the speedup may exceed the ideal before overhead no longer explains it: the ideal rests on the
@@ -135,10 +136,7 @@ def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
 def _contradictions(result: DualResult, found: Assessment) -> None:
     """The speedup is a median of per-round ratios, the time columns medians of each variant apart; where
     they point different ways, say which to believe."""
-    margin = stats.Margin(0.02)
-    against_one = stats.decide(
-        result.speedup_ci, 1.0, higher_is_better=True, margin=margin, rounds=result.rounds
-    )
+    against_one = Bound("speedup", 1.0).decide_on(result)
     faster_at_once = result.concurrent.median < result.sequential.median
     if (against_one == stats.PASS and not faster_at_once) or (against_one == stats.FAIL and faster_at_once):
         found.problems.append(

@@ -63,9 +63,17 @@ def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) ->
     return [num / den for num, den in zip(numerators, denominators, strict=True) if den > 0.0]
 
 
-#: The smallest number of rounds whose range covers the median with at least 95% (1 - 2/2**6 = 96.9%):
-#: with fewer, no interval at 95% exists, so no bound can be decided.
-MIN_DECISION_ROUNDS = 6
+def rounds_for(confidence: float) -> int:
+    """The fewest samples whose range covers the median with at least ``confidence`` (1 - 2 / 2**n):
+    with fewer, ``median_ci`` can only give the range, which covers less, so nothing may be decided."""
+    n = 1
+    while 1 - 2 / 2**n < confidence:
+        n += 1
+    return n
+
+
+#: 6 at 95% (the range of 6 covers the median with 96.9%), 8 at 99% (99.2%).
+MIN_DECISION_ROUNDS = rounds_for(0.95)
 
 PASS = "pass"
 FAIL = "fail"
@@ -90,11 +98,18 @@ class Margin:
 
 
 def decide(
-    interval: tuple[float, float], bound: float, *, higher_is_better: bool, margin: Margin, rounds: int
+    interval: tuple[float, float],
+    bound: float,
+    *,
+    higher_is_better: bool,
+    margin: Margin,
+    rounds: int,
+    confidence: float = 0.95,
 ) -> str:
     """Pass when the whole interval (widened by the margin) lies on the good side of the bound, fail when
-    it lies on the other side, inconclusive when it straddles it or too few rounds back it."""
-    if rounds < MIN_DECISION_ROUNDS:
+    it lies on the other side, inconclusive when it straddles it or too few rounds back an interval at
+    that confidence."""
+    if rounds < rounds_for(confidence):
         return INCONCLUSIVE
     lo, hi = margin.widen(interval)
     if higher_is_better:

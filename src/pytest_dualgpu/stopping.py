@@ -48,6 +48,8 @@ class StoppingRule:
         precise = (
             speedup is not None and stats.relative_width(speedup.interval, speedup.value) <= PRECISION_WIDTH
         )
+        if now >= self.deadline:
+            return "max budget"
         if self.bounds:
             strict = self.figures(samples, INTERIM_CONFIDENCE)
             if all_decided(self.bounds, strict):
@@ -75,7 +77,7 @@ def figures(
     def figure(values: list[float]) -> Figure | None:
         if not values:
             return None
-        return Figure(stats.median(values), stats.median_ci(values, confidence), samples.rounds)
+        return Figure(stats.median(values), stats.median_ci(values, confidence), len(values), confidence)
 
     return {
         "speedup": figure(stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])),
