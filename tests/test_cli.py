@@ -166,6 +166,21 @@ def test_profile_takes_module_and_file_references_and_writes_a_json_report(zoo: 
     assert result["correct"] is True
 
 
+def test_transformers_factories_and_keyword_input_references(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    models = Path(__file__).resolve().parents[1] / "examples" / "hf_models.py"
+    report = tmp_path / "real.json"
+    done = dualgpu(
+        "profile", f"{models}:text_encoder", f"{models}:image_encoder",
+        "--inputs", f"{models}:text_inputs", f"{models}:image_inputs", *FAST, "--json", str(report),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "verdict: threads mode: " in done.stdout
+    (row,) = json.loads(report.read_text())["results"]
+    assert row["correct"]
+    assert [lane["name"] for lane in row["lanes"]] == ["text_encoder", "image_encoder"]
+
+
 def test_input_references_and_dtypes(zoo: Path) -> None:
     by_function = dualgpu("profile", f"{zoo}:Small", f"{zoo}:Small", "--inputs", f"{zoo}:inputs", *FAST)
     assert by_function.returncode == 0, by_function.stderr

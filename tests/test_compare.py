@@ -45,7 +45,7 @@ def test_mismatch_names_the_lane_and_the_path() -> None:
     assert result.max_abs_err == pytest.approx(0.5)
     assert result.max_rel_err == math.inf
     assert result.mismatches[0].startswith(
-        "lane 'TextEncoder' output['logits'][1]: Tensor-likes are not close"
+        "lane 'TextEncoder' output['logits'][1][1]: Tensor-likes are not close"
     )
 
 
@@ -53,7 +53,7 @@ def test_paths_through_named_tuples_and_dataclasses() -> None:
     expected = Box(logits=Pair(torch.ones(1), torch.ones(1)))
     actual = Box(logits=Pair(torch.ones(1), torch.full((1,), 2.0)))
     result = compare_outputs(expected, actual, lane="A")
-    assert result.mismatches[0].startswith("lane 'A' output.logits.second:")
+    assert result.mismatches[0].startswith("lane 'A' output.logits.second[0]:")
     assert result.max_rel_err == pytest.approx(1.0)
 
 

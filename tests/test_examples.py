@@ -21,14 +21,18 @@ def test_the_example_suite_passes_on_cpu_and_reports_every_call(tmp_path: Path) 
         "--dualgpu-report", f"--dualgpu-report=json:{report}",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "4 passed, 1 skipped" in completed.stdout
+    assert "6 passed, 1 skipped" in completed.stdout
     rows = {row["nodeid"].split("::")[1]: row for row in json.loads(report.read_text())["results"]}
     assert set(rows) == {
         "test_on_the_default_stream_they_run_one_after_the_other",
         "test_dual_infer_runs_them_at_once",
         "test_image_and_text_encoders_share_the_device",
         "test_detector_feeds_classifier",
+        "test_text_encoder_beside_image_encoder",
+        "test_decoder_with_its_cache_beside_a_copy",
     }
+    assert rows["test_decoder_with_its_cache_beside_a_copy"]["verdicts"]["correct"] == "pass"
+    assert rows["test_text_encoder_beside_image_encoder"]["lanes"][0]["name"] == "BertModel"
     pipeline = rows["test_detector_feeds_classifier"]
     assert (
         pipeline["micro_batches"],
@@ -53,3 +57,15 @@ def test_the_quickstart_script_compares_one_stream_with_dual_infer() -> None:
     assert lines[0].split()[:4] == ["result", "lanes", "device", "mode"]
     assert lines[2].split()[:7] == ["default", "stream", "Encoder", "+", "Encoder-2", "cpu", "sequential"]
     assert "back to back the lanes overlap 0%" in completed.stdout
+
+
+def test_the_real_model_examples_skip_with_the_fix_where_transformers_is_missing() -> None:
+    without = (
+        "import sys; sys.modules['transformers'] = None; import pytest; "
+        "sys.exit(pytest.main(['examples', '-k', 'default_stream or real', '-rs', '-p', 'no:cacheprovider', "
+        "'--dualgpu-budget=0.1']))"
+    )
+    completed = run(sys.executable, "-c", without)
+    assert completed.returncode == 0, completed.stdout
+    assert "the real-model examples need transformers: pip install -e '.[examples]'" in completed.stdout
+    assert "1 passed, 1 skipped" in completed.stdout

@@ -69,7 +69,7 @@ def test_own_inputs_written_in_place_still_fail_the_trials_through_their_outputs
     )
     assert result.sync.race_failures == 3
     assert result.sync.first_failure is not None
-    assert result.sync.first_failure.startswith("trial 1: lane 'WritesItsInput' output: ")
+    assert result.sync.first_failure.startswith("trial 1: lane 'WritesItsInput' output[0]: ")
 
 
 def test_host_sync_detection_and_the_sanitizer_are_cuda_only() -> None:

@@ -28,10 +28,10 @@ from . import stats
 from .backends import Backend, drop_locals, make_backend
 from .bounds import final_status
 from .callsettings import CallSettings
-from .compare import compare_lanes
+from .compare import Tolerance, compare_lanes, compare_outputs
 from .devices import device_name, lock_path, resolve_device
 from .diagnosis import no_overlap_hint
-from .errors import ConcurrentOutOfMemoryError, LaneError, LaneTimeoutError
+from .errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError, LaneTimeoutError
 from .inputs import check_models, lane_names_for, make_lanes, to_device
 from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run
 from .lock import MeasuringLock, Notify
@@ -44,7 +44,7 @@ from .settings import MODES
 from .stopping import StoppingRule, figures, per_round_efficiencies
 from .sync import check as sync_checks
 from .timeline import LaneTimeline
-from .trees import map_tensors
+from .trees import Kind, kind, map_tensors, walk
 from .warmup import WarmUpClock, unsettled_warning, warm_up
 from .workers import still_running
 
@@ -168,6 +168,7 @@ class _Measuring:
         self.probes: dict[str, ModeProbe] = {}
         self.mode_warmups: dict[str, WarmUp] = {}
         self.alone_peaks: dict[str, int] | None = None
+        self.input_writes: list[str] = []
 
     def run(self, name: str) -> DualResult:
         started = time.perf_counter()
@@ -179,7 +180,7 @@ class _Measuring:
                 self._prepare_pipeline(executor, self.pipeline)
             reference, lane_warmups = self._warm_up_lanes(eager, clock)
             if self.pipeline is not None:
-                reference[-1] = self.pipeline.calls.whole_batch(self.pipeline.inputs)
+                reference[-1] = _kept(self.pipeline.calls.whole_batch(self.pipeline.inputs))
             modes = self._build_modes(executor, candidates, clock)
             warmed = time.perf_counter()
             try:
@@ -266,9 +267,14 @@ class _Measuring:
         peaks = {}
         for index, lane_name in enumerate(self.names):
             label = f"alone run of lane {lane_name!r}"
+            lane = self.lanes[index]
+            before = map_tensors(lane.args, torch.Tensor.clone), map_tensors(lane.kwargs, torch.Tensor.clone)
             first = time.perf_counter()
-            eager.baseline([index], 1, label)
+            first_output = eager.baseline([index], 1, label).outputs[0]
             first = time.perf_counter() - first
+            clock.pause(first)  # a first call that compiles or loads is bounded by the timeout, not the cap
+            _refuse_iterators(lane_name, first_output)
+            self._check_own_inputs(lane, before)
             if self.settings.warmup > 0:
                 steady = warm_up(
                     functools.partial(_per_call, eager, [index], label),
@@ -284,7 +290,7 @@ class _Measuring:
                 warmup = WarmUp(first, 1, False, None)
             with self.backend.peak_memory() as peak:
                 run = eager.baseline([index], 1, label)
-            reference.append(run.outputs[0])
+            reference.append(_kept(run.outputs[0]))
             warmups.append(
                 warmup if warmup.per_call is not None else dataclasses.replace(warmup, per_call=run.elapsed)
             )
@@ -297,6 +303,18 @@ class _Measuring:
             )
         self.alone_peaks = peaks or None
         return reference, warmups
+
+    def _check_own_inputs(self, lane: Lane, before: tuple[Any, Any]) -> None:
+        """Whether the lane's first call, alone, changed its own inputs: then every call sees what the one
+        before left, and any lane sharing them is wrong too; that is this lane's doing, and is named."""
+        exact = Tolerance(rtol=0.0, atol=0.0, equal_nan=True)
+        args, kwargs = before
+        for was, now, root in ((args, lane.args, "args"), (kwargs, lane.kwargs, "kwargs")):
+            changed = compare_outputs(was, now, tolerance=exact, root=root)
+            if not changed.correct:
+                where = changed.mismatches[0].partition(":")[0]
+                self.input_writes.append(f"lane {lane.name!r} changes its own input in place ({where})")
+                return
 
     def _candidate_modes(self) -> list[str]:
         requested = self.settings.mode
@@ -455,10 +473,7 @@ class _Measuring:
         )
 
     def _checked_outputs(self, mode: Mode) -> list[Any]:
-        outputs = mode.concurrent(1).outputs
-        if mode.static_outputs:
-            outputs = [map_tensors(output, torch.Tensor.clone) for output in outputs]
-        return outputs
+        return [_kept(output) for output in mode.concurrent(1).outputs]
 
     def _result(
         self,
@@ -520,10 +535,12 @@ class _Measuring:
             efficiency_rounds=len(efficiencies),
             micro_batches=self.pipeline.micro_batches if self.pipeline is not None else None,
             overlap=stats.median(samples.overlaps["concurrent"]),
-            correct=comparison.correct,
+            correct=comparison.correct and not self.input_writes,
             max_abs_err=comparison.max_abs_err,
             max_rel_err=comparison.max_rel_err,
-            mismatches=comparison.mismatches,
+            mismatches=[*self.input_writes, *comparison.mismatches],
+            input_writes=self.input_writes,
+            uncomparable=comparison.uncomparable,
             memory=memory,
             modes=[self.probes[mode] for mode in MODES if mode in self.probes],
             warnings=self.warnings,
@@ -546,6 +563,24 @@ class _Measuring:
             outputs=outputs,
             reference=reference,
         )
+
+
+def _kept(output: Any) -> Any:
+    """An output to keep past the lane's next call, so a copy: graph replays (``graphs`` mode, and models
+    compiled with ``mode="reduce-overhead"``, whose CUDA graph trees reuse their output memory on the
+    next run) would otherwise overwrite it."""
+    return map_tensors(output, torch.Tensor.clone)
+
+
+def _refuse_iterators(lane_name: str, output: Any) -> None:
+    """A generator or iterator output does its work only when someone iterates: nothing would be timed."""
+    for path, leaf in walk(output):
+        if kind(leaf) is Kind.ITERATOR:
+            raise DualGpuUsageError(
+                f"lane {lane_name!r} returned a {type(leaf).__name__} at {path}: its work runs only when "
+                "it is iterated, so dual_infer would time nothing; return the values (e.g. list(...) or "
+                "torch.stack(...)) from forward"
+            )
 
 
 def _alone(mode: Mode, index: int, label: str, reps: int) -> Run:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,10 +67,20 @@ def lane_names_for(models: Sequence[Callable[..., Any]], names: Sequence[str] | 
 
 
 def _model_name(model: Callable[..., Any]) -> str:
+    """The name a person knows the model by: the class of the module that a compiled, scripted or traced
+    wrapper holds, ``Class.method`` for a bound method, a function's name."""
     if isinstance(model, functools.partial):
         return _model_name(model.func)
+    original = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+    if isinstance(original, torch.nn.Module):
+        return _model_name(original)
+    if isinstance(model, torch.jit.ScriptModule):
+        return str(getattr(model, "original_name", type(model).__name__))
     if isinstance(model, torch.nn.Module) or not hasattr(model, "__name__"):
         return type(model).__name__
+    owner = getattr(model, "__self__", None)
+    if owner is not None and not isinstance(owner, type(sys)):
+        return f"{type(owner).__name__}.{model.__name__}"
     return str(model.__name__)
 
 

@@ -204,6 +204,8 @@ class DualResult:
     max_abs_err: float
     max_rel_err: float
     mismatches: list[str] = field(default_factory=list)
+    input_writes: list[str] = field(default_factory=list)  # lanes that change their own inputs
+    uncomparable: list[str] = field(default_factory=list)  # output parts with nothing to compare
     efficiency_ci: tuple[float, float] | None = None
     efficiency_rounds: int | None = None  # rounds with an efficiency (some have no gain to measure)
     kernel_overlap: float | None = None
@@ -260,6 +262,8 @@ class DualResult:
             "max_abs_err": self.max_abs_err,
             "max_rel_err": self.max_rel_err,
             "mismatches": list(self.mismatches),
+            "input_writes": list(self.input_writes),
+            "uncomparable": list(self.uncomparable),
             "sync": self.sync.to_dict(),
             "modes": [probe.to_dict() for probe in self.modes],
             "warnings": list(self.warnings),
@@ -315,6 +319,8 @@ class DualResult:
             max_abs_err=float(data["max_abs_err"]),
             max_rel_err=float(data["max_rel_err"]),
             mismatches=list(data.get("mismatches", [])),
+            input_writes=list(data.get("input_writes", [])),
+            uncomparable=list(data.get("uncomparable", [])),
             sync=SyncStats.from_dict(data.get("sync", {})),
             modes=[ModeProbe.from_dict(probe) for probe in data.get("modes", [])],
             warnings=list(data.get("warnings", [])),

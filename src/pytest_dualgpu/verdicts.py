@@ -211,15 +211,29 @@ def judge(result: DualResult, specs: Mapping[str, Any]) -> dict[str, Verdict]:
 
 def _judge_correct(result: DualResult, _spec: CorrectSpec) -> Verdict:
     if result.correct:
+        if result.uncomparable:
+            shown = "; ".join(result.uncomparable[:3]) + ("; ..." if len(result.uncomparable) > 3 else "")
+            return Verdict(
+                "correct", WARN, f"outputs equal where they can be compared, but not all can: {shown}"
+            )
         return Verdict("correct", PASS)
     shown = "; ".join(result.mismatches[:3]) + ("; ..." if len(result.mismatches) > 3 else "")
+    if result.input_writes:
+        hint = (
+            "a lane changes its own input in place, so each call sees what the one before left (and any "
+            "lane sharing that input is wrong too); clone it inside forward (x = x.clone()) or use the "
+            "out-of-place operation"
+        )
+    else:
+        hint = (
+            "the lanes share something they write (an input changed in place, a buffer, module state), or a "
+            "stream does not wait for data it reads; nondeterministic kernels need a tolerance"
+        )
     return Verdict(
         "correct",
         FAIL,
         f"concurrent outputs differ from each lane run alone ({shown}); max abs err "
-        f"{result.max_abs_err:.3g}, max rel err {result.max_rel_err:.3g}; hint: the lanes share something "
-        "they write (an input changed in place, a buffer, module state), or a stream does not wait for data "
-        "it reads; nondeterministic kernels need a tolerance",
+        f"{result.max_abs_err:.3g}, max rel err {result.max_rel_err:.3g}; hint: {hint}",
     )
 
 

@@ -114,5 +114,9 @@ class WarmUpClock:
         self.stages_left = max(0, self.stages_left - 1)
         return max(time.perf_counter(), self.deadline - self.reserve * self.stages_left)
 
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` out of the cap (a lane's first call: compiling is not warming up)."""
+        self.deadline += seconds
+
     def add_stages(self, count: int) -> None:
         self.stages_left += count
