@@ -206,7 +206,7 @@ def test_the_workflow_command_runs_on_cpu_and_compares_with_its_own_baseline(tmp
 
     first = run({})
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "4 passed, 1 skipped" in first.stdout
+    assert "6 passed, 1 skipped" in first.stdout
     saved = json.loads((tmp_path / "dualgpu.json").read_text())
     assert len(saved["results"]) == 4
     assert len(list((tmp_path / "dualgpu-traces").iterdir())) == 4
