@@ -208,11 +208,11 @@ def test_the_workflow_command_runs_on_cpu_and_compares_with_its_own_baseline(tmp
     assert first.returncode == 0, first.stdout + first.stderr
     assert "6 passed, 1 skipped" in first.stdout
     saved = json.loads((tmp_path / "dualgpu.json").read_text())
-    assert len(saved["results"]) == 4
-    assert len(list((tmp_path / "dualgpu-traces").iterdir())) == 4
+    assert len(saved["results"]) == 6
+    assert len(list((tmp_path / "dualgpu-traces").iterdir())) == 6
     summary = tmp_path / ("summary.md" if ci == "github" else "dualgpu.md")
     assert "| test" in summary.read_text()
-    assert [p.get("name") for p in ET.parse(tmp_path / "junit.xml").iter("property")].count("dualgpu") == 4
+    assert [p.get("name") for p in ET.parse(tmp_path / "junit.xml").iter("property")].count("dualgpu") == 6
 
     (tmp_path / "baseline").mkdir()
     shutil.move(tmp_path / "dualgpu.json", tmp_path / "baseline" / "dualgpu.json")
