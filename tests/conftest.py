@@ -32,16 +32,21 @@ class Sleep(nn.Module):
 
 
 class Gil(nn.Module):
-    """Holds the GIL in a Python loop: two of these cannot overlap."""
+    """A fixed amount of Python work, which holds the GIL: two of these take turns (a count of steps,
+    not a loop until a deadline, which would count the other lane's turns as its own progress)."""
 
     def __init__(self, seconds=0.002):
         super().__init__()
-        self.seconds = seconds
+        started = time.perf_counter()
+        total = 0
+        for step in range(100_000):
+            total += step
+        self.steps = max(1, round(100_000 * seconds / (time.perf_counter() - started)))
 
     def forward(self, x):
-        deadline = time.perf_counter() + self.seconds
-        while time.perf_counter() < deadline:
-            pass
+        total = 0
+        for step in range(self.steps):
+            total += step
         return x
 
 

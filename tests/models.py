@@ -23,22 +23,37 @@ class SleepLane(nn.Module):
 
 
 class GilLane(nn.Module):
-    """Negative control: a Python loop that holds the GIL for the whole forward, so lanes cannot overlap.
+    """Negative control: a fixed amount of Python work, which holds the GIL, so two lanes take turns.
 
-    No torch operator runs inside: each releases the GIL, and a hand-off in the middle of a forward would
-    let the other lane start while this one is still in flight.
+    A fixed count of loop steps (calibrated to ``seconds`` when built), not a loop until a deadline: the
+    interpreter hands the GIL over every 5 ms, and a lane spinning against the clock would count the time
+    the other lane held it as its own progress. No torch operator runs inside (each releases the GIL).
     """
 
     def __init__(self, seconds: float = 0.01) -> None:
         super().__init__()
-        self.seconds = seconds
+        self.steps = python_steps_for(seconds)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        deadline = time.perf_counter() + self.seconds
-        spins = 0
-        while time.perf_counter() < deadline:
-            spins += 1
+        total = 0
+        for step in range(self.steps):
+            total += step
         return x
+
+
+def python_steps_for(seconds: float) -> int:
+    """How many steps of ``GilLane``'s loop take ``seconds`` on this machine (the fastest of a few tries)."""
+    steps = 100_000
+    fastest = min(_timed_steps(steps) for _ in range(3))
+    return max(1, round(steps * seconds / fastest))
+
+
+def _timed_steps(steps: int) -> float:
+    started = time.perf_counter()
+    total = 0
+    for step in range(steps):
+        total += step
+    return time.perf_counter() - started
 
 
 class MLP(nn.Module):

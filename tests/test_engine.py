@@ -34,9 +34,10 @@ def test_sleeping_lanes_overlap_almost_perfectly() -> None:
 def test_lanes_holding_the_gil_do_not_overlap() -> None:
     result = dual_infer(GilLane(), GilLane(), torch.ones(4), mode="threads", **FAST)
     assert result.speedup < 1.3
-    assert result.overlap < 0.3
     assert result.efficiency is not None
     assert result.efficiency < 0.3
+    # The interpreter hands the GIL over every 5 ms, so 10 ms calls are time-sliced: their envelopes may
+    # overlap although nothing ran at once. Efficiency is what says the overlap did not pay.
 
 
 def test_sequential_mode_does_not_overlap() -> None:

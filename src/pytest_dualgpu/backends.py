@@ -10,7 +10,6 @@ into seconds since the origin.
 
 from __future__ import annotations
 
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -25,18 +24,13 @@ from .trees import iter_tensors
 
 Stamps = list[tuple[Any, Any]]
 
-#: Interpreter switch interval during concurrent CPU runs. With the default 5 ms, two lanes that hold the
-#: GIL in Python code are time-sliced: both appear busy for the whole run and their envelopes overlap
-#: although nothing ran at once. A long interval makes GIL-bound work show as what it is, serialization,
-#: while torch operators (which release the GIL) switch as freely as before.
-GIL_SLICE_SECONDS = 0.5
-
 
 @dataclass
 class Timing:
     elapsed: float
     wall: float
     intervals: list[list[Interval]]
+    call_ends: list[list[float]]  # when each call of each lane ended, seconds since the origin
 
 
 class Backend:
@@ -96,22 +90,16 @@ class Backend:
     def stamp(self) -> Any:
         return time.perf_counter()
 
-    def finish(self, origin: Any, lanes: Sequence[int], stamps: Sequence[Stamps]) -> Timing:
+    def finish(
+        self, origin: Any, lanes: Sequence[int], stamps: Sequence[Stamps], ends: Sequence[list[Any]]
+    ) -> Timing:
         intervals = [[(start - origin, end - origin) for start, end in lane] for lane in stamps]
         elapsed = max((end for lane in intervals for _, end in lane), default=0.0)
-        return Timing(elapsed=elapsed, wall=elapsed, intervals=intervals)
+        call_ends = [[end - origin for end in lane] for lane in ends]
+        return Timing(elapsed=elapsed, wall=elapsed, intervals=intervals, call_ends=call_ends)
 
     def synchronize(self) -> None:
         """Wait for everything issued on the device."""
-
-    @contextmanager
-    def concurrent_scope(self) -> Iterator[None]:
-        previous = sys.getswitchinterval()
-        sys.setswitchinterval(GIL_SLICE_SECONDS)
-        try:
-            yield
-        finally:
-            sys.setswitchinterval(previous)
 
     @contextmanager
     def peak_memory(self) -> Iterator[list[int]]:
@@ -138,10 +126,10 @@ class CudaBackend(Backend):
     preroll = False
     min_warmup = 0.25  # a GPU's clocks take a while to rise from idle under load
 
-    def __init__(self, device: torch.device, lane_count: int) -> None:
+    def __init__(self, device: torch.device, lane_count: int, high: Sequence[bool] | None = None) -> None:
         super().__init__(device, lane_count)
         self.caller = torch.cuda.current_stream(device)
-        self.streams = lane_streams(device, lane_count)
+        self.streams = lane_streams(device, lane_count, high)
 
     def worker_setup(self) -> Callable[[], None]:
         return self._on_device(super().worker_setup())
@@ -174,7 +162,9 @@ class CudaBackend(Backend):
         event.record()
         return event
 
-    def finish(self, origin: Any, lanes: Sequence[int], stamps: Sequence[Stamps]) -> Timing:
+    def finish(
+        self, origin: Any, lanes: Sequence[int], stamps: Sequence[Stamps], ends: Sequence[list[Any]]
+    ) -> Timing:
         start, wall_start = origin
         for lane in lanes:
             self.caller.wait_stream(self.streams[lane])
@@ -186,14 +176,13 @@ class CudaBackend(Backend):
             [(start.elapsed_time(first) / 1e3, start.elapsed_time(last) / 1e3) for first, last in lane]
             for lane in stamps
         ]
-        return Timing(elapsed=start.elapsed_time(end) / 1e3, wall=wall, intervals=intervals)
+        call_ends = [[start.elapsed_time(stamp) / 1e3 for stamp in lane] for lane in ends]
+        return Timing(
+            elapsed=start.elapsed_time(end) / 1e3, wall=wall, intervals=intervals, call_ends=call_ends
+        )
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
-
-    @contextmanager
-    def concurrent_scope(self) -> Iterator[None]:
-        yield
 
     @contextmanager
     def peak_memory(self) -> Iterator[list[int]]:
@@ -278,27 +267,36 @@ def _abandon_pool(device: torch.device, pool: Any) -> None:
         release(index, pool)
 
 
-_STREAMS: dict[tuple[int, int], torch.cuda.Stream] = {}
+_STREAMS: dict[tuple[int, int, bool], torch.cuda.Stream] = {}
+#: Beyond the device's range, torch maps a priority to the nearest valid one: this is the highest there is.
+HIGHEST_PRIORITY = -(2**20)
 
 
-def lane_streams(device: torch.device, count: int) -> list[torch.cuda.Stream]:
-    """One stream per (device, lane index), created once per process and reused by every call.
+def lane_streams(
+    device: torch.device, count: int, high: Sequence[bool] | None = None
+) -> list[torch.cuda.Stream]:
+    """One stream per (device, lane index, priority), created once per process and reused by every call.
 
     Creating streams per call would leak them (PyTorch pools a fixed number) and would make every call
-    pay first-use costs on fresh streams inside what it measures.
+    pay first-use costs on fresh streams inside what it measures. A high-priority lane's stream has the
+    device's highest priority: its kernels are scheduled before those of normal streams.
     """
     index = device.index if device.index is not None else torch.cuda.current_device()
     streams = []
     for lane in range(count):
-        key = (index, lane)
+        urgent = bool(high and high[lane])
+        key = (index, lane, urgent)
         if key not in _STREAMS:
-            _STREAMS[key] = torch.cuda.Stream(device=torch.device("cuda", index))
+            priority = HIGHEST_PRIORITY if urgent else 0
+            _STREAMS[key] = torch.cuda.Stream(device=torch.device("cuda", index), priority=priority)
         streams.append(_STREAMS[key])
     return streams
 
 
-def make_backend(device: torch.device, lane_count: int) -> Backend:
-    return CudaBackend(device, lane_count) if device.type == "cuda" else Backend(device, lane_count)
+def make_backend(device: torch.device, lane_count: int, high: Sequence[bool] | None = None) -> Backend:
+    if device.type == "cuda":
+        return CudaBackend(device, lane_count, high)
+    return Backend(device, lane_count)
 
 
 def drop_locals(error: BaseException) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import stats
 from .errors import DualGpuUsageError
+from .latency import PERCENTILES
 from .results import DualResult
 from .timeline import Interval
 
@@ -34,17 +35,20 @@ METRICS: dict[str, Metric] = {
     "efficiency": Metric("efficiency", True, stats.Margin(0.04, relative=False), ""),
     "concurrent": Metric("concurrent", False, stats.Margin(0.02), "s"),
     "memory": Metric("memory", False, stats.Margin(0.0), "B"),
+    "slowdown": Metric("slowdown", False, stats.Margin(0.02), "x"),
 }
-TIMED = ("speedup", "efficiency", "concurrent")
+TIMED = ("speedup", "efficiency", "concurrent", "slowdown")
 
 
 @dataclass(frozen=True)
 class Bound:
     """A limit a call's figure must reach: at least ``value`` for speedup and efficiency, at most for
-    concurrent time (seconds)."""
+    concurrent time (seconds) and for a lane's slowdown at a percentile (``lane`` None: every lane)."""
 
     metric: str
     value: float
+    lane: str | None = None
+    percentile: int = 50
 
     def __post_init__(self) -> None:
         if self.metric not in TIMED:
@@ -55,6 +59,27 @@ class Bound:
         value = self.value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise DualGpuUsageError(f"the {self.metric} bound must be a finite number, got {value!r}")
+        if self.percentile not in PERCENTILES:
+            raise DualGpuUsageError(
+                f"percentile must be one of {', '.join(map(str, PERCENTILES))} (the latencies measured), "
+                f"got {self.percentile!r}"
+            )
+
+    @property
+    def key(self) -> str:
+        """Which figure the bound is on: the metric, or for a slowdown the lane and percentile too."""
+        return self.metric if self.metric != "slowdown" else f"slowdown:{self.lane}:p{self.percentile}"
+
+    def for_lanes(self, names: Sequence[str]) -> tuple[Bound, ...]:
+        """A slowdown bound for every lane becomes one per lane; an unknown lane is a usage error."""
+        if self.metric != "slowdown":
+            return (self,)
+        if self.lane is None:
+            return tuple(Bound(self.metric, self.value, name, self.percentile) for name in names)
+        if self.lane not in names:
+            shown = ", ".join(map(repr, names))
+            raise DualGpuUsageError(f"the slowdown bound names lane {self.lane!r}, but the lanes are {shown}")
+        return (self,)
 
     def decide(self, figure: Figure | None) -> str:
         if figure is None:
@@ -72,7 +97,7 @@ class Bound:
         )
 
     def decide_on(self, result: DualResult) -> str:
-        return self.decide(figure(result, self.metric))
+        return self.decide(figure_for(result, self))
 
     def undecidable(self, figure: Figure | None) -> bool:
         """Whether more rounds cannot help: even an interval shrunk to the median would straddle the bound."""
@@ -82,7 +107,8 @@ class Bound:
         return Bound.decide(self, point) == stats.INCONCLUSIVE
 
     def __str__(self) -> str:
-        return f"{self.metric} {'>=' if METRICS[self.metric].higher_is_better else '<='} {self.value:g}"
+        said = f"{self.metric} {'>=' if METRICS[self.metric].higher_is_better else '<='} {self.value:g}"
+        return said if self.metric != "slowdown" else f"{said} (lane {self.lane!r}, p{self.percentile})"
 
 
 def parse_bounds(raw: object) -> tuple[Bound, ...]:
@@ -133,7 +159,7 @@ def figure(result: DualResult, metric: str) -> Figure | None:
 
 def interval_text(metric: str, figure: Figure) -> str:
     lo, hi = figure.interval
-    if metric == "speedup":
+    if metric in ("speedup", "slowdown"):
         return f"{figure.value:.2f}x [95% CI {lo:.2f}, {hi:.2f}]"
     if metric == "concurrent":
         return f"{figure.value * 1e3:.3g} ms [95% CI {lo * 1e3:.3g}, {hi * 1e3:.3g}]"
@@ -141,13 +167,26 @@ def interval_text(metric: str, figure: Figure) -> str:
 
 
 def all_decided(bounds: Sequence[Bound], figures: Mapping[str, Figure | None]) -> bool:
-    return all(bound.decide(figures.get(bound.metric)) != stats.INCONCLUSIVE for bound in bounds)
+    return all(bound.decide(figures.get(bound.key)) != stats.INCONCLUSIVE for bound in bounds)
+
+
+def figure_for(result: DualResult, bound: Bound) -> Figure | None:
+    """The figure a bound is on: a metric of the result, or a lane's slowdown at a percentile."""
+    if bound.metric != "slowdown":
+        return figure(result, bound.metric)
+    lane = next((lane for lane in result.lanes if lane.name == bound.lane), None)
+    if lane is None or lane.latency is None:
+        return None
+    interval = lane.latency.slowdown_ci(bound.percentile)
+    if interval is None:
+        return None  # too few calls for an interval at that percentile: nothing can be decided
+    return Figure(lane.latency.slowdown(bound.percentile), interval, result.rounds)
 
 
 def final_status(bound: Bound, result: DualResult) -> tuple[str, Figure | None]:
     """A bound on a finished result: inconclusive whatever the interval says when the result is unreliable
     (its figures cannot all be true, so none of them may pass a verdict)."""
-    measured = figure(result, bound.metric)
+    measured = figure_for(result, bound)
     if not result.reliable:
         return stats.INCONCLUSIVE, measured
     return bound.decide(measured), measured

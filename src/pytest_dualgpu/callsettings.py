@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ class CallSettings:
     detect_syncs: bool = False
     sanitizer: bool = False
     profile: bool = False
+    priorities: Sequence[str] | Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", *MODES):
@@ -66,6 +68,7 @@ class CallSettings:
         _require_positive("timeout", self.timeout, "seconds a lane may take per run")
         _require_positive("lock_timeout", self.lock_timeout, "seconds to wait for the measuring lock")
         object.__setattr__(self, "bounds", parse_bounds(self.bounds))
+        _check_priorities(self.priorities)
         if isinstance(self.min_rounds, bool) or not isinstance(self.min_rounds, int) or self.min_rounds < 1:
             raise DualGpuUsageError(f"min_rounds must be an integer >= 1, got {self.min_rounds!r}")
         if self.settle is not None and (not isinstance(self.settle, (int, float)) or self.settle < 0):
@@ -97,6 +100,44 @@ class CallSettings:
     @property
     def tolerance(self) -> Tolerance:
         return Tolerance(rtol=self.rtol, atol=self.atol, equal_nan=self.equal_nan)
+
+
+PRIORITIES = ("high", "normal")
+
+
+def _check_priorities(priorities: object) -> None:
+    if priorities is None:
+        return
+    values = priorities.values() if isinstance(priorities, Mapping) else priorities
+    if isinstance(priorities, str) or not isinstance(values, Iterable):
+        raise DualGpuUsageError(
+            f"priorities must be a list with one of {PRIORITIES} per lane, or a mapping from lane name to "
+            f"one, e.g. {{'Encoder': 'high'}}; got {priorities!r}"
+        )
+    wrong = [value for value in values if value not in PRIORITIES]
+    if wrong:
+        raise DualGpuUsageError(f"a priority is 'high' or 'normal', got {wrong[0]!r}")
+
+
+def high_priority(settings: CallSettings, names: Sequence[str]) -> list[bool]:
+    """Which lanes' streams get the device's highest priority; unknown lane names are a usage error."""
+    priorities = settings.priorities
+    if priorities is None:
+        return [False] * len(names)
+    if isinstance(priorities, Mapping):
+        unknown = sorted(set(priorities) - set(names))
+        if unknown:
+            raise DualGpuUsageError(
+                f"priorities names lane(s) {', '.join(map(repr, unknown))}, but the lanes are "
+                f"{', '.join(map(repr, names))}"
+            )
+        return [priorities.get(name) == "high" for name in names]
+    chosen = list(priorities)
+    if len(chosen) != len(names):
+        raise DualGpuUsageError(
+            f"priorities has {len(chosen)} entries for {len(names)} lanes; give one per lane"
+        )
+    return [value == "high" for value in chosen]
 
 
 def _require_positive(name: str, value: object, meaning: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import DualGpuUsageError
+from .latency import Objective
 
 EXAMPLES = """\
 examples:
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     matrix = command("matrix", "Every pair of the models (and each beside a copy of itself): an n x n table")
     matrix.add_argument("models", nargs="+", metavar="MODEL")
+    matrix.add_argument(
+        "--metric", choices=("speedup", "slowdown"), default="speedup",
+        help="What each cell shows: speedup / efficiency (default), or the worse of the pair's slowdowns",
+    )  # fmt: skip
     _add_inputs(matrix, "one spec for every model, or one per model")
     _add_measuring(matrix)
 
@@ -69,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("models", nargs=2, metavar="MODEL")
     sweep.add_argument("--batch", required=True, type=_batches, help="Batch sizes, e.g. 1,2,4,8,16,32")
+    sweep.add_argument(
+        "--slo", action="append", default=[], type=_objective, metavar="MODEL:pNN<=TIME",
+        help="A latency objective at once, e.g. Encoder:p99<=20ms (repeatable): marked per batch size",
+    )  # fmt: skip
     _add_inputs(sweep, "shapes whose first size is replaced by each batch size")
     _add_measuring(sweep)
 
@@ -119,6 +128,13 @@ def _add_measuring(parser: argparse.ArgumentParser, modes: bool = False, budget:
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="Show a progress bar (default: when standard error is a terminal)",
     )  # fmt: skip
+
+
+def _objective(text: str) -> Objective:
+    try:
+        return Objective.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _batches(text: str) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -21,9 +22,10 @@ from . import profiler
 from .cli import INTERRUPTED, emit
 from .devices import place_model, resolve_device
 from .errors import DualGpuUsageError
+from .latency import Objective
 from .profiler import Models, Task
 from .refs import InputSpec, ModelBuildError, ModelRef, inputs_for
-from .report import CallError, ReportRow, dumps, format_results, json_document
+from .report import CallError, ReportRow, dumps, format_results, json_document, latency_table
 
 DEMO = [f"pytest_dualgpu.demo:{name}" for name in ("MLP", "SmallCNN", "TinyTransformer")]
 
@@ -108,7 +110,13 @@ def run_command(arguments: argparse.Namespace) -> int:
              {**settings, "mode": arguments.mode or "auto"}, key=batch)
         for batch in arguments.batch
     ]  # fmt: skip
-    return _finish(arguments, tasks, _run(tasks, progress, "sweep"), lambda done: _sweep_text(names, done))
+    for objective in arguments.slo:
+        if objective.model not in names:
+            raise DualGpuUsageError(
+                f"--slo {objective}: no model named {objective.model!r}; the models are {', '.join(names)}"
+            )
+    render = functools.partial(_sweep_text, names, objectives=arguments.slo)
+    return _finish(arguments, tasks, _run(tasks, progress, "sweep"), render)
 
 
 def _specs(texts: Sequence[str], models: int) -> list[InputSpec | None]:
@@ -149,7 +157,7 @@ def _matrix(
     interrupted = _run(tasks, progress, "matrix")
     if arguments.png:
         _matrix_png(names, tasks, arguments.png)
-    return _finish(arguments, tasks, interrupted, lambda done: _matrix_text(names, done))
+    return _finish(arguments, tasks, interrupted, lambda done: _matrix_text(names, done, arguments.metric))
 
 
 def _matrix_tasks(
@@ -229,17 +237,27 @@ def _print_notes(tasks: list[Task]) -> None:
 def _profile_text(tasks: list[Task]) -> str:
     results = profiler.results_of(tasks)
     lines = [format_results(results)] if results else []
+    latencies = latency_table([ReportRow(f"{result.mode} mode", result) for result in results], "simple")
+    if latencies:
+        lines += ["", "latency of each model, ms (closed loop, alone and while the other runs):", latencies]
     lines += [f"{task.key}: failed: {task.error}" for task in tasks if task.error is not None]
     lines.append(f"verdict: {profiler.profile_verdict(tasks)}")
     return "\n".join(lines)
 
 
-def _matrix_text(names: list[str], tasks: list[Task]) -> str:
-    return f"{profiler.matrix_table(names, tasks)}\nverdict: {profiler.matrix_verdict(tasks)}"
+def _matrix_text(names: list[str], tasks: list[Task], metric: str = "speedup") -> str:
+    verdict = profiler.matrix_verdict(tasks) if metric == "speedup" else profiler.slowdown_verdict(tasks)
+    return f"{profiler.matrix_table(names, tasks, metric=metric)}\nverdict: {verdict}"
 
 
-def _sweep_text(names: tuple[str, str], tasks: list[Task]) -> str:
-    return f"{profiler.sweep_table(names, tasks)}\nverdict: {profiler.sweep_verdict(tasks)}"
+def _sweep_text(names: tuple[str, str], tasks: list[Task], objectives: Sequence[Objective] = ()) -> str:
+    lines = [
+        profiler.sweep_table(names, tasks, objectives=objectives),
+        f"verdict: {profiler.sweep_verdict(tasks)}",
+    ]
+    if objectives:
+        lines.append(f"objectives: {profiler.objectives_verdict(tasks, objectives)}")
+    return "\n".join(lines)
 
 
 def _document(command: str, tasks: list[Task]) -> dict[str, Any]:

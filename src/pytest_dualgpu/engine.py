@@ -27,16 +27,17 @@ import torch
 from . import stats
 from .backends import Backend, drop_locals, make_backend
 from .bounds import final_status
-from .callsettings import CallSettings
+from .callsettings import CallSettings, high_priority
 from .compare import Tolerance, compare_lanes, compare_outputs
 from .devices import device_name, lock_path, resolve_device
 from .diagnosis import no_overlap_hint
 from .errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError, LaneTimeoutError
 from .inputs import check_models, lane_names_for, make_lanes, to_device
 from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run
+from .latency import Latency, LatencyStats
 from .lock import MeasuringLock, Notify
-from .measure import Measured, measure_rounds, measuring_notes, reps_for, slower_start
-from .pipeline import PIPELINE_MODES, HandOff, PipelineCalls, split_batch
+from .measure import Measured, Samples, measure_rounds, measuring_notes, reps_for, slower_start
+from .pipeline import PIPELINE_MODES, HandOff, PipelineCalls, micro_batch_latencies, split_batch
 from .profiling import KernelProfile, profile_pass
 from .results import Decision, DualResult, LaneResult, Measurement, MemoryStats, ModeProbe, SyncStats, WarmUp
 from .sanity import assess, best_possible_time
@@ -66,7 +67,8 @@ def run_call(
 ) -> DualResult:
     device = resolve_device(settings.device)
     lanes = make_lanes(models, inputs, names, device)
-    return _measured(make_backend(device, len(lanes)), lanes, settings, name, notify=notify)
+    high = high_priority(settings, [lane.name for lane in lanes])
+    return _measured(make_backend(device, len(lanes), high), lanes, settings, name, notify=notify)
 
 
 def run_pipeline(
@@ -87,7 +89,7 @@ def run_pipeline(
     check_models([producer, consumer], [inputs, inputs], lane_names, device)
     inputs = to_device(inputs, device)
     parts = split_batch(inputs, micro_batches)
-    backend = make_backend(device, 2)
+    backend = make_backend(device, 2, high_priority(settings, lane_names))
     hand_off = HandOff(len(parts), backend, settings.timeout, wait=hand_off_wait)
     calls = PipelineCalls(producer, consumer, parts, hand_off)
     lanes = [
@@ -164,7 +166,15 @@ class _Measuring:
         self.settings = settings
         self.names = [lane.name for lane in lanes]
         self.everyone = list(range(len(lanes)))
+        # A slowdown bound on every lane is one per lane, checked against the lane names before anything runs.
+        self.bounds = tuple(each for bound in settings.bounds for each in bound.for_lanes(self.names))
+        self.high = high_priority(settings, self.names)
         self.warnings: list[str] = []
+        if any(self.high) and backend.kind != "cuda":
+            self.warnings.append(
+                f"priorities= asks for CUDA stream priorities; on {backend.kind} there are no streams, so "
+                "it changed nothing"
+            )
         self.probes: dict[str, ModeProbe] = {}
         self.mode_warmups: dict[str, WarmUp] = {}
         self.alone_peaks: dict[str, int] | None = None
@@ -213,10 +223,18 @@ class _Measuring:
             result, reliable=reliable, problems=found.problems, warnings=[*result.warnings, *found.warnings]
         )
         decisions = []
-        for bound in self.settings.bounds:
+        for bound in self.bounds:
             status, figure = final_status(bound, checked)
+            slowdown = bound.metric == "slowdown"
             decisions.append(
-                Decision(bound.metric, bound.value, status, None if figure is None else figure.interval)
+                Decision(
+                    bound.metric,
+                    bound.value,
+                    status,
+                    None if figure is None else figure.interval,
+                    bound.lane if slowdown else None,
+                    bound.percentile if slowdown else None,
+                )
             )
         checked.decisions = decisions
         checked.hint = no_overlap_hint(checked)
@@ -269,12 +287,14 @@ class _Measuring:
             label = f"alone run of lane {lane_name!r}"
             lane = self.lanes[index]
             before = map_tensors(lane.args, torch.Tensor.clone), map_tensors(lane.kwargs, torch.Tensor.clone)
-            first = time.perf_counter()
+            started = time.perf_counter()
             first_output = eager.baseline([index], 1, label).outputs[0]
-            first = time.perf_counter() - first
-            clock.pause(first)  # a first call that compiles or loads is bounded by the timeout, not the cap
+            first = time.perf_counter() - started
             _refuse_iterators(lane_name, first_output)
             self._check_own_inputs(lane, before)
+            # A first call that compiles or loads is bounded by the timeout, and checking what it did by
+            # nothing that measures: neither takes from the warm-up cap.
+            clock.pause(time.perf_counter() - started)
             if self.settings.warmup > 0:
                 steady = warm_up(
                     functools.partial(_per_call, eager, [index], label),
@@ -443,15 +463,38 @@ class _Measuring:
             preroll=self.backend.preroll,
             min_rounds=self.settings.min_rounds,
             stop=StoppingRule(
-                self.settings.bounds,
+                self.bounds,
                 budget_deadline=start + self.settings.budget,
                 deadline=deadline,
-                figures=functools.partial(figures, lanes=len(self.lanes), best_time=self._best_time),
+                figures=functools.partial(
+                    figures,
+                    lanes=len(self.lanes),
+                    best_time=self._best_time,
+                    slowdowns=[
+                        (bound.key, self.names.index(bound.lane or ""), bound.percentile)
+                        for bound in self.bounds
+                        if bound.metric == "slowdown"
+                    ],
+                ),
             ),
             deadline=deadline,
             target_block=self._target_block,
             check_start=lambda samples: slower_start(samples.elapsed, timed),
         )
+
+    def _pipeline_latency(self, samples: Samples) -> Latency | None:
+        """A pipeline's micro-batch latency end to end: back to back (``alone``), pipelined (``at_once``)."""
+        if self.pipeline is None:
+            return None
+        serial, pipelined = micro_batch_latencies(
+            [round_[0] for round_ in samples.intervals.get("sequential", [])],
+            [round_[0] for round_ in samples.intervals.get("concurrent", [])],
+            [round_[1] for round_ in samples.intervals.get("concurrent", [])],
+            self.pipeline.micro_batches,
+        )
+        if not serial or not pipelined:
+            return None
+        return Latency(LatencyStats.from_latencies(serial), LatencyStats.from_latencies(pipelined))
 
     def _best_time(self, alone: list[float]) -> float:
         micro_batches = None if self.pipeline is None else self.pipeline.micro_batches
@@ -492,7 +535,13 @@ class _Measuring:
             return Measurement.from_samples(samples.elapsed[variant], samples.wall[variant])
 
         lanes = [
-            LaneResult(lane, measurement(f"alone:{index}"), lane_warmups[index])
+            LaneResult(
+                lane,
+                measurement(f"alone:{index}"),
+                lane_warmups[index],
+                _latency(samples, index),
+                "high" if self.high[index] else "normal",
+            )
             for index, lane in enumerate(self.names)
         ]
         sequential, concurrent = measurement("sequential"), measurement("concurrent")
@@ -534,6 +583,7 @@ class _Measuring:
             efficiency_ci=stats.median_ci(efficiencies) if efficiencies else None,
             efficiency_rounds=len(efficiencies),
             micro_batches=self.pipeline.micro_batches if self.pipeline is not None else None,
+            pipeline_latency=self._pipeline_latency(samples),
             overlap=stats.median(samples.overlaps["concurrent"]),
             correct=comparison.correct and not self.input_writes,
             max_abs_err=comparison.max_abs_err,
@@ -563,6 +613,16 @@ class _Measuring:
             outputs=outputs,
             reference=reference,
         )
+
+
+def _latency(samples: Samples, index: int) -> Latency | None:
+    """Lane ``index``'s per-call latency alone (its alone runs) and at once (its part of the concurrent
+    runs), over every measured round."""
+    alone = samples.lane_latencies(f"alone:{index}", 0)
+    at_once = samples.lane_latencies("concurrent", index)
+    if not alone or not at_once:
+        return None
+    return Latency(LatencyStats.from_latencies(alone), LatencyStats.from_latencies(at_once))
 
 
 def _kept(output: Any) -> Any:

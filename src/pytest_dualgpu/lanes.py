@@ -43,18 +43,21 @@ class Lane:
 
 @dataclass
 class Run:
-    """One run of some lanes: seconds per repetition, each lane's intervals, and the last outputs."""
+    """One run of some lanes: seconds per repetition, each lane's busy intervals and call ends, and the
+    last outputs."""
 
     lanes: list[int]
     elapsed: float
     wall: float
     intervals: list[list[Interval]]
     outputs: list[Any]
+    call_ends: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
 class _Outcome:
     stamps: Stamps = field(default_factory=list)
+    ends: list[Any] = field(default_factory=list)
     output: Any = None
     error: BaseException | None = None
     done: bool = False
@@ -189,10 +192,9 @@ class Executor:
 
             return issue
 
-        with backend.concurrent_scope():
-            origin = backend.begin()
-            futures = {self.lane_workers[index].submit(task(index)): index for index in lanes}
-            done, pending = wait_futures(futures, timeout=self.timeout)
+        origin = backend.begin()
+        futures = {self.lane_workers[index].submit(task(index)): index for index in lanes}
+        done, pending = wait_futures(futures, timeout=self.timeout)
         if pending:
             self.broken = True
             stuck = [self.lanes[futures[future]].name for future in pending]
@@ -217,7 +219,12 @@ class Executor:
             error = outcomes[failed[0]].error
             assert error is not None
             raise LaneError(self.lanes[failed[0]].name, run, error) from error
-        timing = self.backend.finish(origin, streams_used, [outcomes[index].stamps for index in lanes])
+        timing = self.backend.finish(
+            origin,
+            streams_used,
+            [outcomes[index].stamps for index in lanes],
+            [outcomes[index].ends for index in lanes],
+        )
         outputs = [outcomes[index].output for index in lanes]
         self.backend.protect(outputs)
         return Run(
@@ -226,6 +233,7 @@ class Executor:
             wall=timing.wall / reps,
             intervals=timing.intervals,
             outputs=outputs,
+            call_ends=timing.call_ends,
         )
 
 
@@ -272,7 +280,9 @@ def _repeat(backend: Backend, call: Callable[[], Any], reps: int, outcome: _Outc
             _busy.backend, _busy.stamps = backend, marked
             start = backend.stamp()
             outcome.output = call()
-            outcome.stamps.extend(marked or [(start, backend.stamp())])
+            end = backend.stamp()
+            outcome.stamps.extend(marked or [(start, end)])
+            outcome.ends.append(end)
     except Exception as error:
         outcome.error = error
         outcome.output = None

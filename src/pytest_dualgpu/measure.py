@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import stats
-from .timeline import overlap
+from .latency import closed_loop
+from .timeline import Interval, overlap
 
 if TYPE_CHECKING:
     from .lanes import Run
@@ -50,6 +51,10 @@ class Samples:
     wall: dict[str, list[float]] = field(default_factory=dict)
     overlaps: dict[str, list[float]] = field(default_factory=dict)
     blocks: dict[str, list[float]] = field(default_factory=dict)
+    #: Per variant, per round, per lane of the run (in its order): each call's closed-loop latency.
+    latencies: dict[str, list[list[list[float]]]] = field(default_factory=dict)
+    #: Per variant, per round: each lane's busy intervals (a pipeline stage marks one per micro-batch).
+    intervals: dict[str, list[list[list[Interval]]]] = field(default_factory=dict)
     last: dict[str, Run] = field(default_factory=dict)
     rounds: int = 0
 
@@ -59,15 +64,21 @@ class Samples:
             self.wall.setdefault(variant, []).append(run.wall)
             self.overlaps.setdefault(variant, []).append(overlap(run.intervals))
             self.blocks.setdefault(variant, []).append(run.elapsed * reps)
+            self.latencies.setdefault(variant, []).append([closed_loop(ends) for ends in run.call_ends])
+            self.intervals.setdefault(variant, []).append(run.intervals)
             run.outputs = []
             self.last[variant] = run
         self.rounds += 1
 
     def drop_first(self, count: int) -> None:
-        for series in (self.elapsed, self.wall, self.overlaps, self.blocks):
+        for series in (self.elapsed, self.wall, self.overlaps, self.blocks, self.latencies, self.intervals):
             for variant in series:
                 del series[variant][:count]
         self.rounds -= count
+
+    def lane_latencies(self, variant: str, position: int) -> list[float]:
+        """Every call's latency of the lane at ``position`` in the variant's runs, over all rounds."""
+        return [latency for round_ in self.latencies.get(variant, []) for latency in round_[position]]
 
 
 @dataclass

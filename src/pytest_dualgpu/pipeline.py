@@ -21,6 +21,7 @@ from .backends import Backend
 from .errors import DualGpuUsageError, HandOffStopped
 from .inputs import arguments
 from .lanes import Executor, GraphCaptureError, Mode, Run, busy
+from .timeline import Interval
 from .trees import iter_tensors, map_tensors
 
 
@@ -198,10 +199,15 @@ class PipelineCalls:
             return _consume(self.consumer, self.producer(*args, **kwargs))
 
     def back_to_back(self) -> Any:
-        """The baseline: each micro-batch through the producer, then the consumer, on one stream."""
-        return concat(
-            [_consume(self.consumer, self.producer(*args, **kwargs)) for args, kwargs in self.parts]
-        )
+        """The baseline: each micro-batch through the producer, then the consumer, on one stream (each
+        stage's work marked, so a micro-batch's latency back to back can be read off)."""
+        results = []
+        for args, kwargs in self.parts:
+            with busy():
+                produced = self.producer(*args, **kwargs)
+            with busy():
+                results.append(_consume(self.consumer, produced))
+        return concat(results)
 
     def producer_alone(self) -> list[Any]:
         return [self.producer(*args, **kwargs) for args, kwargs in self.parts]
@@ -377,8 +383,10 @@ class GraphsPipelineMode(StreamsPipelineMode):
 
     def _back_to_back(self) -> Any:
         for produce, consume in zip(self.producers, self.consumers, strict=True):
-            produce()
-            consume()
+            with busy():
+                produce()
+            with busy():
+                consume()
         return concat(self.consumed)
 
     def close(self) -> None:
@@ -404,3 +412,27 @@ def pipeline_ideal(alone: Sequence[float], micro_batches: int) -> float:
 
 def best_time(alone: Sequence[float], micro_batches: int) -> float:
     return max(alone) + min(alone) / micro_batches
+
+
+def micro_batch_latencies(
+    back_to_back: list[list[Interval]],
+    producer: list[list[Interval]],
+    consumer: list[list[Interval]],
+    count: int,
+) -> tuple[list[float], list[float]]:
+    """Each micro-batch's latency end to end, from the producer starting on it to the consumer finishing
+    it: back to back (one lane whose marks alternate producer, consumer) and pipelined (the stages' own
+    marks: the producer one per micro-batch, the consumer one per micro-batch and one for the join)."""
+    serial = [
+        consumed[1] - produced[0]
+        for marks in back_to_back
+        for produced, consumed in zip(marks[0::2], marks[1::2], strict=True)
+    ]
+    pipelined = []
+    for produced_marks, consumed_marks in zip(producer, consumer, strict=True):
+        per_run = len(produced_marks) // count if count else 0
+        for run in range(per_run):
+            produced = produced_marks[run * count : (run + 1) * count]
+            consumed = consumed_marks[run * (count + 1) : run * (count + 1) + count]
+            pipelined += [done[1] - started[0] for started, done in zip(produced, consumed, strict=True)]
+    return serial, pipelined

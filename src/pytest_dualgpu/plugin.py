@@ -333,7 +333,12 @@ def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
 
     device = _session_device(request.config)
     speedup = specs.get("dualgpu_speedup")
-    marker_bounds = speedup.bounds if speedup is not None and device.type in speedup.device_types else ()
+    marker_bounds = tuple(
+        bound
+        for spec in (speedup, specs.get("dualgpu_interference"))
+        if spec is not None and device.type in spec.device_types
+        for bound in spec.bounds
+    )
     for name in ("max_budget", "warmup", "lock_timeout"):
         if getattr(settings, name) is not None:
             defaults[name] = getattr(settings, name)

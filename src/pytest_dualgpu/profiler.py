@@ -21,6 +21,7 @@ from tabulate import tabulate
 from . import stats
 from .api import dual_infer
 from .bounds import Bound
+from .latency import Objective
 from .results import DualResult
 
 Models = Callable[[], tuple[torch.nn.Module, torch.nn.Module, Any, Any]]
@@ -157,28 +158,53 @@ def matrix_pairs(count: int) -> Iterator[tuple[int, int]]:
             yield first, second
 
 
-def matrix_table(names: Sequence[str], tasks: Sequence[Task], tablefmt: str = "simple") -> str:
-    """The n x n table: speedup and efficiency of each pair, the same on both sides of the diagonal."""
+def matrix_table(
+    names: Sequence[str], tasks: Sequence[Task], tablefmt: str = "simple", metric: str = "speedup"
+) -> str:
+    """The n x n table, the same on both sides of the diagonal: each pair's speedup and efficiency, or
+    (``metric="slowdown"``) the worse of its two models' slowdowns: what the pair costs the model it
+    costs most."""
     cells: dict[tuple[int, int], str] = {}
     for task in tasks:
         first, second = task.key
-        text = _cell(task)
+        text = _cell(task, metric)
         cells[(first, second)] = cells[(second, first)] = text
     rows = [
         [name, *(cells.get((row, column), "...") for column in range(len(names)))]
         for row, name in enumerate(names)
     ]
-    return tabulate(rows, headers=["speedup / eff", *names], tablefmt=tablefmt, disable_numparse=True)
+    corner = "speedup / eff" if metric == "speedup" else "worse slowdown (p50)"
+    return tabulate(rows, headers=[corner, *names], tablefmt=tablefmt, disable_numparse=True)
 
 
-def _cell(task: Task) -> str:
+def worse_slowdown(result: DualResult) -> float | None:
+    values = [lane.slowdown for lane in result.lanes if lane.slowdown is not None]
+    return max(values) if values else None
+
+
+def _cell(task: Task, metric: str = "speedup") -> str:
     if task.error is not None:
         return "failed"
     if task.result is None:
         return "..."
-    efficiency = "-" if task.result.efficiency is None else f"{task.result.efficiency:.2f}"
     marks = (" WRONG" if task.wrong else "") + ("" if task.result.reliable else " UNRELIABLE")
+    if metric == "slowdown":
+        worse = worse_slowdown(task.result)
+        return ("-" if worse is None else f"{worse:.2f}x") + marks
+    efficiency = "-" if task.result.efficiency is None else f"{task.result.efficiency:.2f}"
     return f"{task.result.speedup:.2f}x / {efficiency}{marks}"
+
+
+def slowdown_verdict(tasks: Sequence[Task]) -> str:
+    """The pairing that costs its worse-off model least; unreliable or wrong pairs are never it."""
+    trusted = [task for task in tasks if task.trusted and worse_slowdown(_result(task)) is not None]
+    if not trusted:
+        return "nothing was measured that can be trusted"
+    cheapest = min(trusted, key=lambda task: worse_slowdown(_result(task)) or 0.0)
+    return (
+        f"the pairing that costs its models least: {cheapest.label}, the worse-off model "
+        f"{worse_slowdown(_result(cheapest)):.2f}x slower at its median latency while the other runs"
+    )
 
 
 def matrix_verdict(tasks: Sequence[Task]) -> str:
@@ -210,12 +236,12 @@ def matrix_verdict(tasks: Sequence[Task]) -> str:
     return "; ".join(sentences) or "nothing was measured"
 
 
-def sweep_rows(tasks: Sequence[Task]) -> list[list[str]]:
+def sweep_rows(tasks: Sequence[Task], objectives: Sequence[Objective] = ()) -> list[list[str]]:
     rows = []
     for task in tasks:
         batch = int(task.key)
         if task.result is None:
-            rows.append([str(batch), "-", task.error or "not run", *[""] * 7])
+            rows.append([str(batch), "-", task.error or "not run", *[""] * (7 + bool(objectives))])
             continue
         result = task.result
         lo, hi = result.speedup_ci
@@ -233,18 +259,62 @@ def sweep_rows(tasks: Sequence[Task]) -> list[list[str]]:
                 _rate(batch / result.concurrent.median),
                 _rate(lanes * batch / result.sequential.median),
                 _rate(lanes * batch / result.concurrent.median),
+                *([objectives_cell(result, objectives)] if objectives else []),
             ]
         )
     return rows
 
 
-def sweep_table(names: tuple[str, str], tasks: Sequence[Task], tablefmt: str = "simple") -> str:
-    """Per batch size: the speedup, and items/s of each model alone, each at once, and both in total."""
+def objectives_cell(result: DualResult, objectives: Sequence[Objective]) -> str:
+    """Each objective's model at its percentile at once, and whether it is met."""
+    said = []
+    for objective in objectives:
+        lane = next((lane for lane in result.lanes if lane.name == objective.model), None)
+        if lane is None or lane.latency is None:
+            said.append(f"{objective.model} not measured")
+            continue
+        value = lane.latency.at_once.at(objective.percentile)
+        mark = "ok" if objective.met_by(lane.latency.at_once) else "MISSED"
+        said.append(f"{objective.model} p{objective.percentile} {value * 1e3:.3g} ms {mark}")
+    return "; ".join(said)
+
+
+def meets_all(result: DualResult, objectives: Sequence[Objective]) -> bool:
+    for objective in objectives:
+        lane = next((lane for lane in result.lanes if lane.name == objective.model), None)
+        if lane is None or lane.latency is None or not objective.met_by(lane.latency.at_once):
+            return False
+    return True
+
+
+def sweep_table(
+    names: tuple[str, str],
+    tasks: Sequence[Task],
+    tablefmt: str = "simple",
+    objectives: Sequence[Objective] = (),
+) -> str:
+    """Per batch size: the speedup, items/s of each model alone, each at once and both in total, and
+    with ``objectives`` whether each model's latency at once meets its objective."""
     headers = [
         "batch", "mode", "speedup [95% CI]", "ideal", "eff", f"{names[0]} alone items/s",
         f"{names[1]} alone items/s", "each at once items/s", "total back to back", "total at once",
     ]  # fmt: skip
-    return tabulate(sweep_rows(tasks), headers=headers, tablefmt=tablefmt, disable_numparse=True)
+    if objectives:
+        headers.append("objectives at once")
+    return tabulate(sweep_rows(tasks, objectives), headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def objectives_verdict(tasks: Sequence[Task], objectives: Sequence[Objective]) -> str:
+    """The largest batch (the most throughput) at which every model meets its latency objective at once."""
+    shown = ", ".join(map(str, objectives))
+    meeting = [task for task in tasks if task.trusted and meets_all(_result(task), objectives)]
+    if not meeting:
+        return f"no batch size measured meets {shown}"
+    largest = max(meeting, key=lambda task: int(task.key))
+    result = _result(largest)
+    batch = int(largest.key)
+    total = len(result.lanes) * batch / result.concurrent.median
+    return f"the largest batch meeting {shown} is {batch} ({_rate(total)} items/s at once in total)"
 
 
 def sweep_verdict(tasks: Sequence[Task]) -> str:

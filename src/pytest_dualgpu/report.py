@@ -133,6 +133,14 @@ def _efficiency(row: ReportRow) -> str:
     return "-" if row.result.efficiency is None else f"{row.result.efficiency:.2f}"
 
 
+def _slowdown(row: ReportRow) -> str:
+    """Each lane's slowdown at the median, compactly (the percentiles are in the JSON and the markdown)."""
+    values = [lane.slowdown for lane in row.result.lanes]
+    if any(value is None for value in values):
+        return "-"
+    return " / ".join(f"{value:.2f}" for value in values if value is not None)
+
+
 def _memory(row: ReportRow) -> str:
     memory = row.result.memory
     if memory is None:
@@ -170,6 +178,7 @@ def default_columns() -> list[Column]:
         Column("ideal", lambda row: f"{row.result.ideal_speedup:.2f}x"),
         Column("eff", _efficiency),
         Column("overlap", lambda row: f"{row.result.overlap:.2f}"),
+        Column("slowdown", _slowdown, optional=True),
         Column("kernel overlap", _kernel_overlap, optional=True),
         Column("peak MiB seq / conc", _memory, optional=True),
         Column("max err", _error),
@@ -239,6 +248,16 @@ def markdown(
         lines.append(format_table(rows, columns, tablefmt="github"))
     else:
         lines.append("No dual_infer results in this session.")
+    latency = latency_table(rows)
+    if latency:
+        lines += [
+            "",
+            "<details><summary>Per-lane latency (ms), alone and at once</summary>",
+            "",
+            latency,
+            "",
+            "</details>",
+        ]
     bullets = [f"`{error.nodeid}` call {error.call + 1} raised: {error.error}" for error in errors]
     bullets += [f"`{row.label}` is unreliable: {problem}" for row in rows for problem in row.result.problems]
     bullets += list(notes)
@@ -246,6 +265,33 @@ def markdown(
         lines.append("")
         lines += [f"- {bullet}" for bullet in bullets]
     return "\n".join(lines) + "\n"
+
+
+def latency_table(rows: Sequence[ReportRow], tablefmt: str = "github") -> str:
+    """Each lane's p50 / p90 / p99 latency alone and at once, its slowdown with its interval, and the calls
+    behind them; empty where no row measured latency."""
+    table = []
+    for row in rows:
+        for lane in row.result.lanes:
+            latency = lane.latency
+            if latency is None:
+                continue
+            interval = lane.slowdown_ci
+            shown = "" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]"
+            table.append(
+                [
+                    row.label,
+                    lane.name,
+                    " / ".join(_ms(latency.alone.at(p)) for p in (50, 90, 99)),
+                    " / ".join(_ms(latency.at_once.at(p)) for p in (50, 90, 99)),
+                    f"{latency.slowdown(50):.2f}x{shown}",
+                    f"{latency.alone.n} / {latency.at_once.n}",
+                ]
+            )
+    if not table:
+        return ""
+    headers = ["test", "lane", "alone p50 / p90 / p99", "at once p50 / p90 / p99", "slowdown (p50)", "calls"]
+    return tabulate(table, headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import stats
+from .latency import Latency
 from .timeline import Interval, LaneTimeline
 
 NOISY_RELATIVE_IQR = 0.10
@@ -78,24 +79,45 @@ class WarmUp:
 
 @dataclass(frozen=True)
 class LaneResult:
+    """One lane: its time per iteration alone (per round), its warm-up, and its per-call latency alone and
+    while the others ran, whose ratio is what co-location costs it (``slowdown``, at the median)."""
+
     name: str
     alone: Measurement
     warmup: WarmUp | None = None
+    latency: Latency | None = None
+    priority: str = "normal"  # of the lane's stream (CUDA): "high" or "normal"
+
+    @property
+    def slowdown(self) -> float | None:
+        return None if self.latency is None else self.latency.slowdown(50)
+
+    @property
+    def slowdown_ci(self) -> Interval | None:
+        return None if self.latency is None else self.latency.slowdown_ci(50)
 
     def to_dict(self) -> dict[str, Any]:
+        interval = self.slowdown_ci
         return {
             "name": self.name,
             "alone": self.alone.to_dict(),
             "warmup": self.warmup.to_dict() if self.warmup else None,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "slowdown": self.slowdown,
+            "slowdown_ci": None if interval is None else list(interval),
+            "priority": self.priority,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LaneResult:
         warmup = data.get("warmup")
+        latency = data.get("latency")
         return cls(
             name=data["name"],
             alone=Measurement.from_dict(data["alone"]),
             warmup=WarmUp.from_dict(warmup) if warmup else None,
+            latency=Latency.from_dict(latency) if latency else None,
+            priority=data.get("priority", "normal"),
         )
 
 
@@ -107,6 +129,8 @@ class Decision:
     bound: float
     status: str
     interval: Interval | None
+    lane: str | None = None  # for a slowdown: whose, and at which percentile
+    percentile: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,12 +138,21 @@ class Decision:
             "bound": self.bound,
             "status": self.status,
             "interval": None if self.interval is None else list(self.interval),
+            "lane": self.lane,
+            "percentile": self.percentile,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Decision:
         interval = data.get("interval")
-        return cls(data["metric"], data["bound"], data["status"], _pair(interval))
+        return cls(
+            data["metric"],
+            data["bound"],
+            data["status"],
+            _pair(interval),
+            data.get("lane"),
+            data.get("percentile"),
+        )
 
 
 @dataclass(frozen=True)
@@ -218,6 +251,8 @@ class DualResult:
     reps: int = 1
     lock_wait: float = 0.0
     micro_batches: int | None = None
+    # A pipeline's micro-batch latency end to end: back to back ("alone") and pipelined ("at_once").
+    pipeline_latency: Latency | None = None
     hint: str | None = None  # why the lanes did not overlap, when they did not
     # Whether the figures are physically possible and steady; ``problems`` says why not. No verdict passes
     # on an unreliable result.
@@ -271,6 +306,7 @@ class DualResult:
             "reps": self.reps,
             "lock_wait": self.lock_wait,
             "micro_batches": self.micro_batches,
+            "pipeline_latency": self.pipeline_latency.to_dict() if self.pipeline_latency else None,
             "hint": self.hint,
             "reliable": self.reliable,
             "problems": list(self.problems),
@@ -328,6 +364,9 @@ class DualResult:
             reps=data.get("reps", 1),
             lock_wait=data.get("lock_wait", 0.0),
             micro_batches=data.get("micro_batches"),
+            pipeline_latency=Latency.from_dict(data["pipeline_latency"])
+            if data.get("pipeline_latency")
+            else None,
             hint=data.get("hint"),
             reliable=data.get("reliable", True),
             problems=list(data.get("problems", [])),

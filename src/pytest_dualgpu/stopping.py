@@ -55,8 +55,8 @@ class StoppingRule:
             if all_decided(self.bounds, strict):
                 return "decided"
             if precise and all(
-                bound.decide(strict.get(bound.metric)) != stats.INCONCLUSIVE
-                or bound.undecidable(figures.get(bound.metric))
+                bound.decide(strict.get(bound.key)) != stats.INCONCLUSIVE
+                or bound.undecidable(figures.get(bound.key))
                 for bound in self.bounds
             ):
                 return "undecidable"
@@ -70,20 +70,45 @@ class StoppingRule:
 
 
 def figures(
-    samples: Samples, confidence: float, *, lanes: int, best_time: Callable[[list[float]], float]
+    samples: Samples,
+    confidence: float,
+    *,
+    lanes: int,
+    best_time: Callable[[list[float]], float],
+    slowdowns: Sequence[tuple[str, int, int]] = (),
 ) -> dict[str, Figure | None]:
-    """The figures bounds are decided on, from the rounds so far, with intervals at ``confidence``."""
+    """The figures bounds are decided on, from the rounds so far, with intervals at ``confidence``;
+    ``slowdowns`` asks for lanes' slowdowns, each as (key, lane index, percentile)."""
 
     def figure(values: list[float]) -> Figure | None:
         if not values:
             return None
         return Figure(stats.median(values), stats.median_ci(values, confidence), len(values), confidence)
 
-    return {
+    found = {
         "speedup": figure(stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])),
         "efficiency": figure(per_round_efficiencies(samples, lanes, best_time)),
         "concurrent": figure(samples.elapsed["concurrent"]),
     }
+    for key, index, percentile in slowdowns:
+        found[key] = _slowdown(samples, index, percentile, confidence)
+    return found
+
+
+def _slowdown(samples: Samples, index: int, percentile: int, confidence: float) -> Figure | None:
+    """A lane's slowdown at a percentile: the ratio of its latency quantiles at once and alone, each with
+    an interval at half the error, so that their quotient's interval holds ``confidence``."""
+    alone = samples.lane_latencies(f"alone:{index}", 0)
+    at_once = samples.lane_latencies("concurrent", index)
+    if not alone or not at_once:
+        return None
+    each = 1 - (1 - confidence) / 2
+    q = percentile / 100
+    interval = stats.ratio_ci(stats.quantile_ci(at_once, q, each), stats.quantile_ci(alone, q, each))
+    if interval is None:
+        return None
+    value = stats.quantile(at_once, q) / stats.quantile(alone, q)
+    return Figure(value, interval, samples.rounds, confidence)
 
 
 def per_round_efficiencies(

@@ -18,13 +18,14 @@ from typing import Any, Literal
 from . import stats
 from .bounds import Bound, figure, interval_text
 from .errors import DualGpuUsageError
+from .latency import PERCENTILES
 from .results import DualResult
 
 PASS = stats.PASS
 FAIL = stats.FAIL
 INCONCLUSIVE = stats.INCONCLUSIVE
 WARN = "warn"
-VERDICT_KINDS = ("correct", "sync", "speedup", "memory")
+VERDICT_KINDS = ("correct", "sync", "speedup", "memory", "interference")
 MiB = 2**20
 
 
@@ -79,9 +80,7 @@ class SpeedupSpec:
             raise DualGpuUsageError("give min (a speedup such as 1.3) and/or min_efficiency (such as 0.5)")
         _check_number("min", self.min, minimum=0.0, strict=True)
         _check_number("min_efficiency", self.min_efficiency, maximum=1.0)
-        types = (self.device,) if isinstance(self.device, str) else tuple(self.device)
-        if not types or not all(kind in ("cpu", "cuda") for kind in types):
-            raise DualGpuUsageError(f"device must be 'cuda', 'cpu' or a list of them, got {self.device!r}")
+        _check_device_types(self.device)
 
     @property
     def device_types(self) -> tuple[str, ...]:
@@ -116,6 +115,47 @@ class MemorySpec:
 
 
 @dataclass(frozen=True)
+class InterferenceSpec:
+    """``dualgpu_interference(max_slowdown=None, percentile=50, lanes=None, device="cuda")``: every named
+    lane (default all) at most ``max_slowdown`` times slower at that percentile while the others run."""
+
+    max_slowdown: float | None = None
+    percentile: int = 50
+    lanes: str | Sequence[str] | None = None
+    device: str | Sequence[str] = "cuda"
+
+    def __post_init__(self) -> None:
+        if self.max_slowdown is None:
+            raise DualGpuUsageError("give max_slowdown, such as 1.5 (at most 1.5 times slower at once)")
+        _check_number("max_slowdown", self.max_slowdown, minimum=0.0, strict=True)
+        if isinstance(self.percentile, bool) or self.percentile not in PERCENTILES:
+            raise DualGpuUsageError(
+                f"percentile must be one of {', '.join(map(str, PERCENTILES))}, got {self.percentile!r}"
+            )
+        names = self.lane_names
+        if names is not None and (not names or not all(isinstance(name, str) and name for name in names)):
+            raise DualGpuUsageError(f"lanes must be lane names (strings), got {self.lanes!r}")
+        _check_device_types(self.device)
+
+    @property
+    def lane_names(self) -> tuple[str, ...] | None:
+        if self.lanes is None:
+            return None
+        return (self.lanes,) if isinstance(self.lanes, str) else tuple(self.lanes)
+
+    @property
+    def device_types(self) -> tuple[str, ...]:
+        return (self.device,) if isinstance(self.device, str) else tuple(self.device)
+
+    @property
+    def bounds(self) -> tuple[Bound, ...]:
+        """One slowdown bound per named lane (or one for every lane), for the engine to decide."""
+        assert self.max_slowdown is not None
+        names = self.lane_names or (None,)
+        return tuple(Bound("slowdown", self.max_slowdown, name, self.percentile) for name in names)
+
+
+@dataclass(frozen=True)
 class CudaSpec:
     """``dualgpu_cuda``: no arguments."""
 
@@ -140,6 +180,12 @@ MARKERS: dict[str, tuple[type, str]] = {
         MemorySpec,
         "dualgpu_memory(max_bytes=None, max_ratio=None): the concurrent peak device memory stays under a "
         "size, or under max_ratio x the sequential peak (CUDA only)",
+    ),
+    "dualgpu_interference": (
+        InterferenceSpec,
+        "dualgpu_interference(max_slowdown=None, percentile=50, lanes=None, device='cuda'): every named lane "
+        "(default: all) is at most max_slowdown times slower at that latency percentile (50, 90 or 99) "
+        "while the others run than alone; judged only on the named device type(s)",
     ),
     "dualgpu_cuda": (
         CudaSpec,
@@ -201,6 +247,7 @@ def judge(result: DualResult, specs: Mapping[str, Any]) -> dict[str, Verdict]:
         "sync": _judge_sync,
         "speedup": _judge_speedup,
         "memory": _judge_memory,
+        "interference": _judge_interference,
     }
     return {
         kind: judges[kind](result, specs[f"dualgpu_{kind}"])
@@ -323,6 +370,79 @@ def _judge_speedup(result: DualResult, spec: SpeedupSpec) -> Verdict:
     return Verdict("speedup", PASS)
 
 
+def _judge_interference(result: DualResult, spec: InterferenceSpec) -> Verdict:
+    """Decided like the speedup, per lane, on the interval of its slowdown at the percentile."""
+    device_type = result.device.partition(":")[0]
+    if device_type not in spec.device_types:
+        return Verdict("interference", f"not judged ({device_type})")
+    if not result.reliable:
+        problems = "; ".join(result.problems)
+        return Verdict("interference", INCONCLUSIVE, f"no verdict on an unreliable result: {problems}")
+    p = spec.percentile
+    names = spec.lane_names or tuple(result.lane_names)
+    missing = [name for name in names if name not in result.lane_names]
+    if missing:
+        lanes = ", ".join(map(repr, result.lane_names))
+        return Verdict(
+            "interference", FAIL, f"no lane named {', '.join(map(repr, missing))}; the lanes are {lanes}"
+        )
+    misses, open_lanes = [], []
+    for bound in Bound("slowdown", spec.max_slowdown or 0.0, None, p).for_lanes(names):
+        lane = next(lane for lane in result.lanes if lane.name == bound.lane)
+        if lane.latency is None:
+            open_lanes.append(f"lane {bound.lane!r} has no latencies measured")
+            continue
+        measured = (
+            f"lane {bound.lane!r} p{p} {lane.latency.at_once.at(p) * 1e3:.3g} ms at once against "
+            f"{lane.latency.alone.at(p) * 1e3:.3g} ms alone: {lane.latency.slowdown(p):.2f}x"
+        )
+        interval = lane.latency.slowdown_ci(p)
+        status = bound.decide_on(result)
+        if status == FAIL:
+            assert interval is not None
+            misses.append(
+                f"{measured} [95% CI {interval[0]:.2f}, {interval[1]:.2f}] slower, above the bound "
+                f"{bound.value:.2f}x"
+            )
+        elif status == INCONCLUSIVE:
+            if interval is None:
+                calls = min(lane.latency.alone.n, lane.latency.at_once.n)
+                open_lanes.append(
+                    f"{measured}, but {calls} calls give no interval at p{p} (raise the budget)"
+                )
+            else:
+                open_lanes.append(
+                    f"{measured} [95% CI {interval[0]:.2f}, {interval[1]:.2f}] straddles {bound.value:.2f}x"
+                )
+    if misses:
+        return Verdict(
+            "interference", FAIL, f"{'; '.join(misses)}; hint: {_interference_hint(result, names)}"
+        )
+    if open_lanes:
+        return Verdict(
+            "interference",
+            INCONCLUSIVE,
+            f"{'; '.join(open_lanes)} after {result.rounds} rounds ({result.measuring_seconds:.1f} s of "
+            "measuring), so neither pass nor fail can be said with 95% confidence",
+        )
+    return Verdict("interference", PASS)
+
+
+def _interference_hint(result: DualResult, names: Sequence[str]) -> str:
+    if result.device.startswith("cuda"):
+        first = names[0] if names else "the lane"
+        return (
+            "a neighbour that fills the GPU runs its kernels first; give the latency-critical lane a higher "
+            f"stream priority (priorities={{{first!r}: 'high'}}), smaller batches beside it, or fewer "
+            "neighbours"
+        )
+    return (
+        "on the CPU the lanes share the cores and the GIL (and any lock their code takes): a lane that "
+        "holds them makes the others wait its turn; smaller batches, fewer intra-op threads or fewer "
+        "neighbours help"
+    )
+
+
 def _bound_text(bound: Bound) -> str:
     return f"{bound.value:.2f}x" if bound.metric == "speedup" else f"{bound.value:.2f}"
 
@@ -405,6 +525,14 @@ def _check_number(
         raise DualGpuUsageError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
     if maximum is not None and value > maximum:
         raise DualGpuUsageError(f"{name} must be <= {maximum:g}, got {value!r}")
+
+
+def _check_device_types(device: object) -> None:
+    types = (
+        (device,) if isinstance(device, str) else tuple(device) if isinstance(device, (list, tuple)) else ()
+    )
+    if not types or not all(kind in ("cpu", "cuda") for kind in types):
+        raise DualGpuUsageError(f"device must be 'cuda', 'cpu' or a list of them, got {device!r}")
 
 
 def _check_bool(name: str, value: object) -> None:

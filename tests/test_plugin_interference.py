@@ -1,0 +1,157 @@
+"""``dualgpu_interference`` through real inner pytest sessions: pass, fail naming the lane, inconclusive,
+bad arguments at collection, the same rows with and without xdist, and the report and JSON it leaves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report-schema.json").read_text())
+
+LANES = '''
+import threading, time
+
+from torch import nn
+
+
+def in_lane_thread():
+    return threading.current_thread().name.startswith("dualgpu-lane")
+
+
+class Turnstile:
+    def __init__(self):
+        self.turn = 0
+        self.changed = threading.Condition()
+
+
+class TakesItsTurn(nn.Module):
+    """Strict turns with the other lane while both run at once; alone, nobody waits."""
+
+    def __init__(self, turnstile, position, hold):
+        super().__init__()
+        self.turnstile, self.position, self.hold = turnstile, position, hold
+
+    def forward(self, x):
+        if not in_lane_thread():
+            time.sleep(self.hold)
+            return x * 2
+        with self.turnstile.changed:
+            self.turnstile.changed.wait_for(lambda: self.turnstile.turn == self.position, timeout=5)
+            time.sleep(self.hold)
+            self.turnstile.turn = 1 - self.position
+            self.turnstile.changed.notify_all()
+        return x * 2
+
+
+class Quick(TakesItsTurn):
+    pass
+
+
+class Slow(TakesItsTurn):
+    pass
+
+
+def turn_takers():
+    turnstile = Turnstile()
+    return Quick(turnstile, 0, 0.001), Slow(turnstile, 1, 0.005)
+
+
+class Sleep(nn.Module):
+    def forward(self, x):
+        time.sleep(0.003)
+        return x * 2
+'''
+
+TESTS = """
+import pytest
+import torch
+from interference_lanes import Sleep, turn_takers
+
+
+@pytest.mark.dualgpu_interference(max_slowdown=1.5, device="cpu")
+def test_sleeping_lanes_cost_nothing(dual_infer):
+    dual_infer(Sleep(), Sleep(), torch.ones(2))
+
+
+@pytest.mark.dualgpu_interference(max_slowdown=2.0, device="cpu")
+def test_turn_takers(dual_infer):
+    dual_infer(*turn_takers(), torch.ones(2))
+
+
+@pytest.mark.dualgpu_interference(max_slowdown=2.0, lanes=["Slow"], device="cpu")
+def test_only_the_slow_lane(dual_infer):
+    dual_infer(*turn_takers(), torch.ones(2))
+
+
+@pytest.mark.dualgpu_interference(max_slowdown=1.5, percentile=99, device="cpu")
+def test_a_p99_from_few_calls(dual_infer):
+    dual_infer(Sleep(), Sleep(), torch.ones(2), budget=0.1, max_budget=0.3)
+"""
+
+OPTIONS = ("--dualgpu-budget=2", "--dualgpu-max-budget=4", "--dualgpu-warmup=0.5", "-p", "no:randomly")
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_pass_fail_naming_the_lane_and_inconclusive(suite: pytest.Pytester, workers: str) -> None:
+    suite.makepyfile(interference_lanes=LANES, test_lanes=TESTS)
+    result = suite.runpytest_subprocess(
+        *OPTIONS,
+        "-n",
+        workers,
+        "--dualgpu-report",
+        "--dualgpu-report=json:out.json",
+        "--dualgpu-report=md:out.md",
+    )
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*dualgpu_interference failed for 'Quick+Slow' (call 1 of 1): lane 'Quick' p50 * ms at once "
+            "against * ms alone: *x * slower, above the bound 2.00x; hint: on the CPU the lanes share the cores*",
+            "*dualgpu_interference inconclusive for 'Sleep+Sleep-2'*calls give no interval at p99*",
+        ]
+    )
+    document = json.loads((suite.path / "out.json").read_text())
+    jsonschema.validate(document, SCHEMA)
+    verdicts = {
+        row["nodeid"].rpartition("::")[2]: row["verdicts"]["interference"] for row in document["results"]
+    }
+    assert verdicts == {
+        "test_sleeping_lanes_cost_nothing": "pass",
+        "test_turn_takers": "fail",
+        "test_only_the_slow_lane": "pass",
+        "test_a_p99_from_few_calls": "inconclusive",
+    }
+    turns = next(row for row in document["results"] if row["nodeid"].endswith("test_turn_takers"))
+    quick = turns["lanes"][0]
+    assert quick["slowdown"] > 3
+    assert quick["latency"]["at_once"]["p50"] > quick["latency"]["alone"]["p50"]
+    assert [decision["lane"] for decision in turns["decisions"]] == ["Quick", "Slow"]
+    assert "slowdown" in result.stdout.str()  # the table's column
+    markdown = (suite.path / "out.md").read_text()
+    assert "Per-lane latency (ms), alone and at once" in markdown
+    assert "interference FAIL" in markdown
+
+
+def test_bad_interference_arguments_fail_the_collection_of_that_test(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.dualgpu_interference(max_slowdown=2, percentile=95)
+        def test_bad(dual_infer):
+            pass
+        """
+    )
+    result = suite.runpytest()
+    result.stdout.fnmatch_lines(["*dualgpu_interference: percentile must be one of 50, 90, 99, got 95*"])
+    assert result.ret != 0
+
+
+def test_the_marker_is_registered(suite: pytest.Pytester) -> None:
+    result = suite.runpytest("--markers")
+    result.stdout.fnmatch_lines(
+        ["@pytest.mark.dualgpu_interference(max_slowdown=None, percentile=50, lanes=None, device='cuda'): *"]
+    )
