@@ -109,7 +109,7 @@ def test_pass_fail_naming_the_lane_and_inconclusive(suite: pytest.Pytester, work
     result.stdout.fnmatch_lines(
         [
             "*dualgpu_interference failed for 'Quick+Slow' (call 1 of 1): lane 'Quick' p50 * ms at once "
-            "against * ms alone: *x * slower, above the bound 2.00x; hint: on the CPU the lanes share the cores*",
+            "against * ms alone: *x * slower, above the bound 2.00x; hint: on the CPU the lanes share*",
             "*dualgpu_interference inconclusive for 'Sleep+Sleep-2'*calls give no interval at p99*",
         ]
     )
