@@ -158,6 +158,7 @@ def test_profile_takes_module_and_file_references_and_writes_a_json_report(zoo: 
     assert header[:4] == ["result", "lanes", "device", "mode"]
     assert row[:4] == ["small + make_small", "small + make_small", "cpu", "threads"]
     assert "verdict: threads mode: " in done.stdout
+    assert "latency of each model, ms (closed loop, alone and while the other runs):" in done.stdout
     document = json.loads(report.read_text())
     jsonschema.validate(document, SCHEMA)
     [result] = document["results"]
@@ -239,6 +240,39 @@ def test_an_unreliable_result_is_marked_listed_and_never_the_best_pairing(zoo: P
     assert "Impossible + Impossible-copy is unreliable (not counted)" in verdict
     assert "Impossible + Impossible-copy (threads): UNRELIABLE: speedup" in done.stdout
     assert "is above the ideal" in done.stdout
+
+
+def test_the_slowdown_matrix_and_latency_objectives_per_batch_size(zoo: Path) -> None:
+    matrix = dualgpu(
+        "matrix", f"{zoo}:Steady", f"{zoo}:Small", "--inputs", "2x16", "--metric", "slowdown", *FAST
+    )
+    assert matrix.returncode == 0, matrix.stderr
+    header, steady, small = table(matrix.stdout)
+    assert header[0] == "worse slowdown (p50)"
+    assert steady[1].endswith("x")
+    assert steady[2] == small[1]
+    assert "verdict: the pairing that costs its models least: " in matrix.stdout
+    sweep = dualgpu(
+        "sweep", f"{zoo}:Small", f"{zoo}:Steady", "--batch", "1,2", "--inputs", "1x16", *FAST,
+        "--slo", "Steady:p50<=50ms", "--slo", "Small:p99<=1s",
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr
+    header, *rows = table(sweep.stdout)
+    assert header[-1] == "objectives at once"
+    assert all("Steady p50" in row[-1] and row[-1].count(" ok") == 2 for row in rows), rows
+    assert "objectives: the largest batch meeting Steady:p50<=50ms, Small:p99<=1000ms is 2" in sweep.stdout
+    missed = dualgpu(
+        "sweep", f"{zoo}:Small", f"{zoo}:Steady", "--batch", "1", "--inputs", "1x16", *FAST,
+        "--slo", "Steady:p50<=1ms",
+    )  # fmt: skip
+    assert "MISSED" in missed.stdout
+    assert "objectives: no batch size measured meets Steady:p50<=1ms" in missed.stdout
+    unknown = dualgpu("sweep", f"{zoo}:Small", f"{zoo}:Steady", "--batch", "1", "--slo", "Other:p50<=1ms")
+    assert unknown.returncode == 2
+    assert "--slo Other:p50<=1ms: no model named 'Other'; the models are Small, Steady" in unknown.stderr
+    malformed = dualgpu("sweep", f"{zoo}:Small", f"{zoo}:Steady", "--batch", "1", "--slo", "Steady<=1ms")
+    assert malformed.returncode == 2
+    assert "is not MODEL:pNN<=TIME" in malformed.stderr
 
 
 def test_a_failing_model_fills_its_cells_and_the_rest_of_the_matrix_still_runs(zoo: Path) -> None:

@@ -104,17 +104,17 @@ def run_command(arguments: argparse.Namespace) -> int:
         modes = [arguments.mode] if arguments.mode else profiler.applicable_modes(device)
         tasks = profiler.profile_tasks(lanes.pair(pair_refs, pair_specs), names, modes, settings)
         return _finish(arguments, tasks, _run(tasks, progress, "profile"), _profile_text)
+    for objective in arguments.slo:
+        if objective.model not in names:
+            raise DualGpuUsageError(
+                f"--slo {objective}: no model named {objective.model!r}; the models are {', '.join(names)}"
+            )
     lanes.check(refs, specs, batch=arguments.batch[0])
     tasks = [
         Task(f"{names[0]} + {names[1]} @ batch {batch}", names, lanes.pair(pair_refs, pair_specs, batch),
              {**settings, "mode": arguments.mode or "auto"}, key=batch)
         for batch in arguments.batch
     ]  # fmt: skip
-    for objective in arguments.slo:
-        if objective.model not in names:
-            raise DualGpuUsageError(
-                f"--slo {objective}: no model named {objective.model!r}; the models are {', '.join(names)}"
-            )
     render = functools.partial(_sweep_text, names, objectives=arguments.slo)
     return _finish(arguments, tasks, _run(tasks, progress, "sweep"), render)
 
