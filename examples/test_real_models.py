@@ -15,6 +15,7 @@ from hf_models import decoder, decoder_inputs, image_encoder, image_inputs, text
 @pytest.mark.dualgpu_correct
 @pytest.mark.dualgpu_sync(trials=4)
 @pytest.mark.dualgpu_speedup(min=1.1)
+@pytest.mark.dualgpu_interference(max_slowdown=1.5, lanes=["BertModel"])  # the latency-critical one
 def test_text_encoder_beside_image_encoder(dual_infer, place_model):
     result = dual_infer(
         place_model(text_encoder()), place_model(image_encoder()), text_inputs(), image_inputs()
