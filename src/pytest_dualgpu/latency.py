@@ -4,7 +4,7 @@ Latency is closed-loop: a call's latency runs from the end of the lane's previou
 the run) to the end of this call, so every kind of waiting counts: the device, a lock, the GIL, a stream's
 queue. Percentiles come with distribution-free intervals (``stats.quantile_ci``); a slowdown's interval
 is the quotient of the two quantiles' intervals, each at 97.5%, so it covers at least 95%. Where there
-are too few calls for an interval (a p99 needs 367 at 95%, a p90 42 at 97.5%), there is none, and
+are too few calls for an interval (at 97.5%, a p90 needs 42 and a p99 436), there is none, and
 nothing is decided on it. Torch-free.
 """
 
