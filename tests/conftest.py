@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 INNER_MODELS = '''
 """Models for the inner test sessions: timing controls and deliberately broken lanes."""
+import threading
 import time
 
 import torch
@@ -48,6 +49,22 @@ class Gil(nn.Module):
         for step in range(self.steps):
             total += step
         return x
+
+
+TURN = threading.Lock()
+
+
+class Turns(nn.Module):
+    """Sleeps holding a lock all lanes share: two of these take turns whatever the machine's load."""
+
+    def __init__(self, seconds=0.003):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        with TURN:
+            time.sleep(self.seconds)
+        return x * 2
 
 
 class Drifting(nn.Module):

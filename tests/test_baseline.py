@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from mdtables import first_table
 from models import SleepLane
 
 from pytest_dualgpu import dual_infer
@@ -165,10 +166,10 @@ def test_a_broken_baseline_is_a_clear_error(
 SWITCHABLE = """
 import os
 import torch
-from inner_models import Gil, Sleep
+from inner_models import Sleep, Turns
 
 def test_pair(dual_infer):
-    lane = Gil if os.environ.get("LANES") == "gil" else Sleep
+    lane = Turns if os.environ.get("LANES") == "turns" else Sleep
     dual_infer(lane(0.008), lane(0.008), torch.ones(2), name="pair", min_rounds=21)
 
 def test_steady(dual_infer):
@@ -191,7 +192,7 @@ def test_the_gate_fails_the_session_on_a_real_regression_and_passes_without_one(
         ["*vs base*", "regression gate: no result regressed beyond speedup:30% (2 metric(s) judged)"]
     )
 
-    monkeypatch.setenv("LANES", "gil")  # sleeping lanes overlap (~1.9x), GIL-holding ones cannot (~1x)
+    monkeypatch.setenv("LANES", "turns")  # sleeping lanes overlap (~1.9x), turn-taking ones cannot (~1x)
     regressed = suite.runpytest(
         *FAST, "--dualgpu-compare=base/dualgpu.json", "--dualgpu-compare-fail=speedup:30%",
         "--dualgpu-report=json:new.json", "--dualgpu-report=md:summary.md",
@@ -210,7 +211,7 @@ def test_the_gate_fails_the_session_on_a_real_regression_and_passes_without_one(
     assert [entry["nodeid"] for entry in document["comparison"]["regressions"]] == ["test_gate.py::test_pair"]
     assert document["results"][0]["baseline"]["metrics"]["speedup"]["regressed"] is True
     summary = (suite.path / "summary.md").read_text()
-    header, _, *body = [line for line in summary.splitlines() if line.startswith("|")]
+    header, _, *body = first_table(summary)
     columns = [cell.strip() for cell in header.strip("|").split("|")]
     table = [
         dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
@@ -228,7 +229,7 @@ def test_the_gate_reaches_the_exit_code_under_xdist(
 ) -> None:
     suite.makepyfile(test_gate=SWITCHABLE)
     suite.runpytest_subprocess(*FAST, "-n", "2", "--dualgpu-save=base.json").assert_outcomes(passed=2)
-    monkeypatch.setenv("LANES", "gil")
+    monkeypatch.setenv("LANES", "turns")
     result = suite.runpytest_subprocess(
         *FAST, "-n", "2", "--dualgpu-compare=base.json", "--dualgpu-compare-fail=speedup:30%"
     )

@@ -415,11 +415,17 @@ def test_help_shows_examples_and_exit_codes() -> None:
     )
 
 
+def _ctrl_c_default() -> None:
+    """Ctrl-C as a terminal gives it: a suite run in the background (``&``) passes SIGINT on ignored, and
+    Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_prints_what_finished(zoo: Path) -> None:
     process = subprocess.Popen(
         [DUALGPU, "matrix", f"{zoo}:Sleepy", f"{zoo}:Small", f"{zoo}:make_small", "--inputs", "2x16",
          "--budget", "0.3", "--progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default,
     )  # fmt: skip
     assert process.stderr is not None
     seen = ""

@@ -46,6 +46,7 @@ def test_the_example_suite_passes_on_cpu_and_reports_every_call(tmp_path: Path) 
         "sync": "pass",
         "speedup": "not judged (cpu)",
         "memory": "not judged (cpu)",
+        "interference": None,
     }
     assert "= dualgpu =" in completed.stdout
 

@@ -131,6 +131,7 @@ def test_every_verdict_passes_on_sleeping_lanes_and_the_report_says_so(suite: py
         "sync": "pass",
         "speedup": "pass",
         "memory": "not judged (cpu)",
+        "interference": None,
     }
 
 

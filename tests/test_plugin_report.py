@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from lockholder import lock_held_here
+from mdtables import first_table
 
 from pytest_dualgpu.results import DualResult
 
@@ -86,7 +87,7 @@ def test_one_row_per_call_in_collection_order_with_or_without_xdist(
 
 
 def _verdicts(**given: str) -> dict[str, str | None]:
-    return {kind: given.get(kind) for kind in ("correct", "sync", "speedup", "memory")}
+    return {kind: given.get(kind) for kind in ("correct", "sync", "speedup", "memory", "interference")}
 
 
 def test_json_rows_are_complete_results(suite: pytest.Pytester) -> None:
@@ -118,7 +119,7 @@ def test_markdown_goes_to_a_file_or_the_github_step_summary(
     suite.runpytest(*FAST, "--dualgpu-report=md", "--dualgpu-report=md:out/table.md", "-k", "parametrized")
     written = (suite.path / "out" / "table.md").read_text()
     assert summary.read_text() == "earlier step\n" + written
-    header, separator, *body = [line for line in written.splitlines() if line.startswith("|")]
+    header, separator, *body = first_table(written)
     cells = [cell.strip() for cell in header.strip("|").split("|")]
     assert cells[:4] == ["test", "lanes", "device", "mode"]
     assert cells[-1] == "verdicts"

@@ -14,20 +14,14 @@ from lockholder import lock_held_elsewhere
 
 FAST = ("--dualgpu-budget=0.3", "--dualgpu-max-budget=3", "--dualgpu-warmup=1")
 
-#: Lanes that take turns on one lock: their speedup is 1.0 by construction, so bounds around it are known.
+#: With ``inner_models.Turns`` (lanes that take turns on one lock: a speedup of 1.0 by construction, so
+#: bounds around it are known), a pair that cannot be true.
 TURNS_MODELS = '''
 import threading, time
 
 from torch import nn
 
-LOCK = threading.Lock()
-
-
-class Turns(nn.Module):
-    def forward(self, x):
-        with LOCK:
-            time.sleep(0.003)
-        return x * 2
+from inner_models import Turns
 
 
 class FastOnLaneThreads(nn.Module):
@@ -104,7 +98,14 @@ def test_pass_fail_and_inconclusive_verdicts_with_the_default_warn(
     assert impossible["problems"]
     at = next(row for row in rows if row["nodeid"].endswith("test_at"))
     assert at["decisions"] == [
-        {"metric": "speedup", "bound": 1.0, "status": "inconclusive", "interval": at["speedup_ci"]}
+        {
+            "metric": "speedup",
+            "bound": 1.0,
+            "status": "inconclusive",
+            "interval": at["speedup_ci"],
+            "lane": None,
+            "percentile": None,
+        }
     ]
     junit = ET.parse(suite.path / "junit.xml")
     carried = {
@@ -187,7 +188,7 @@ def test_a_session_waiting_for_the_lock_says_who_holds_it(
     result.assert_outcomes(passed=1)
     said = result.stdout.lines + result.stderr.lines  # an xdist worker says it on its standard error
     pattern = (
-        "dualgpu: waiting * s for the measuring lock *, held by pid * (*python -c import time*; measuring) "
+        "dualgpu: waiting * s for the measuring lock *, held by pid * (*python* -c import time*; measuring) "
         "since *; giving up after 600 s (lock_timeout)"
     )
     assert any(fnmatch.fnmatch(line, pattern) for line in said), "\n".join(said)

@@ -482,9 +482,13 @@ class _Measuring:
             check_start=lambda samples: slower_start(samples.elapsed, timed),
         )
 
-    def _pipeline_latency(self, samples: Samples) -> Latency | None:
-        """A pipeline's micro-batch latency end to end: back to back (``alone``), pipelined (``at_once``)."""
-        if self.pipeline is None:
+    def _pipeline_latency(self, samples: Samples, mode_name: str) -> Latency | None:
+        """A pipeline's micro-batch latency end to end: back to back (``alone``), pipelined (``at_once``).
+
+        None in ``sequential`` mode: its stages each run over the whole batch, so no micro-batch is
+        handed over and nothing marks one's way through both stages.
+        """
+        if self.pipeline is None or mode_name == "sequential":
             return None
         serial, pipelined = micro_batch_latencies(
             [round_[0] for round_ in samples.intervals.get("sequential", [])],
@@ -583,7 +587,7 @@ class _Measuring:
             efficiency_ci=stats.median_ci(efficiencies) if efficiencies else None,
             efficiency_rounds=len(efficiencies),
             micro_batches=self.pipeline.micro_batches if self.pipeline is not None else None,
-            pipeline_latency=self._pipeline_latency(samples),
+            pipeline_latency=self._pipeline_latency(samples, mode_name),
             overlap=stats.median(samples.overlaps["concurrent"]),
             correct=comparison.correct and not self.input_writes,
             max_abs_err=comparison.max_abs_err,
