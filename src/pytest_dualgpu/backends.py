@@ -10,8 +10,12 @@ into seconds since the origin.
 
 from __future__ import annotations
 
+import math
+import re
+import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .gpustate import GpuState, read_state
 from .timeline import Interval
 from .trees import iter_tensors
 
@@ -77,6 +82,17 @@ class Backend:
         """Undo process-wide side effects of the workers' set-up (torch's default for new threads)."""
         torch.set_num_threads(self.process_threads)
 
+    def prepare(self, stamps: int) -> None:
+        """Have ``stamps`` timestamps ready before a timed run starts (CUDA creates its events here)."""
+
+    def sleep(self, seconds: float) -> None:
+        """Delay the current lane by ``seconds``: its thread on CPU, its stream on CUDA."""
+        threading.Event().wait(seconds)
+
+    def gpu_state(self) -> GpuState | None:
+        """The GPU's clocks, temperature and throttle reasons now; None on CPU or without NVML."""
+        return None
+
     def begin(self) -> Any:
         return time.perf_counter()
 
@@ -130,6 +146,12 @@ class CudaBackend(Backend):
         super().__init__(device, lane_count)
         self.caller = torch.cuda.current_stream(device)
         self.streams = lane_streams(device, lane_count, high)
+        self.index = device.index if device.index is not None else torch.cuda.current_device()
+        # Timing events come from a free list filled before each run: creating an event inside the
+        # timed region (from several lane threads at once) costs more than what it times.
+        self._free_events: list[torch.cuda.Event] = []
+        self._most_stamps = 0
+        self.events_created = 0
 
     def worker_setup(self) -> Callable[[], None]:
         return self._on_device(super().worker_setup())
@@ -146,8 +168,29 @@ class CudaBackend(Backend):
 
         return setup
 
+    def prepare(self, stamps: int) -> None:
+        for _ in range(max(stamps, self._most_stamps) + 2 - len(self._free_events)):
+            self._free_events.append(self._new_event())
+
+    def _new_event(self) -> torch.cuda.Event:
+        self.events_created += 1
+        return torch.cuda.Event(enable_timing=True)
+
+    def _event(self) -> torch.cuda.Event:
+        try:
+            return self._free_events.pop()  # atomic under the GIL: lane threads take from one list
+        except IndexError:
+            return self._new_event()
+
+    def sleep(self, seconds: float) -> None:
+        torch.cuda._sleep(max(1, int(seconds * sleep_cycles_per_second(self.index))))
+
+    def gpu_state(self) -> GpuState | None:
+        uuid = getattr(torch.cuda.get_device_properties(self.index), "uuid", None)
+        return read_state(str(uuid) if uuid else None, self.index)
+
     def begin(self) -> Any:
-        event = torch.cuda.Event(enable_timing=True)
+        event = self._event()
         event.record(self.caller)
         return event, time.perf_counter()
 
@@ -158,7 +201,7 @@ class CudaBackend(Backend):
         return torch.cuda.stream(self.caller if lane is None else self.streams[lane])
 
     def stamp(self) -> Any:
-        event = torch.cuda.Event(enable_timing=True)
+        event = self._event()
         event.record()
         return event
 
@@ -168,7 +211,7 @@ class CudaBackend(Backend):
         start, wall_start = origin
         for lane in lanes:
             self.caller.wait_stream(self.streams[lane])
-        end = torch.cuda.Event(enable_timing=True)
+        end = self._event()
         end.record(self.caller)
         end.synchronize()
         wall = time.perf_counter() - wall_start
@@ -177,9 +220,12 @@ class CudaBackend(Backend):
             for lane in stamps
         ]
         call_ends = [[start.elapsed_time(stamp) / 1e3 for stamp in lane] for lane in ends]
-        return Timing(
-            elapsed=start.elapsed_time(end) / 1e3, wall=wall, intervals=intervals, call_ends=call_ends
-        )
+        elapsed = start.elapsed_time(end) / 1e3
+        used = {id(event): event for lane in stamps for pair in lane for event in pair}
+        used.update({id(event): event for event in (start, end)})
+        self._most_stamps = max(self._most_stamps, len(used))
+        self._free_events.extend(used.values())  # every one has completed: free to record again
+        return Timing(elapsed=elapsed, wall=wall, intervals=intervals, call_ends=call_ends)
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
@@ -201,11 +247,17 @@ class CudaBackend(Backend):
         the CUDA graphs notes ask for (first-use allocations, such as a cuBLAS workspace per stream, stay
         out of the graph's pool), and it turns a host sync into a plain error before any capture begins.
         """
+        unsupported = graphs_unsupported()
+        if unsupported is not None:
+            raise RuntimeError(unsupported)
         stream = self.streams[lane]
         stream.wait_stream(self.caller)
-        with torch.cuda.device(self.device), torch.cuda.stream(stream), torch.no_grad(), _sync_errors():
-            for _ in range(2):
-                call()
+        with torch.cuda.device(self.device), torch.cuda.stream(stream), torch.no_grad():
+            with host_syncs_in_this_thread() as syncs:
+                for _ in range(2):
+                    call()
+            if syncs:
+                raise RuntimeError(f"the lane synchronizes with the host: {syncs[0]}")
         self.caller.wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         pool = torch.cuda.graph_pool_handle()
@@ -223,7 +275,10 @@ class CudaBackend(Backend):
             # treating the process as capturing.
             torch.cuda.set_stream(previous)
             _abandon_pool(self.device, pool)
-            del graph
+            # The pinned host allocator keeps a capture filter that points into the graph object, and
+            # torch has no call to remove it: the object must outlive the process, or the filter would
+            # read freed memory on every pinned allocation.
+            _FAILED_GRAPHS.append(graph)
             self.release()
             raise
         return graph.replay, static_outputs
@@ -242,14 +297,100 @@ class CudaBackend(Backend):
         return isinstance(error, torch.cuda.OutOfMemoryError)
 
 
+#: Graph captures that failed; kept alive on purpose (see ``CudaBackend.capture``).
+_FAILED_GRAPHS: list[Any] = []
+#: The first torch whose allocator can be told that a failed capture has ended (``_cuda_endAllocateToPool``).
+GRAPHS_MIN_TORCH = (2, 8)
+
+
+def graphs_unsupported() -> str | None:
+    """Why ``graphs`` cannot run on this torch, or None.
+
+    A capture that fails leaves the caching allocator routing the lane stream's allocations into the
+    graph's private pool; before torch 2.8 nothing outside torch can end that, so one failed capture
+    would degrade every later allocation of the process.
+    """
+    version = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    if version < GRAPHS_MIN_TORCH or not hasattr(torch._C, "_cuda_endAllocateToPool"):
+        return (
+            f"mode 'graphs' needs torch >= {'.'.join(map(str, GRAPHS_MIN_TORCH))} (this is "
+            f"{torch.__version__}): older torch cannot recover from a failed capture; use 'threads', or "
+            "upgrade torch"
+        )
+    return None
+
+
 @contextmanager
-def _sync_errors() -> Iterator[None]:
+def host_syncs_in_this_thread(
+    on_sync: Callable[[str, str, int], None] | None = None,
+) -> Iterator[list[str]]:
+    """Sync debug mode on "warn" while the block runs; yields the syncs this thread made, as text, and
+    hands each to ``on_sync(message, filename, lineno)`` as it comes.
+
+    The mode is process-wide, so another thread's syncs warn too: they are passed on as the warnings
+    they would have been, never blamed on what this thread runs (nor turned into errors in that thread,
+    as the "error" mode would).
+    """
+    caught: list[str] = []
+    mine = threading.get_ident()
+    shown = warnings.showwarning
+
+    def record(message: Any, category: Any, filename: str, lineno: int, *rest: Any, **more: Any) -> None:
+        if threading.get_ident() != mine or "synchroniz" not in str(message):
+            shown(message, category, filename, lineno, *rest, **more)
+            return
+        caught.append(f"{filename}:{lineno}: {message}")
+        if on_sync is not None:
+            on_sync(str(message), filename, lineno)
+
     previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
+    with _SYNC_DEBUG, warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield caught
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+
+
+#: One sync-debug window at a time: the mode and ``warnings.showwarning`` are process-wide.
+_SYNC_DEBUG = threading.Lock()
+
+_SLEEP_RATES: dict[int, float] = {}
+
+
+def sleep_cycles_per_second(index: int) -> float:
+    """The clock ``torch.cuda._sleep`` spins on, measured once per device (cycles per second).
+
+    ``_sleep`` counts SM clock cycles, and clocks differ between GPUs and with boost: a fixed guess
+    (1.5 GHz) would make a "1 ms" delay anything from 0.7 to 1.4 ms.
+    """
+    if index not in _SLEEP_RATES:
+        cycles = 1_000_000
+        with torch.cuda.device(index):
+            torch.cuda._sleep(1000)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            fastest = math.inf
+            for _ in range(3):
+                start.record()
+                torch.cuda._sleep(cycles)
+                end.record()
+                end.synchronize()
+                fastest = min(fastest, start.elapsed_time(end) / 1e3)
+        _SLEEP_RATES[index] = cycles / fastest
+    return _SLEEP_RATES[index]
+
+
+def gpu_sleep(seconds: float, device: torch.device | int | None = None) -> None:
+    """Keep the current stream busy for ``seconds`` without the host (the GPU's positive control)."""
+    if isinstance(device, int):
+        index = device
+    elif device is None or device.index is None:
+        index = torch.cuda.current_device()
+    else:
+        index = device.index
+    torch.cuda._sleep(max(1, int(seconds * sleep_cycles_per_second(index))))
 
 
 def _abandon_pool(device: torch.device, pool: Any) -> None:

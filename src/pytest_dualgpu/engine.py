@@ -197,7 +197,9 @@ class _Measuring:
                 deadline = warmed + self.settings.measuring_cap
                 reps = self._calibrate(lane_warmups, modes, eager)
                 chosen = self._choose(modes, reps, deadline)
+                gpu_at_start = self.backend.gpu_state()
                 measured = self._measure(chosen, eager, reps, warmed, deadline)
+                gpu_at_end = self.backend.gpu_state()
                 measuring_seconds = time.perf_counter() - warmed
                 memory = self._memory(chosen, executor)
                 outputs = self._checked_outputs(chosen)
@@ -208,7 +210,8 @@ class _Measuring:
                     mode.close()
         timing = _Timing(warmed - started, measuring_seconds)
         result = self._result(name, chosen.name, measured, lane_warmups, memory, outputs, reference, timing)
-        result = dataclasses.replace(result, sync=sync)
+        gpu_state = {"start": gpu_at_start, "end": gpu_at_end} if gpu_at_start and gpu_at_end else None
+        result = dataclasses.replace(result, sync=sync, gpu_state=gpu_state)
         if profile is not None:
             result.kernel_overlap = profile.kernel_overlap
             result.timelines["kernels"] = profile.tracks

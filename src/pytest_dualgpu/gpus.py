@@ -96,17 +96,23 @@ def nvidia_smi(*fields: str) -> list[list[str]]:
     It describes the GPUs without starting CUDA in this process, which an xdist controller must not do:
     a context there holds memory all session, and on an exclusive-process GPU it locks the workers out.
     """
+    return smi_rows(f"--query-gpu={','.join(fields)}", "--format=csv,noheader")
+
+
+def smi_rows(*arguments: str) -> list[list[str]]:
+    """The CSV rows nvidia-smi prints for ``arguments``; empty when there is none or it fails."""
     try:
         completed = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
+            ["nvidia-smi", *arguments], capture_output=True, text=True, timeout=10, check=True
         )
     except (OSError, subprocess.SubprocessError):
         return []
     return [[cell.strip() for cell in line.split(",")] for line in completed.stdout.strip().splitlines()]
+
+
+def known(text: str) -> str | None:
+    """An nvidia-smi cell, or None where it says it does not know ("[N/A]", "N/A", "[Not Supported]")."""
+    return None if not text or text.startswith("[") or text == "N/A" else text
 
 
 def gpu_inventory() -> str:

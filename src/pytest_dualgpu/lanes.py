@@ -114,6 +114,7 @@ class Executor:
         Lanes that have not yet returned once run on the guard thread instead, under the timeout.
         """
         outcomes = {index: _Outcome() for index in lanes}
+        self.backend.prepare(2 * reps * len(lanes))
 
         def back_to_back() -> Any:
             origin = self.backend.begin()
@@ -166,6 +167,7 @@ class Executor:
         """Every lane on its own stream, issued round-robin from the caller's thread."""
         lanes = list(range(len(self.lanes)))
         outcomes = {index: _Outcome() for index in lanes}
+        self.backend.prepare(2 * reps * len(lanes))
         origin = self.backend.begin()
         for index in lanes:
             self.backend.fork(index, origin)
@@ -192,6 +194,7 @@ class Executor:
 
             return issue
 
+        backend.prepare(2 * reps * len(lanes))
         origin = backend.begin()
         futures = {self.lane_workers[index].submit(task(index)): index for index in lanes}
         done, pending = wait_futures(futures, timeout=self.timeout)

@@ -14,15 +14,11 @@ import sys
 from functools import cache
 from typing import Any
 
-from .gpus import nvidia_smi, visible_entries
+from .envsettings import SETTINGS
+from .gpus import known, nvidia_smi, visible_entries
 
 #: Environment variables that change how lanes overlap, or whether results repeat.
-CONCURRENCY_ENV = (
-    "CUDA_VISIBLE_DEVICES",
-    "CUDA_DEVICE_MAX_CONNECTIONS",
-    "CUBLAS_WORKSPACE_CONFIG",
-    "PYTORCH_CUDA_ALLOC_CONF",
-)
+CONCURRENCY_ENV = tuple(SETTINGS)
 GPU_FIELDS = (
     "index",
     "name",
@@ -51,7 +47,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": {"model": cpu_model(), "cores": os.cpu_count()},
         "gpus": gpus,
         "driver": next((gpu["driver"] for gpu in gpus if gpu["driver"]), None),
-        "mps": _mps_state(),
+        "mps": mps_state(),
         "env": {name: os.environ.get(name) for name in CONCURRENCY_ENV},
     }
 
@@ -72,11 +68,11 @@ def _gpus_from_nvidia_smi() -> list[dict[str, Any]]:
                 "index": int(found["index"]),
                 "name": found["name"],
                 "uuid": found["uuid"],
-                "compute_capability": _known(found.get("compute_cap", "")),
+                "compute_capability": known(found.get("compute_cap", "")),
                 "memory_bytes": _mebibytes(found["memory.total"]),
                 "driver": found["driver_version"],
-                "mig": _known(found["mig.mode.current"]),
-                "compute_mode": _known(found["compute_mode"]),
+                "mig": known(found["mig.mode.current"]),
+                "compute_mode": known(found["compute_mode"]),
             }
         )
     for gpu in gpus:
@@ -130,7 +126,7 @@ def _gpus_from_torch() -> list[dict[str, Any]]:
     return gpus
 
 
-def _mps_state() -> dict[str, Any]:
+def mps_state() -> dict[str, Any]:
     """Whether an MPS control daemon listens: its pipe directory holds a ``control`` pipe then."""
     directory = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_MPS_PIPE_DIRECTORY)
     return {"pipe_directory": directory, "daemon": os.path.exists(os.path.join(directory, "control"))}
@@ -148,10 +144,6 @@ def _cudnn_version() -> int | None:
 def _mebibytes(text: str) -> int | None:
     number = text.split()[0] if text else ""
     return int(number) * 2**20 if number.isdigit() else None
-
-
-def _known(text: str) -> str | None:
-    return None if not text or text.startswith("[") or text == "N/A" else text
 
 
 @cache

@@ -353,11 +353,14 @@ class GraphsPipelineMode(StreamsPipelineMode):
         self.back_to_back = self._back_to_back
 
     def _produce(self) -> list[Any]:
+        """Each replay marked busy after its wait is issued: the mark's start event runs when the wait is
+        over, so time spent waiting for the consumer is not busy (as in the eager modes)."""
         stream = torch.cuda.current_stream()
         stream.wait_event(self.drained)  # one batch per run: start when the last one has gone through
         for replay, ready, free in zip(self.producers, self.ready, self.free, strict=True):
             stream.wait_event(free)
-            replay()
+            with busy():
+                replay()
             ready.record()
         return self.produced
 
@@ -365,9 +368,11 @@ class GraphsPipelineMode(StreamsPipelineMode):
         stream = torch.cuda.current_stream()
         for replay, ready, free in zip(self.consumers, self.ready, self.free, strict=True):
             stream.wait_event(ready)
-            replay()
+            with busy():
+                replay()
             free.record()
-        joined = concat(self.consumed)
+        with busy():
+            joined = concat(self.consumed)
         self.drained.record()
         return joined
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import stats
+from .gpustate import GpuState
 from .latency import Latency
 from .timeline import Interval, LaneTimeline
 
@@ -254,6 +255,9 @@ class DualResult:
     # A pipeline's micro-batch latency end to end: back to back ("alone") and pipelined ("at_once").
     pipeline_latency: Latency | None = None
     hint: str | None = None  # why the lanes did not overlap, when they did not
+    # The GPU's clocks, temperature, power and throttle reasons at the start and the end of the measured
+    # rounds ("start", "end"), where NVML is available; None on CPU and without NVML.
+    gpu_state: dict[str, GpuState] | None = None
     # Whether the figures are physically possible and steady; ``problems`` says why not. No verdict passes
     # on an unreliable result.
     reliable: bool = True
@@ -308,6 +312,9 @@ class DualResult:
             "micro_batches": self.micro_batches,
             "pipeline_latency": self.pipeline_latency.to_dict() if self.pipeline_latency else None,
             "hint": self.hint,
+            "gpu_state": (
+                {when: state.to_dict() for when, state in self.gpu_state.items()} if self.gpu_state else None
+            ),
             "reliable": self.reliable,
             "problems": list(self.problems),
             "decisions": [decision.to_dict() for decision in self.decisions],
@@ -368,6 +375,11 @@ class DualResult:
             if data.get("pipeline_latency")
             else None,
             hint=data.get("hint"),
+            gpu_state=(
+                {when: GpuState.from_dict(state) for when, state in data["gpu_state"].items()}
+                if data.get("gpu_state")
+                else None
+            ),
             reliable=data.get("reliable", True),
             problems=list(data.get("problems", [])),
             decisions=[Decision.from_dict(decision) for decision in data.get("decisions", [])],

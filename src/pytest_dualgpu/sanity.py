@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import stats
 from .bounds import Bound
+from .gpustate import state_warnings
 from .results import DualResult
 
 #: How far the speedup may exceed the ideal before overhead no longer explains it: the ideal rests on the
@@ -44,6 +45,10 @@ def best_possible_time(alone: Sequence[float], micro_batches: int | None) -> flo
 
 def assess(result: DualResult) -> Assessment:
     found = Assessment()
+    if result.gpu_state:
+        warnings, problems = state_warnings(result.gpu_state.get("start"), result.gpu_state.get("end"))
+        found.warnings += warnings
+        found.problems += problems
     rounds = _Rounds(result)
     if rounds.count == 0:
         return found

@@ -16,7 +16,6 @@ import linecache
 import os
 import random
 import sys
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .backends import Backend
+from .backends import Backend, host_syncs_in_this_thread
 from .compare import Tolerance, compare_lanes
 from .lanes import Executor, Lane
 from .results import SyncStats
@@ -36,7 +35,6 @@ START_DELAY_SECONDS = 0.005
 OPERATOR_DELAY_SECONDS = 0.002
 OPERATOR_DELAY_PROBABILITY = 0.25
 MAX_DELAYS_PER_LANE = 32
-GPU_CYCLES_PER_SECOND = 1.5e9  # torch.cuda._sleep spins in clock cycles; about right for current GPUs
 
 
 class DelayInjector(TorchDispatchMode):
@@ -61,10 +59,7 @@ class DelayInjector(TorchDispatchMode):
 
 
 def delay(backend: Backend, seconds: float) -> None:
-    if backend.kind == "cuda":
-        torch.cuda._sleep(int(seconds * GPU_CYCLES_PER_SECOND))
-    else:
-        threading.Event().wait(seconds)
+    backend.sleep(seconds)
 
 
 def delayed_calls(backend: Backend, calls: Sequence[Callable[[], Any]], seed: int) -> list[Callable[[], Any]]:
@@ -136,7 +131,7 @@ def _host_syncs(executor: Executor, names: Sequence[str]) -> list[dict[str, str]
     """One concurrent pass (every lane on its stream, from this thread) with sync debug mode on "warn".
 
     Lanes are issued one after another from this thread, so the lane that was running when a warning
-    came is the lane that synchronized.
+    came is the lane that synchronized; syncs other threads make meanwhile are not the lanes'.
     """
     running: list[str] = ["?"]
     found: dict[tuple[str, str], dict[str, str]] = {}
@@ -148,26 +143,15 @@ def _host_syncs(executor: Executor, names: Sequence[str]) -> list[dict[str, str]
 
         return run
 
-    def record(message: Any, category: Any, filename: str, lineno: int, *rest: Any, **more: Any) -> None:
-        if "synchroniz" not in str(message):
-            shown(message, category, filename, lineno, *rest, **more)
-            return
+    def record(message: str, filename: str, lineno: int) -> None:
         filename, lineno = _user_frame(filename, lineno)
         where = f"{filename}:{lineno}"
-        source = linecache.getline(filename, lineno).strip() or str(message)
+        source = linecache.getline(filename, lineno).strip() or message
         found.setdefault((running[0], where), {"lane": running[0], "where": where, "call": source})
 
     calls = [labelled(index, lane) for index, lane in enumerate(executor.lanes)]
-    previous = torch.cuda.get_sync_debug_mode()
-    shown = warnings.showwarning
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = record
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            executor.streams(1, calls, "host sync check")
-        finally:
-            torch.cuda.set_sync_debug_mode(previous)
+    with host_syncs_in_this_thread(record):
+        executor.streams(1, calls, "host sync check")
     return list(found.values())
 
 
@@ -188,30 +172,58 @@ def _user_frame(filename: str, lineno: int) -> tuple[str, int]:
     return filename, lineno
 
 
+#: The caching allocator serves requests up to 1 MiB from its small pool (2 MiB segments) and larger ones
+#: from the large pool: a free stretch of a small segment must be asked for in pieces no larger than this.
+SMALL_REQUEST_BYTES = 1 << 20
+POISON_PASSES = 4
+
+
 def poison_free_memory(device: torch.device) -> None:
     """Fill every cached free block with 0xFF bytes (NaN for floats, -1 for integers).
 
     Each trial reruns the same inputs, and the caching allocator tends to hand a tensor the very block an
     earlier identical run wrote: a read that comes too early would find the right values already there.
-    Poisoned, the early read shows up as a mismatch.
+    Poisoned, the early read shows up as a mismatch. Every free block is taken, small or large: blocks
+    still pending a free (used on another stream) are first let go by a device sync and an allocation,
+    free stretches of small segments are asked for in small-pool pieces, and passes repeat until no
+    free block is left, since best fit may hand a request a bigger block than the one it was sized for.
     """
     torch.cuda.synchronize(device)
+    torch.empty(1, device=device)  # an allocation processes the frees whose streams have finished
+    index = device.index if device.index is not None else torch.cuda.current_device()
     held = []
-    for segment in torch.cuda.memory_snapshot():
-        if segment.get("device") != device.index or tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0):
-            continue
-        stream_id = segment.get("stream", 0)
-        stream = (
-            torch.cuda.ExternalStream(stream_id, device=device)
-            if stream_id
-            else torch.cuda.default_stream(device)
-        )
-        with torch.cuda.stream(stream):
-            for block in segment.get("blocks", []):
-                if block.get("state") == "inactive":
-                    held.append(torch.empty(block["size"], dtype=torch.uint8, device=device).fill_(255))
+    for _ in range(POISON_PASSES):
+        requests = _free_block_requests(index)
+        if not requests:
+            break
+        for stream_id, size in requests:
+            stream = (
+                torch.cuda.ExternalStream(stream_id, device=device)
+                if stream_id
+                else torch.cuda.default_stream(device)
+            )
+            with torch.cuda.stream(stream):
+                held.append(torch.empty(size, dtype=torch.uint8, device=device).fill_(255))
     torch.cuda.synchronize(device)
     held.clear()
+
+
+def _free_block_requests(index: int) -> list[tuple[int, int]]:
+    """(stream, bytes) requests that together take every free block of the device's shared pools."""
+    requests = []
+    for segment in torch.cuda.memory_snapshot():
+        if segment.get("device") != index or tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0):
+            continue  # graph pools are private: their blocks are never handed to eager tensors
+        small = segment.get("segment_type") == "small"
+        for block in segment.get("blocks", []):
+            if block.get("state") != "inactive":
+                continue
+            size = block["size"]
+            while size > 0:
+                piece = min(size, SMALL_REQUEST_BYTES) if small else size
+                requests.append((segment.get("stream", 0), piece))
+                size -= piece
+    return sorted(requests, key=lambda request: -request[1])
 
 
 def _sanitized_run(executor: Executor, calls: Sequence[Callable[[], Any]]) -> list[str]:
