@@ -19,6 +19,7 @@ from .latency import Objective
 
 EXAMPLES = """\
 examples:
+  dualgpu doctor --device cuda --json doctor.json
   dualgpu demo
   dualgpu profile mypkg.models:ImageEncoder mypkg.models:TextEncoder --inputs 8x3x224x224 8x128:int64
   dualgpu profile models.py:detector models.py:classifier --inputs 4x3x64x64 --dtype float16
@@ -30,8 +31,8 @@ models:  package.module:name or path/to/file.py:name (an nn.Module instance, cla
 inputs:  1x3x224x224, 1x3x224x224:float16, 8x128:int64 (ids in [0, 100)), or module:name / file.py:name
          (a value, or a function returning one, given the batch size if it takes an argument); a model
          with an example_inputs(batch) method needs none
-exit codes: 0 ok, 1 a model failed or gave wrong outputs, 2 bad usage, 130 interrupted (what
-            finished is printed)
+exit codes: 0 ok, 1 a model failed or gave wrong outputs (doctor: a check failed), 2 bad usage,
+            130 interrupted (what finished is printed)
 """
 INTERRUPTED = 130
 
@@ -88,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "The matrix and the best pair's profile on built-in models (no code of yours)")
     _add_measuring(demo, budget=0.3)
+
+    doctor = command(
+        "doctor",
+        "Whether models can overlap on this machine: build, settings, GPU state and a one-minute self-test",
+    )
+    doctor.add_argument(
+        "--device",
+        default="auto",
+        help="Device to check: auto (default: cuda if available), cpu, cuda, cuda:N",
+    )
+    doctor.add_argument("--json", metavar="PATH", help="Also write the checks and the machine as JSON")
+    doctor.add_argument(
+        "--self-test", action=argparse.BooleanOptionalAction, default=True,
+        help="Run every mode on the device with known lanes (default; at most a minute)",
+    )  # fmt: skip
 
     info = command("info", "Show the device dualgpu would measure on")
     info.add_argument("--device", default="auto", help="Device to describe (auto, cpu, cuda, cuda:N)")
@@ -180,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _info(arguments.device)
         if arguments.command == "report":
             return _report(arguments)
+        if arguments.command == "doctor":
+            return _doctor(arguments)
         from .commands import run_command
 
         return run_command(arguments)
@@ -201,6 +219,18 @@ def _info(spec: str) -> int:
     print(f"torch: {torch.__version__}, CUDA {torch.version.cuda or 'not built'}")
     print(f"intra-op threads: {torch.get_num_threads()}")
     return 0
+
+
+def _doctor(arguments: argparse.Namespace) -> int:
+    from .doctor import diagnose
+
+    if arguments.json is not None and Path(arguments.json).is_dir():
+        raise DualGpuUsageError(f"{arguments.json} is a directory; --json takes a file path")
+    diagnosis = diagnose(arguments.device, self_test=arguments.self_test)
+    print(diagnosis.text())
+    if arguments.json is not None:
+        diagnosis.write_json(arguments.json)
+    return 1 if diagnosis.failed else 0
 
 
 def _report(arguments: argparse.Namespace) -> int:

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+from .envsettings import FAIL, troubles
 from .results import DualResult
 
 NO_OVERLAP = 0.1
 
 
 def no_overlap_hint(result: DualResult) -> str | None:
-    """The likely cause when a concurrent mode overlapped less than 10%, or None when it did overlap."""
+    """The likely cause when a concurrent mode overlapped less than 10%, or None when it did overlap.
+
+    A setting that forbids overlap outright comes first; one that only distorts it is named after the
+    cause found in the measurement.
+    """
     if result.mode == "sequential" or result.overlap >= NO_OVERLAP:
         return None
+    settings = troubles(result.device.split(":")[0])
+    forbidding = [finding for finding in settings if finding.status == FAIL]
+    if forbidding:
+        return "; ".join(f"{item.shown} is set: {item.detail} ({item.fix})" for item in forbidding)
+    hint = _measured_cause(result)
+    if settings:
+        named = "; ".join(f"{finding.shown} ({finding.detail})" for finding in settings)
+        return f"{hint}; also set: {named}"
+    return hint
+
+
+def _measured_cause(result: DualResult) -> str:
     if result.micro_batches == 1:
         return "a pipeline of one micro-batch cannot overlap: the consumer waits for the whole batch"
     syncs = result.sync.implicit_syncs

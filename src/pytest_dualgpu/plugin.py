@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import gpus, hookspecs
+from . import envsettings, gpus, hookspecs
 from .baseline import Baseline
 from .calls import FixtureDualInfer, GateLimits
 from .collector import ResultCollector
@@ -172,8 +172,17 @@ def _recorded_rows(item: pytest.Item) -> list[ReportRow]:
     return [call.entry for call in item.stash.get(calls_key, []) if isinstance(call.entry, ReportRow)]
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    """The device line; it starts CUDA only where tests will run, and only when torch is in use anyway."""
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The device line, and the settings that change concurrency when any is set."""
+    lines = [_device_line(config)]
+    settings_line = envsettings.header_line()
+    if settings_line is not None:
+        lines.append(settings_line)
+    return lines
+
+
+def _device_line(config: pytest.Config) -> str:
+    """It starts CUDA only where tests will run, and only when torch is in use anyway."""
     settings = config.stash[settings_key]
     measuring = f"mode {settings.mode}, budget {settings.budget:g} s per call"
     if _distributing(config.option):
