@@ -85,6 +85,9 @@ class Backend:
     def prepare(self, stamps: int) -> None:
         """Have ``stamps`` timestamps ready before a timed run starts (CUDA creates its events here)."""
 
+    def discard(self, stamp: Any) -> None:
+        """Give back a stamp that will not be read (a call that marked its own busy stretches)."""
+
     def sleep(self, seconds: float) -> None:
         """Delay the current lane by ``seconds``: its thread on CPU, its stream on CUDA."""
         threading.Event().wait(seconds)
@@ -169,8 +172,11 @@ class CudaBackend(Backend):
         return setup
 
     def prepare(self, stamps: int) -> None:
-        for _ in range(max(stamps, self._most_stamps) + 2 - len(self._free_events)):
+        for _ in range(max(stamps + 2, self._most_stamps) - len(self._free_events)):
             self._free_events.append(self._new_event())
+
+    def discard(self, stamp: Any) -> None:
+        self._free_events.append(stamp)  # never read: it may be recorded again at once
 
     def _new_event(self) -> torch.cuda.Event:
         self.events_created += 1
@@ -222,6 +228,7 @@ class CudaBackend(Backend):
         call_ends = [[start.elapsed_time(stamp) / 1e3 for stamp in lane] for lane in ends]
         elapsed = start.elapsed_time(end) / 1e3
         used = {id(event): event for lane in stamps for pair in lane for event in pair}
+        used.update({id(event): event for lane in ends for event in lane})
         used.update({id(event): event for event in (start, end)})
         self._most_stamps = max(self._most_stamps, len(used))
         self._free_events.extend(used.values())  # every one has completed: free to record again
@@ -266,7 +273,9 @@ class CudaBackend(Backend):
             with (
                 torch.cuda.device(self.device),
                 torch.no_grad(),
-                torch.cuda.graph(graph, pool=pool, stream=stream),
+                # thread_local: another thread's sync during the capture (a data loader, a lane of
+                # another call) is legal then; "global" would invalidate the capture and fail that thread.
+                torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"),
             ):
                 static_outputs = call()
         except BaseException:
@@ -367,9 +376,9 @@ def sleep_cycles_per_second(index: int) -> float:
     (1.5 GHz) would make a "1 ms" delay anything from 0.7 to 1.4 ms.
     """
     if index not in _SLEEP_RATES:
-        cycles = 1_000_000
+        cycles = 10_000_000  # 5-10 ms a window: long against the events' resolution
         with torch.cuda.device(index):
-            torch.cuda._sleep(1000)
+            torch.cuda._sleep(50_000_000)  # tens of ms of spinning first, so the clocks have ramped up
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             fastest = math.inf
             for _ in range(3):
