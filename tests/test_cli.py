@@ -410,8 +410,8 @@ def test_help_shows_examples_and_exit_codes() -> None:
     assert done.returncode == 0
     assert "dualgpu matrix pytest_dualgpu.demo:MLP" in done.stdout
     assert (
-        "exit codes: 0 ok, 1 a model failed or gave wrong outputs, 2 bad usage, 130 interrupted"
-        in done.stdout
+        "exit codes: 0 ok, 1 a model failed or gave wrong outputs (doctor: a check failed), 2 bad usage,\n"
+        "            130 interrupted" in done.stdout
     )
 
 
