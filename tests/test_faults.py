@@ -149,3 +149,39 @@ def test_nothing_runs_when_the_input_is_bad() -> None:
 def test_asking_for_cuda_without_it_says_so() -> None:
     with pytest.raises(DualGpuUsageError, match=r"CUDA is not available.*use device='cpu' or 'auto'"):
         dual_infer(MLP(), MLP(), torch.ones(1, 64), device="cuda")
+
+
+class ExitsOnLaneThreads(torch.nn.Module):
+    """Raises ``raised`` from its own code once it runs at once, on a lane thread."""
+
+    def __init__(self, raised: type[BaseException]) -> None:
+        super().__init__()
+        self.raised = raised
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if in_lane_thread():
+            raise self.raised("the model's own code")
+        return x * 2
+
+
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
+@pytest.mark.parametrize("where", ["first call", "lane thread"])
+def test_an_exit_raised_inside_a_model_fails_its_lane_not_the_session(
+    raised: type[BaseException], where: str
+) -> None:
+    threads_before = threading.active_count()
+    model = RaisingExit(raised) if where == "first call" else ExitsOnLaneThreads(raised)
+    with pytest.raises(
+        LaneError, match=f"lane 'Exits' raised {raised.__name__} in the .*the model's own code"
+    ):
+        dual_infer(model, SleepLane(0.001), torch.ones(2), names=["Exits", "Fine"], mode="threads", **FAST)
+    assert_healthy_afterwards(threads_before)
+
+
+class RaisingExit(torch.nn.Module):
+    def __init__(self, raised: type[BaseException]) -> None:
+        super().__init__()
+        self.raised = raised
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise self.raised("the model's own code")

@@ -11,15 +11,23 @@ class DualGpuUsageError(DualGpuError, ValueError):
     """The call itself is wrong (bad models, inputs or settings); raised before anything runs."""
 
 
+class LaneExit(Exception):
+    """A ``SystemExit`` or ``KeyboardInterrupt`` that a model's own code raised on a lane thread, carried as
+    an ordinary exception: it fails that lane, never the session (no Ctrl-C reaches a lane thread)."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+        super().__init__(str(original))
+
+
 class LaneError(DualGpuError):
     """A lane raised; the other lanes were allowed to finish first. The original is ``__cause__``."""
 
     def __init__(self, lane: str, run: str, original: BaseException) -> None:
         self.lane = lane
         self.run = run
-        super().__init__(
-            f"lane {lane!r} raised {type(original).__name__} in the {run}: {original}".rstrip(": ")
-        )
+        shown = original.original if isinstance(original, LaneExit) else original
+        super().__init__(f"lane {lane!r} raised {type(shown).__name__} in the {run}: {shown}".rstrip(": "))
 
 
 class HandOffStopped(RuntimeError):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .backends import Backend, Stamps
-from .errors import HandOffStopped, LaneError, LaneTimeoutError
+from .errors import HandOffStopped, LaneError, LaneExit, LaneTimeoutError
 from .timeline import Interval
 from .workers import Worker, abandon
 
@@ -161,7 +161,10 @@ class Executor:
             self.broken = True
             self._guarding = stuck()
             raise LaneTimeoutError([self._guarding], run, self.timeout)
-        return future.result()
+        try:
+            return future.result()
+        except (SystemExit, KeyboardInterrupt) as error:  # the model's own: the guard thread gets no Ctrl-C
+            raise LaneExit(error) from error
 
     def streams(self, reps: int, calls: Sequence[Callable[[], Any]], run: str) -> Run:
         """Every lane on its own stream, issued round-robin from the caller's thread."""
@@ -284,9 +287,15 @@ def _repeat(backend: Backend, call: Callable[[], Any], reps: int, outcome: _Outc
             start = backend.stamp()
             outcome.output = call()
             end = backend.stamp()
+            if marked:
+                backend.discard(start)
             outcome.stamps.extend(marked or [(start, end)])
             outcome.ends.append(end)
-    except Exception as error:
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+            raise  # a real Ctrl-C: only the main thread receives one
+        # On a lane thread a KeyboardInterrupt, like a SystemExit anywhere, came from the model's own code:
+        # it fails this lane, not the session.
         outcome.error = error
         outcome.output = None
     finally:
