@@ -12,11 +12,11 @@ from typing import Any
 
 from .callsettings import CallSettings
 from .engine import run_call, run_pipeline
-from .errors import DualGpuError, DualGpuUsageError
+from .errors import DualGpuUsageError
 from .results import DualResult
 
 ResultHook = Callable[[DualResult], None]
-ErrorHook = Callable[[DualGpuError], None]
+ErrorHook = Callable[[BaseException, str], None]  # the error, and what the call measured
 NoticeHook = Callable[[str], None]
 
 
@@ -87,6 +87,7 @@ class DualInfer:
                 models, inputs, names=names, name=name, settings=call_settings, notify=self.on_notice
             ),
             settings,
+            _label(models, names, name, " + "),
         )
 
     def pipeline(
@@ -113,14 +114,18 @@ class DualInfer:
                 notify=self.on_notice,
             ),
             settings,
+            _label([producer, consumer], names, name, " -> "),
         )
 
-    def _observed(self, run: Callable[[CallSettings], DualResult], settings: dict[str, Any]) -> DualResult:
+    def _observed(
+        self, run: Callable[[CallSettings], DualResult], settings: dict[str, Any], label: str
+    ) -> DualResult:
         try:
             result = run(self._settings(settings))
-        except DualGpuError as error:
+        except BaseException as error:
+            # Also what interrupts a call from outside (Ctrl-C, a test timeout): the call is on record.
             if self.on_error is not None:
-                self.on_error(error)
+                self.on_error(error, label)
             raise
         if self.on_result is not None:
             self.on_result(result)
@@ -140,3 +145,10 @@ class DualInfer:
 
 
 dual_infer = DualInfer()
+
+
+def _label(models: Sequence[Any], names: Sequence[str] | None, name: str | None, joint: str) -> str:
+    """What a call measures, for a record of one that never finished."""
+    if name:
+        return name
+    return joint.join(names or [type(model).__name__ for model in models])

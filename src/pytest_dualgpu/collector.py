@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class ResultCollector:
         self.errors: dict[str, list[CallError]] = {}
         self.order: dict[str, int] = {}
         self.problems: list[str] = []
+        self.items: list[pytest.Item] = []
+        self.running: str | None = None  # the test between its setup and teardown reports
         self.baseline: Baseline | None = None
         self.comparison: Comparison | None = None
         if settings.compare is not None and not self.is_worker:
@@ -60,6 +62,7 @@ class ResultCollector:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.order = {item.nodeid: index for index, item in enumerate(session.items)}
+        self.items = list(session.items)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -68,15 +71,26 @@ class ResultCollector:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """The teardown report carries all of a test's calls; a rerun's replaces the earlier attempt's."""
+        if report.when == "setup":
+            self.running = report.nodeid
         if report.when != "teardown":
             return
-        properties = [(name, json.loads(str(value))) for name, value in report.user_properties]
-        self.rows[report.nodeid] = [
-            ReportRow.from_dict(data) for name, data in properties if name == PROPERTY
-        ]
-        self.errors[report.nodeid] = [
+        self.running = None
+        self._take(report.nodeid, report.user_properties)
+
+    def _take(self, nodeid: str, user_properties: Sequence[tuple[str, object]]) -> None:
+        properties = [(name, json.loads(str(value))) for name, value in user_properties]
+        self.rows[nodeid] = [ReportRow.from_dict(data) for name, data in properties if name == PROPERTY]
+        self.errors[nodeid] = [
             CallError.from_dict(data) for name, data in properties if name == ERROR_PROPERTY
         ]
+
+    def pytest_keyboard_interrupt(self) -> None:
+        """Ctrl-C ends the session before the running test's teardown report: keep what it recorded so far
+        (finished calls, and the interrupted one as an error), which that report would have carried."""
+        item = next((item for item in self.items if item.nodeid == self.running), None)
+        if item is not None:
+            self._take(item.nodeid, item.user_properties)
 
     def sorted_rows(self) -> list[ReportRow]:
         rows = [row for rows in self.rows.values() for row in rows]

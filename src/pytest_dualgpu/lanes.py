@@ -103,7 +103,9 @@ class Executor:
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            self.broken = True  # Ctrl-C: whoever waits for the process must not wait for lanes too
         self.close()
 
     def sequential(

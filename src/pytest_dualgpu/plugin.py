@@ -334,11 +334,12 @@ def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
         _record(item, ReportRow(item.nodeid, stripped, call=len(item.stash.get(calls_key, []))))
         item.ihook.pytest_dualgpu_result(result=result, item=item)
 
-    def record_error(error: DualGpuError) -> None:
-        failed = CallError(
-            item.nodeid, len(item.stash.get(calls_key, [])), f"{type(error).__name__}: {error}"
-        )
-        _record(item, failed)
+    def record_error(error: BaseException, label: str) -> None:
+        # Ours name their lanes; anything else (a bad argument, Ctrl-C, a test timeout) gets the call's.
+        text = f"{type(error).__name__}: {error}"
+        if not isinstance(error, DualGpuError):
+            text = f"{type(error).__name__} while measuring {label}" + (f": {error}" if str(error) else "")
+        _record(item, CallError(item.nodeid, len(item.stash.get(calls_key, [])), text))
 
     device = _session_device(request.config)
     speedup = specs.get("dualgpu_speedup")
