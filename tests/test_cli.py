@@ -125,6 +125,14 @@ def zoo(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real report of one profiled pair."""
+    report = tmp_path_factory.mktemp("profiled") / "good.json"
+    assert dualgpu("profile", f"{DEMO}:MLP", f"{DEMO}:MLP", *FAST, "--json", str(report)).returncode == 0
+    return report
+
+
 def dualgpu(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [DUALGPU, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
@@ -356,6 +364,38 @@ def test_report_errors(tmp_path: Path) -> None:
     assert "not a pytest-dualgpu JSON report" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("speedup", "1.2", "results[0].speedup is the string '1.2', expected a number"),
+        ("rounds", 7.5, "results[0].rounds is float 7.5, expected an integer"),
+        ("speedup_ci", [1.0, "x"], "results[0].speedup_ci[1] is the string 'x', expected a number"),
+        (
+            "lanes",
+            [{"name": "A", "alone": {"median": "fast"}}],
+            "results[0].lanes[0].alone.median is the string",
+        ),
+    ],
+)
+@pytest.mark.parametrize("output", ["term", "json"])
+def test_a_wrongly_typed_field_is_refused_naming_it_and_the_file(
+    tmp_path: Path, profiled: Path, field: str, value: object, message: str, output: str
+) -> None:
+    assert dualgpu("report", str(profiled)).returncode == 0
+    document = json.loads(profiled.read_text())
+    if field == "lanes":
+        lane = document["results"][0]["lanes"][0]
+        lane["alone"]["median"] = "fast"
+    else:
+        document["results"][0][field] = value
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(document))
+    done = dualgpu("report", str(edited), "--format", output)
+    assert done.returncode == 2, done.stdout
+    assert f"{edited}: {message}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_demo_runs_on_built_in_models_and_draws(tmp_path: Path) -> None:
     png = tmp_path / "demo.png"
     done = dualgpu("demo", *FAST, "--png", str(png))
@@ -396,7 +436,12 @@ MLP = f"{DEMO}:MLP"
         (["profile", MLP], "the following arguments are required: MODEL"),
         (["profile", MLP, MLP, "--budget", "inf"], "a number of seconds > 0"),
         (["profile", MLP, MLP, "--inputs", "torch:randn"], "a builtin whose arguments cannot be read"),
-        (["profile", MLP, MLP, "--json", "."], ". is a directory; --json and --png take a file path"),
+        (["profile", MLP, MLP, "--json", "."], "--json: . is a directory; give a file path"),
+        (
+            ["profile", MLP, MLP, "--device", "cuda"],
+            "--device cuda was asked for but CUDA is not available (torch 2",
+        ),
+        (["profile", MLP, MLP, "--json", f"{__file__}/out.json"], "is a file, so"),
     ],
 )
 def test_bad_usage_exits_2_and_shows_the_accepted_forms(args: list[str], message: str) -> None:
@@ -506,3 +551,27 @@ def test_sweeps_check_that_inputs_follow_the_batch_size(zoo: Path) -> None:
     )
     assert ignoring.returncode == 2
     assert "gave a batch of 4 for batch size 1" in ignoring.stderr
+
+
+def test_a_full_disk_leaves_the_file_that_was_there_whole(tmp_path: Path, profiled: Path) -> None:
+    """A file size limit makes every write past it fail as a full disk would (EFBIG; Python ignores the
+    SIGXFSZ that would otherwise end the process)."""
+    import resource
+
+    report = profiled
+    saved = tmp_path / "summary.md"
+    saved.write_text("a good summary\n")
+    limit = 64  # bytes: the rendered table is far longer
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [DUALGPU, "report", str(report), "--format", "md", "--output", str(saved)],
+        capture_output=True, text=True, timeout=120, check=False, preexec_fn=small_disk,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "File too large" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert saved.read_text() == "a good summary\n"
+    assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")] == []

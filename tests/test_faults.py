@@ -98,11 +98,17 @@ def _bad_calls() -> list[Any]:
             lambda: dual_infer.many([mlp, mlp], x), r"one entry per model, got Tensor.*\[x\] \* 2", id="x"
         ),
         pytest.param(
-            lambda: dual_infer(mlp, "model", x), "model 1 is a str, which is not callable", id="callable"
+            lambda: dual_infer(mlp, "model", x), "model 2 is a str, which is not callable", id="callable"
+        ),
+        pytest.param(
+            lambda: dual_infer(mlp, torch.nn.ReLU, x),
+            r"model 2 is the class ReLU; pass an instance, ReLU\(\)",
+            id="class",
         ),
         pytest.param(
             lambda: dual_infer(mlp, meta_model, x),
-            "has parameters on meta but dual_infer runs on cpu.*place_model",
+            r"has parameters on meta but dual_infer runs on cpu.*place_model\(model\) or model.to\('cpu'\) "
+            r"\(a meta model has no weights yet",
             id="device",
         ),
         pytest.param(
@@ -185,3 +191,24 @@ class RaisingExit(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise self.raised("the model's own code")
+
+
+def test_a_model_left_in_training_mode_is_named_as_the_cause_of_wrong_outputs() -> None:
+    from pytest_dualgpu.verdicts import CorrectSpec, judge
+
+    def with_dropout() -> torch.nn.Module:
+        return torch.nn.Sequential(
+            torch.nn.Linear(16, 16), torch.nn.Dropout(0.5)
+        )  # training mode: the default
+
+    x = torch.randn(4, 16)
+    result = dual_infer(with_dropout(), with_dropout(), x, names=["Drops", "Drops too"], **FAST)
+    assert not result.correct
+    assert [lane.training for lane in result.lanes] == [True, True]
+    verdict = judge(result, {"dualgpu_correct": CorrectSpec()})["correct"]
+    assert verdict.status == "fail"
+    assert "lane 'Drops' is in training mode (dropout or batch norm active)" in verdict.message
+    assert "model.eval()" in verdict.message
+    evaluated = dual_infer(with_dropout().eval(), with_dropout().eval(), x, **FAST)
+    assert evaluated.correct
+    assert [lane.training for lane in evaluated.lanes] == [False, False]

@@ -146,14 +146,14 @@ def test_png_plots_per_result_and_for_the_session(suite: pytest.Pytester) -> Non
         assert timeline.size[0] == 1000
 
 
-def test_png_without_matplotlib_is_a_clear_message_not_a_crash(suite: pytest.Pytester) -> None:
+def test_png_without_matplotlib_is_a_usage_error_before_anything_runs(suite: pytest.Pytester) -> None:
     suite.makeconftest("import sys\nsys.modules['matplotlib'] = None  # as if it were not installed\n")
     suite.makepyfile(test_all=EVERYTHING)
     result = suite.runpytest_subprocess(*FAST, "--dualgpu-report=png:plots", "-k", "pipeline")
-    result.assert_outcomes(passed=1)
-    assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(
-        ["dualgpu: png:plots skipped: png reports need matplotlib: pip install 'pytest-dualgpu[[]plot]'"]
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "passed" not in result.stdout.str()
+    result.stderr.fnmatch_lines(
+        ["*dualgpu: png reports need matplotlib: pip install 'pytest-dualgpu[[]plot]'"]
     )
     assert not (suite.path / "plots").exists()
 

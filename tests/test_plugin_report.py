@@ -130,8 +130,11 @@ def test_markdown_goes_to_a_file_or_the_github_step_summary(
     ]
     monkeypatch.delenv("GITHUB_STEP_SUMMARY")
     missing = suite.runpytest(*FAST, "--dualgpu-report=md", "-k", "parametrized")
-    missing.stdout.fnmatch_lines(["*dualgpu: md: $GITHUB_STEP_SUMMARY is not set*use md:PATH*"])
-    assert missing.ret == pytest.ExitCode.OK
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR  # known at start-up: nothing was measured for nothing
+    missing.stderr.fnmatch_lines(
+        ["*dualgpu: --dualgpu-report=md: $GITHUB_STEP_SUMMARY is not set*use md:PATH*"]
+    )
+    assert "passed" not in missing.stdout.str()
 
 
 def test_junit_xml_carries_each_result_as_a_json_property(suite: pytest.Pytester) -> None:
@@ -316,13 +319,41 @@ def test_an_infinite_error_stays_strict_json_and_reads_back() -> None:
     assert ReportRow.from_dict(data).result.max_abs_err == float("inf")
 
 
-def test_a_target_that_cannot_be_written_costs_no_other_target(suite: pytest.Pytester) -> None:
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("json:taken", "--dualgpu-report=json:taken: taken is a directory; give a file path*"),
+        (
+            "md:table.md/out.md",
+            "--dualgpu-report=md:table.md/out.md: table.md is a file, so*cannot be created*",
+        ),
+        ("trace:table.md", "--dualgpu-report=trace:table.md: table.md is a file; trace takes a folder"),
+    ],
+)
+def test_a_target_that_cannot_be_a_file_is_a_usage_error_before_anything_runs(
+    suite: pytest.Pytester, target: str, message: str
+) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
     (suite.path / "taken").mkdir()
-    result = suite.runpytest(
-        *FAST, "-k", "parametrized", "--dualgpu-report=json:taken", "--dualgpu-report=md:table.md"
+    (suite.path / "table.md").write_text("a file\n")
+    result = suite.runpytest(*FAST, f"--dualgpu-report={target}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*dualgpu: {message}"])
+    assert "passed" not in result.stdout.str()
+
+
+def test_a_target_that_fails_at_the_end_costs_no_other_target(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_three=THREE_TESTS,
+        test_takes_the_path="def test_takes_the_path():\n    import os\n    os.mkdir('taken')\n",
     )
-    result.assert_outcomes(passed=2)
+    result = suite.runpytest(
+        *FAST, "-k", "parametrized or takes", "--dualgpu-report=json:taken", "--dualgpu-report=md:table.md"
+    )
+    result.assert_outcomes(passed=3)
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
-    result.stdout.fnmatch_lines(["dualgpu: could not write the json:taken report: IsADirectoryError*"])
+    result.stdout.fnmatch_lines(
+        ["dualgpu: could not write the json:taken report: DualGpuUsageError: *directory*"]
+    )
     assert "test_parametrized" in (suite.path / "table.md").read_text()
+    result.stdout.fnmatch_lines([f"dualgpu: md report: {suite.path / 'table.md'}"])

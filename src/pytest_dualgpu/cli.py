@@ -204,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DualGpuUsageError as error:
         print(f"dualgpu {arguments.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # writing a file failed (a full disk): the old file, if any, is untouched
+        print(f"dualgpu {arguments.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # before measuring began (imports, building models): nothing to show
         print(f"dualgpu {arguments.command}: interrupted before anything was measured", file=sys.stderr)
         return INTERRUPTED
@@ -214,7 +217,7 @@ def _info(spec: str) -> int:
 
     from .devices import device_name, resolve_device
 
-    device = resolve_device(spec)
+    device = resolve_device(spec, "--device")
     print(f"device: {device} ({device_name(device)})")
     print(f"torch: {torch.__version__}, CUDA {torch.version.cuda or 'not built'}")
     print(f"intra-op threads: {torch.get_num_threads()}")
@@ -224,18 +227,24 @@ def _info(spec: str) -> int:
 def _doctor(arguments: argparse.Namespace) -> int:
     from .doctor import diagnose
 
-    if arguments.json is not None and Path(arguments.json).is_dir():
-        raise DualGpuUsageError(f"{arguments.json} is a directory; --json takes a file path")
+    if arguments.json is not None:
+        from .files import target_path
+
+        target_path(arguments.json, "--json")
     diagnosis = diagnose(arguments.device, self_test=arguments.self_test)
     print(diagnosis.text())
     if arguments.json is not None:
         diagnosis.write_json(arguments.json)
+        print(f"dualgpu: wrote {Path(arguments.json).expanduser()}", file=sys.stderr)
     return 1 if diagnosis.failed else 0
 
 
 def _report(arguments: argparse.Namespace) -> int:
+    from .files import target_path
     from .merge import merge_reports, render
 
+    if arguments.output is not None:
+        target_path(arguments.output, "--output")
     merged = merge_reports([Path(name) for name in arguments.files])
     text = render(merged, arguments.format)
     emit(text, arguments.output)
@@ -244,10 +253,11 @@ def _report(arguments: argparse.Namespace) -> int:
 
 
 def emit(text: str, output: str | None) -> None:
-    """Print ``text``, or write it to ``output`` (its folder made as needed)."""
+    """Print ``text``, or write it to ``output`` (its folder made as needed) and say where it went."""
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
-    target = Path(output).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
+    from .files import write_text
+
+    written = write_text(output, text, "--output")
+    print(f"dualgpu: wrote {written}", file=sys.stderr)

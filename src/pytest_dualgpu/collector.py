@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from . import files
 from .baseline import Baseline, Comparison, compare
 from .errors import DualGpuUsageError
 from .report import (
@@ -29,7 +30,7 @@ from .report import (
     json_document,
     markdown,
 )
-from .settings import Settings
+from .settings import ReportTarget, Settings
 from .timeline import chrome_trace, result_file_stem
 from .verdicts import speedup_hint
 
@@ -48,8 +49,14 @@ class ResultCollector:
         self.problems: list[str] = []
         self.items: list[pytest.Item] = []
         self.running: str | None = None  # the test between its setup and teardown reports
+        self.written: list[str] = []  # "KIND: PATH" of every file written, for the summary
         self.baseline: Baseline | None = None
         self.comparison: Comparison | None = None
+        if not self.is_worker:
+            try:
+                check_targets(settings.reports, os.environ)
+            except DualGpuUsageError as error:
+                raise pytest.UsageError(f"dualgpu: {error}") from None
         if settings.compare is not None and not self.is_worker:
             try:
                 self.baseline = Baseline.load(settings.compare)
@@ -127,9 +134,9 @@ class ResultCollector:
                 continue
             try:
                 self._write(target.kind, target.path)
-            except DualGpuUsageError as error:
-                self.problems.append(f"{target} skipped: {error}")
             except Exception as error:  # one target that cannot be written must not cost the others
+                # What could be checked was, at start-up; what fails now (a full disk, a folder removed
+                # meanwhile) fails the session the same way for every kind of report.
                 self.problems.append(f"could not write the {target} report: {type(error).__name__}: {error}")
                 session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
@@ -152,22 +159,14 @@ class ResultCollector:
             text = dumps(
                 json_document(rows, errors, machine_info(), comparison.to_dict() if comparison else None)
             )
-            mode = "w"
+            append = False
         else:
             text = markdown(rows, errors, self.columns(), self._baseline_notes())
-            mode = "w" if path else "a"
+            append = path is None
             if path is None:
-                path = os.environ.get("GITHUB_STEP_SUMMARY")
-                if not path:
-                    self.problems.append(
-                        "md: $GITHUB_STEP_SUMMARY is not set (not on GitHub Actions?); "
-                        "use md:PATH to choose a file"
-                    )
-                    return
-        target = Path(path).expanduser()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open(mode, encoding="utf-8") as file:
-            file.write(text)
+                path = os.environ["GITHUB_STEP_SUMMARY"]  # checked at start-up
+        written = files.write_text(path, text, f"--dualgpu-report={kind}:{path}", append=append)
+        self.written.append(f"{kind} report: {written.resolve()}")
 
     def _write_traces(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -186,7 +185,8 @@ class ResultCollector:
             }
             trace = chrome_trace(result.timelines, row.label, details)
             path = directory / f"{result_file_stem(row.nodeid, row.call)}.trace.json"
-            path.write_text(dumps(trace, indent=None), encoding="utf-8")
+            files.write_text(path, dumps(trace, indent=None), f"--dualgpu-report=trace:{directory}")
+        self.written.append(f"traces: {directory.resolve()}")
 
     def _write_pngs(self, directory: Path) -> None:
         from . import plots
@@ -197,6 +197,7 @@ class ResultCollector:
             plots.write_timeline_png(row, directory / f"{result_file_stem(row.nodeid, row.call)}.png")
         if rows:
             plots.write_session_png(rows, directory / "session.png")
+        self.written.append(f"plots: {directory.resolve()}")
 
     def _baseline_notes(self) -> list[str]:
         if self.comparison is None:
@@ -215,7 +216,9 @@ class ResultCollector:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         wants_table = any(target.kind == "term" for target in self.settings.reports)
-        if self.is_worker or not (wants_table or self.problems or self.comparison is not None):
+        if self.is_worker or not (
+            wants_table or self.problems or self.written or self.comparison is not None
+        ):
             return
         write = terminalreporter.write_line
         terminalreporter.write_sep("=", "dualgpu")
@@ -245,6 +248,8 @@ class ResultCollector:
                 write(line, **{colour: True})
         for problem in self.problems:
             write(f"dualgpu: {problem}", red=True)
+        for written in self.written:
+            write(f"dualgpu: {written}")
 
 
 def _comparison_lines(comparison: Comparison, policy: str) -> list[tuple[str, str]]:
@@ -300,3 +305,24 @@ def _highlighter(config: pytest.Config) -> Callable[[str, str], str] | None:
     if not writer.hasmarkup:
         return None
     return lambda cell, colour: str(writer.markup(cell, **{colour: True}, bold=colour == "red"))
+
+
+def check_targets(targets: Sequence[ReportTarget], environ: Mapping[str, str]) -> None:
+    """Everything about the report targets that can be known before any test runs (a usage error)."""
+    for target in targets:
+        option = f"--dualgpu-report={target}"
+        if target.kind == "png":
+            from .plots import require_matplotlib
+
+            require_matplotlib()
+        if target.kind == "md" and target.path is None and not environ.get("GITHUB_STEP_SUMMARY"):
+            raise DualGpuUsageError(
+                f"{option}: $GITHUB_STEP_SUMMARY is not set (not on GitHub Actions?); use md:PATH to choose "
+                "a file"
+            )
+        if target.kind in ("json", "md") and target.path is not None:
+            files.target_path(target.path, option)
+        if target.kind in ("trace", "png") and target.path is not None:
+            directory = Path(target.path).expanduser()
+            if directory.exists() and not directory.is_dir():
+                raise DualGpuUsageError(f"{option}: {directory} is a file; {target.kind} takes a folder")

@@ -22,6 +22,7 @@ from . import profiler
 from .cli import INTERRUPTED, emit
 from .devices import place_model, resolve_device
 from .errors import DualGpuUsageError
+from .files import target_path
 from .latency import Objective
 from .profiler import Models, Task
 from .refs import InputSpec, ModelBuildError, ModelRef, inputs_for
@@ -68,14 +69,14 @@ class Lanes:
 def run_command(arguments: argparse.Namespace) -> int:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # `python -m` would have it: references to modules in the project
-    for path in (arguments.json, arguments.png):
-        if path is not None and Path(path).is_dir():
-            raise DualGpuUsageError(f"{path} is a directory; --json and --png take a file path")
+    for option, path in (("--json", arguments.json), ("--png", arguments.png)):
+        if path is not None:
+            target_path(path, option)  # a folder, or a file in the way, is bad usage before any measuring
     if arguments.png:
         from .plots import require_matplotlib
 
         require_matplotlib()
-    device = resolve_device(arguments.device)
+    device = resolve_device(arguments.device, "--device")
     lanes = Lanes(device, getattr(torch, arguments.dtype) if arguments.dtype else None)
     settings: dict[str, Any] = {"device": device, "budget": arguments.budget}
     if arguments.max_budget is not None:

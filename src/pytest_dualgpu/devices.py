@@ -17,8 +17,11 @@ from .gpus import nvidia_smi
 from .machine import cpu_model
 
 
-def resolve_device(spec: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU; ``"cuda"`` means the current CUDA device."""
+def resolve_device(spec: str | torch.device | None = None, option: str | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU; ``"cuda"`` means the current CUDA device.
+
+    ``option`` (e.g. ``"--device"``) is how the caller's user chose the device, for the fix in errors.
+    """
     if spec is None or spec == "auto":
         return resolve_device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -33,9 +36,11 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
         raise DualGpuUsageError(f"device {spec!r}: only 'cpu' and 'cuda' devices are supported")
     if not torch.cuda.is_available():
         built = torch.version.cuda or "no CUDA (a CPU build)"
+        fix = f"use {option} cpu or {option} auto" if option else "use device='cpu' or 'auto'"
+        asked = f"{option} {spec}" if option else f"device {spec!r}"
         raise DualGpuUsageError(
-            f"device {spec!r} was asked for but CUDA is not available (torch {torch.__version__} built "
-            f"with {built}); use device='cpu' or 'auto'"
+            f"{asked} was asked for but CUDA is not available (torch {torch.__version__} built "
+            f"with {built}); {fix}"
         )
     index = torch.cuda.current_device() if device.index is None else device.index
     if not 0 <= index < torch.cuda.device_count():

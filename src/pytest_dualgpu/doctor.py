@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from tabulate import tabulate
 
 from . import envsettings
 from .backends import graphs_unsupported
+from .files import write_text
 from .gpustate import HARDWARE, GpuReport, gpu_reports, nvml
 from .machine import cpu_model, machine_info, mps_state
 
@@ -56,9 +56,7 @@ class Diagnosis:
         }
 
     def write_json(self, path: str) -> None:
-        target = Path(path).expanduser()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n", "--json")
 
     def text(self) -> str:
         rows = [(check.status.upper(), check.name, check.detail, check.fix) for check in self.checks]

@@ -548,6 +548,7 @@ class _Measuring:
                 lane_warmups[index],
                 _latency(samples, index),
                 "high" if self.high[index] else "normal",
+                in_training_mode(self.lanes[index].model),
             )
             for index, lane in enumerate(self.names)
         ]
@@ -666,3 +667,12 @@ def _concurrent_per_call(mode: Mode, calls: int) -> float:
 class _Timing:
     warmup: float
     measuring: float
+
+
+def in_training_mode(model: Any) -> bool:
+    """A module with a part that behaves differently in training (dropout draws, batch statistics) and
+    is in training mode: its outputs differ from call to call, concurrency or not."""
+    if not isinstance(model, torch.nn.Module):
+        return False
+    stochastic = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+    return any(module.training and isinstance(module, stochastic) for module in model.modules())

@@ -40,10 +40,14 @@ def lane_names_for(models: Sequence[Callable[..., Any]], names: Sequence[str] | 
             f"dual_infer needs at least 2 models to run concurrently, got {len(models)}"
             + (" (an empty list)" if not models else "")
         )
-    for index, model in enumerate(models):
+    for number, model in enumerate(models, start=1):
+        if isinstance(model, type) and issubclass(model, torch.nn.Module):
+            raise DualGpuUsageError(
+                f"model {number} is the class {model.__name__}; pass an instance, {model.__name__}()"
+            )
         if not callable(model):
             raise DualGpuUsageError(
-                f"model {index} is a {type(model).__name__}, which is not callable; "
+                f"model {number} is a {type(model).__name__}, which is not callable; "
                 "pass an nn.Module or a function"
             )
     if names is not None:
@@ -100,9 +104,12 @@ def check_models(
     for lane_name, model in zip(names, models, strict=True):
         for found in model_devices(model):
             if not same_device(found, device):
+                other = f", or pass device='{found}'" if found.type in ("cpu", "cuda") else ""
+                if found.type == "meta":
+                    other = " (a meta model has no weights yet: load them first, e.g. with to_empty())"
                 raise DualGpuUsageError(
                     f"model {lane_name!r} has parameters on {found} but dual_infer runs on {device}: "
-                    f"place it with place_model(model) or model.to('{device}'), or pass device='{found}'"
+                    f"place it with place_model(model) or model.to('{device}'){other}"
                 )
 
 

@@ -9,12 +9,14 @@ thread-safe nor wanted in a test session that may have no display.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import DualGpuUsageError
+from .files import write_bytes
 from .report import ReportRow
 from .results import DualResult
 from .timeline import LaneTimeline
@@ -259,8 +261,9 @@ def _new_figure(height_px: int, width_px: int = round(WIDTH_INCHES * DPI)) -> Fi
 
 
 def _save(figure: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, format="png")
+    image = io.BytesIO()
+    figure.savefig(image, dpi=DPI, format="png")
+    write_bytes(path, image.getvalue(), f"png:{path.parent}")
 
 
 def _ordered_runs(timelines: dict[str, list[LaneTimeline]]) -> list[tuple[str, list[LaneTimeline]]]:

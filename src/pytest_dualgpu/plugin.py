@@ -101,6 +101,13 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = config.stash[settings_key]
     if settings.require_cuda:
         _require_cuda()
+    elif str(settings.device).startswith("cuda"):
+        reason = _no_cuda_reason()
+        if reason:
+            raise pytest.UsageError(
+                f"dualgpu: --dualgpu-device={settings.device} (or DUALGPU_DEVICE, or dualgpu_device in the "
+                f"ini file), but there is no CUDA GPU: {reason}; use --dualgpu-device=cpu or auto"
+            )
     collector = ResultCollector(config, settings)
     config.stash[collector_key] = collector
     config.pluginmanager.register(collector, "dualgpu-collector")

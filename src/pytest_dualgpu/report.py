@@ -17,6 +17,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .errors import DualGpuUsageError
+from .fieldtypes import FieldTypeError, check_fields
 from .results import DualResult
 from .verdicts import FAIL, INCONCLUSIVE, VERDICT_KINDS, WARN
 
@@ -331,6 +332,11 @@ def load_report(path: Path, shown: str, fix: str) -> SavedReport:
         raise DualGpuUsageError(
             f"{shown}: a result could not be read ({type(error).__name__}: {error}); {fix}"
         ) from None
+    for index, row in enumerate(rows):
+        try:
+            check_fields(row.result, f"results[{index}]")
+        except FieldTypeError as error:
+            raise DualGpuUsageError(f"{shown}: {error} (test {row.nodeid}); {fix}") from None
     return SavedReport(machine, rows, errors)
 
 

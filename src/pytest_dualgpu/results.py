@@ -88,6 +88,7 @@ class LaneResult:
     warmup: WarmUp | None = None
     latency: Latency | None = None
     priority: str = "normal"  # of the lane's stream (CUDA): "high" or "normal"
+    training: bool = False  # a module in training mode whose output changes call to call (dropout, ...)
 
     @property
     def slowdown(self) -> float | None:
@@ -107,6 +108,7 @@ class LaneResult:
             "slowdown": self.slowdown,
             "slowdown_ci": None if interval is None else list(interval),
             "priority": self.priority,
+            "training": self.training,
         }
 
     @classmethod
@@ -119,6 +121,7 @@ class LaneResult:
             warmup=WarmUp.from_dict(warmup) if warmup else None,
             latency=Latency.from_dict(latency) if latency else None,
             priority=data.get("priority", "normal"),
+            training=data.get("training", False),
         )
 
 

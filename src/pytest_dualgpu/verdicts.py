@@ -265,7 +265,13 @@ def _judge_correct(result: DualResult, _spec: CorrectSpec) -> Verdict:
             )
         return Verdict("correct", PASS)
     shown = "; ".join(result.mismatches[:3]) + ("; ..." if len(result.mismatches) > 3 else "")
-    if result.input_writes:
+    training = [lane.name for lane in result.lanes if lane.training]
+    if training:
+        hint = (
+            f"lane {training[0]!r} is in training mode (dropout or batch norm active), so no two calls give "
+            "the same output; call model.eval() or place it with place_model, which does"
+        )
+    elif result.input_writes:
         hint = (
             "a lane changes its own input in place, so each call sees what the one before left (and any "
             "lane sharing that input is wrong too); clone it inside forward (x = x.clone()) or use the "
