@@ -88,6 +88,12 @@ def test_cli_beats_environment_beats_ini(
             "json:PATH, md, md:PATH, trace:DIR or png:DIR",
         ),
         (
+            ["--dualgpu-report", "test_swallowed.py"],
+            "ERROR: dualgpu: --dualgpu-report='test_swallowed.py': report target 'test_swallowed.py' looks "
+            "like a test path that --dualgpu-report took as its target: write --dualgpu-report=term (or "
+            "another target with '=') before test_swallowed.py",
+        ),
+        (
             ["--dualgpu-report=trace"],
             "ERROR: dualgpu: --dualgpu-report='trace': report target 'trace' needs a directory: trace:DIR*",
         ),

@@ -35,6 +35,7 @@ exit codes: 0 ok, 1 a model failed or gave wrong outputs (doctor: a check failed
             130 interrupted (what finished is printed)
 """
 INTERRUPTED = 130
+MODEL_HELP = "each package.module:name or path/to/file.py:name (an nn.Module instance, class or factory)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,12 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     profile = command("profile", "One pair in every applicable mode: the table and the verdict in words")
-    profile.add_argument("models", nargs=2, metavar="MODEL")
+    profile.add_argument("models", nargs="+", metavar="MODEL", help="Two models: " + MODEL_HELP)
     _add_inputs(profile, "one spec for both models, or one each")
     _add_measuring(profile, modes=True)
 
     matrix = command("matrix", "Every pair of the models (and each beside a copy of itself): an n x n table")
-    matrix.add_argument("models", nargs="+", metavar="MODEL")
+    matrix.add_argument("models", nargs="+", metavar="MODEL", help="Two or more models: " + MODEL_HELP)
     matrix.add_argument(
         "--metric", choices=("speedup", "slowdown"), default="speedup",
         help="What each cell shows: speedup / efficiency (default), or the worse of the pair's slowdowns",
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = command(
         "sweep", "One pair over batch sizes: speedup, ideal and throughput, and where it stops paying"
     )
-    sweep.add_argument("models", nargs=2, metavar="MODEL")
+    sweep.add_argument("models", nargs="+", metavar="MODEL", help="Two models: " + MODEL_HELP)
     sweep.add_argument("--batch", required=True, type=_batches, help="Batch sizes, e.g. 1,2,4,8,16,32")
     sweep.add_argument(
         "--slo", action="append", default=[], type=_objective, metavar="MODEL:pNN<=TIME",
@@ -198,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(arguments)
         if arguments.command == "doctor":
             return _doctor(arguments)
+        if arguments.command in ("profile", "sweep") and len(arguments.models) != 2:
+            raise DualGpuUsageError(
+                f"{arguments.command} takes two models, got {len(arguments.models)}; use matrix for more"
+            )
         from .commands import run_command
 
         return run_command(arguments)

@@ -8,6 +8,7 @@ what would be accepted.
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -198,6 +199,12 @@ def parse_report_targets(raw: str | Sequence[str]) -> tuple[ReportTarget, ...]:
 def _report_target(word: str) -> ReportTarget:
     kind, _, path = word.partition(":")
     if kind not in REPORT_KINDS:
+        if os.path.exists(word) or word.endswith(".py") or "::" in word:
+            # `--dualgpu-report tests/` takes the next argument as its target
+            raise DualGpuUsageError(
+                f"report target {word!r} looks like a test path that --dualgpu-report took as its target: "
+                f"write --dualgpu-report=term (or another target with '=') before {word}"
+            )
         raise DualGpuUsageError(f"report target {word!r} is not one of {TARGET_FORMS}")
     if kind == "term" and path:
         raise DualGpuUsageError(f"report target {word!r}: term takes no path")
