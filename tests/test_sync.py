@@ -99,7 +99,9 @@ def test_implicit_syncs_fail_warn_or_pass_as_the_marker_says() -> None:
 
     measured = dual_infer(MLP(), MLP(), torch.randn(2, 64), **FAST)
     found = {"lane": "MLP", "where": "model.py:7", "call": "scale = x.max().item()"}
-    synced = DualResult.from_dict({**measured.to_dict(), "sync": {"implicit_syncs": [found]}})
+    # Host syncs are found on CUDA only: a result that says it was measured there.
+    on_gpu = {**measured.to_dict(), "device": "cuda:0"}
+    synced = DualResult.from_dict({**on_gpu, "sync": {"implicit_syncs": [found]}})
     verdicts = {
         implicit: judge(synced, {"dualgpu_sync": SyncSpec(implicit=implicit)})["sync"]
         for implicit in ("error", "warn", "ignore")
@@ -110,7 +112,11 @@ def test_implicit_syncs_fail_warn_or_pass_as_the_marker_says() -> None:
     )
     assert verdicts["warn"].status == "warn"
     assert verdicts["ignore"].status == "pass"
-    assert judge(measured, {"dualgpu_sync": SyncSpec()})["sync"].status == "pass"
+    assert judge(DualResult.from_dict(on_gpu), {"dualgpu_sync": SyncSpec()})["sync"].status == "pass"
+    nothing_checked = judge(measured, {"dualgpu_sync": SyncSpec(trials=0)})["sync"]
+    assert nothing_checked.status == "not judged (cpu)"  # no race trials, and no host syncs on CPU
+    raced = dual_infer(MLP(), MLP(), torch.randn(2, 64), race_trials=2, **FAST)
+    assert judge(raced, {"dualgpu_sync": SyncSpec(trials=2)})["sync"].status == "pass"
 
 
 def test_writes_to_a_view_of_a_buffer_another_lane_reads_are_caught() -> None:

@@ -292,6 +292,12 @@ def _judge_correct(result: DualResult, _spec: CorrectSpec) -> Verdict:
 
 def _judge_sync(result: DualResult, spec: SyncSpec) -> Verdict:
     sync = result.sync
+    device_type = result.device.partition(":")[0]
+    if device_type != "cuda" and sync.race_trials == 0:
+        # Host syncs and the sanitizer exist on CUDA only: without race trials nothing was checked.
+        return Verdict(
+            "sync", f"not judged ({device_type})", "no race trials (trials=0) and no host syncs on CPU"
+        )
     problems = []
     if sync.race_failures:
         problems.append(
