@@ -124,3 +124,18 @@ def test_indices_on_mixed_gpus_are_only_trusted_in_bus_order(
     assert [gpu["visible"] for gpu in machine_info()["gpus"]] == [False, True]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1111")  # a UUID prefix is certain in any order
     assert [gpu["visible"] for gpu in machine_info()["gpus"]] == [True, False]
+
+
+def test_the_measuring_lock_is_found_by_every_process_whatever_its_tmpdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from pytest_dualgpu.devices import lock_path
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # a per-process TMPDIR, as CI runners and sandboxes set
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.delenv("DUALGPU_LOCK_DIR", raising=False)
+    assert lock_path(torch.device("cpu")) == "/tmp/pytest-dualgpu-cpu.lock"
+    monkeypatch.setenv("DUALGPU_LOCK_DIR", str(tmp_path / "locks"))
+    assert lock_path(torch.device("cpu")) == str(tmp_path / "locks" / "pytest-dualgpu-cpu.lock")

@@ -161,3 +161,23 @@ def test_one_micro_batch_cannot_overlap_and_says_so() -> None:
     assert (
         result.hint == "a pipeline of one micro-batch cannot overlap: the consumer waits for the whole batch"
     )
+
+
+class HangsWhenHandingOver(torch.nn.Module):
+    """Returns alone and back to back; on a lane thread (the pipeline at once) it hangs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if in_lane_thread():
+            threading.Event().wait(30)
+        return x * 2
+
+
+def test_a_hung_producer_is_named_not_the_consumer_waiting_for_it() -> None:
+    from pytest_dualgpu import LaneTimeoutError
+
+    with pytest.raises(LaneTimeoutError) as caught:
+        dual_infer.pipeline(
+            HangsWhenHandingOver(), SleepLane(0.001), torch.ones(8, 4), micro_batches=2, mode="threads",
+            timeout=2, **FAST,
+        )  # fmt: skip
+    assert caught.value.lanes == ["HangsWhenHandingOver"]

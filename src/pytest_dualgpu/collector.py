@@ -240,7 +240,7 @@ class ResultCollector:
                     write(f"{row.label}: UNRELIABLE: {problem}", yellow=True, bold=True)
                 for warning in row.result.warnings:
                     write(f"{row.label}: {warning}", yellow=True)
-            lock_line = _lock_summary_line(rows)
+            lock_line = _lock_summary_line(rows, xdist=self.config.pluginmanager.hasplugin("dsession"))
             if lock_line:
                 write(lock_line, yellow=True)
         if self.comparison is not None:
@@ -283,20 +283,26 @@ def _comparison_lines(comparison: Comparison, policy: str) -> list[tuple[str, st
     return lines
 
 
-def _lock_summary_line(rows: list[ReportRow]) -> str | None:
-    """One line when processes took turns at the measuring lock for long enough to matter."""
+def _lock_summary_line(rows: list[ReportRow], xdist: bool) -> str | None:
+    """One line when processes took turns at the measuring lock for long enough to matter; it blames
+    xdist workers only where this session runs some (else another process on the machine held it)."""
     waited = [row for row in rows if row.result.lock_wait > 0]
     total = sum(row.result.lock_wait for row in waited)
     if total < 1.0:
         return None
     longest = max(waited, key=lambda row: row.result.lock_wait)
-    if longest.result.device.startswith("cuda"):
+    if not xdist:
+        who = "another process on this machine measured the same device meanwhile (another session?)"
+        advice = "the waits say who held it, while they last"
+    elif longest.result.device.startswith("cuda"):
+        who = "processes shared a device, so they took turns"
         advice = "--dualgpu-devices gives each xdist worker its own GPU"
     else:
+        who = "processes shared a device, so they took turns"
         advice = "on CPU, fewer xdist workers measure with less waiting (the cores are shared anyway)"
     return (
         f"measuring lock: waited {total:.1f} s in all (longest {longest.result.lock_wait:.1f} s, "
-        f"{longest.label}); processes shared a device, so they took turns; {advice}"
+        f"{longest.label}); {who}; {advice}"
     )
 
 

@@ -100,7 +100,23 @@ def lock_path(device: torch.device) -> str:
         key = f"cuda-{identity}"
     else:
         key = "cpu"
-    return os.path.join(tempfile.gettempdir(), f"pytest-dualgpu-{key}.lock")
+    return os.path.join(lock_directory(), f"pytest-dualgpu-{key}.lock")
+
+
+#: Where measuring locks live unless ``DUALGPU_LOCK_DIR`` says otherwise.
+SHARED_LOCK_DIRECTORY = "/tmp"
+
+
+def lock_directory() -> str:
+    """One folder for every process on the machine: a per-process or per-user ``TMPDIR`` (CI runners,
+    ``pytester``, sandboxes) would hide one session's lock from another measuring the same device."""
+    chosen = os.environ.get("DUALGPU_LOCK_DIR")
+    if chosen:
+        os.makedirs(chosen, exist_ok=True)
+        return chosen
+    if os.name == "posix" and os.access(SHARED_LOCK_DIRECTORY, os.W_OK):
+        return SHARED_LOCK_DIRECTORY
+    return tempfile.gettempdir()
 
 
 def describe_device(device: torch.device) -> str:

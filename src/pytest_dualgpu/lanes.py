@@ -61,6 +61,30 @@ class _Outcome:
     output: Any = None
     error: BaseException | None = None
     done: bool = False
+    waiting: bool = False  # blocked on another lane (a pipeline hand-over), so not hung itself
+
+
+class _Current(threading.local):
+    outcome: _Outcome | None = None
+
+
+_current = _Current()
+#: After a timeout, how long the lanes still running get to finish: one the hung lane starved (of the
+#: GIL, of the cores) may be a moment from done, and it is not to be named.
+LATE_GRACE_SECONDS = 1.0
+
+
+@contextmanager
+def waiting_for_another_lane() -> Iterator[None]:
+    """Inside a lane's call: it is blocked on another lane, so a timeout names that one, not this."""
+    outcome = _current.outcome
+    if outcome is not None:
+        outcome.waiting = True
+    try:
+        yield
+    finally:
+        if outcome is not None:
+            outcome.waiting = False
 
 
 class Executor:
@@ -204,9 +228,12 @@ class Executor:
         futures = {self.lane_workers[index].submit(task(index)): index for index in lanes}
         done, pending = wait_futures(futures, timeout=self.timeout)
         if pending:
+            _, pending = wait_futures(pending, timeout=min(LATE_GRACE_SECONDS, self.timeout))
+        if pending:
             self.broken = True
-            stuck = [self.lanes[futures[future]].name for future in pending]
-            raise LaneTimeoutError(stuck, run, self.timeout)
+            running = [futures[future] for future in pending]
+            hung = [index for index in running if not outcomes[index].waiting] or running
+            raise LaneTimeoutError([self.lanes[index].name for index in sorted(hung)], run, self.timeout)
         for future in done:
             future.result()
         return self._finish(origin, lanes, lanes, outcomes, reps, run)
@@ -282,6 +309,7 @@ def busy() -> Iterator[None]:
 
 
 def _repeat(backend: Backend, call: Callable[[], Any], reps: int, outcome: _Outcome) -> None:
+    _current.outcome = outcome
     try:
         for _ in range(reps):
             marked: Stamps = []
@@ -302,6 +330,7 @@ def _repeat(backend: Backend, call: Callable[[], Any], reps: int, outcome: _Outc
         outcome.output = None
     finally:
         _busy.backend = _busy.stamps = None
+        _current.outcome = None
         outcome.done = True
 
 

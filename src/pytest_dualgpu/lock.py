@@ -40,7 +40,7 @@ class MeasuringLock:
         self.note_path = Path(path + ".holder.json")
         self.timeout = timeout
         self.notify = notify
-        self._lock = FileLock(path, thread_local=False)
+        self._lock = FileLock(path, thread_local=False, mode=0o666)  # other users' sessions lock it too
 
     def acquire(self) -> float:
         """Take the lock; the seconds spent waiting for it. ``MeasuringLockTimeout`` after ``timeout``."""

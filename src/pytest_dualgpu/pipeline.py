@@ -20,7 +20,7 @@ import torch
 from .backends import Backend
 from .errors import DualGpuUsageError, HandOffStopped
 from .inputs import arguments
-from .lanes import Executor, GraphCaptureError, Mode, Run, busy
+from .lanes import Executor, GraphCaptureError, Mode, Run, busy, waiting_for_another_lane
 from .timeline import Interval
 from .trees import iter_tensors, map_tensors
 
@@ -111,7 +111,7 @@ class HandOff:
             slot = self.slots[index]
             return (slot is not None and slot[0] == run) or self.failed is not None
 
-        with self.changed:
+        with self.changed, waiting_for_another_lane():
             if not self.wait:
                 self.changed.wait_for(ready, BROKEN_GRACE_SECONDS)
             elif not self.changed.wait_for(ready, self.timeout):
@@ -135,7 +135,7 @@ class HandOff:
     def start_run(self, run: int) -> None:
         """Begin a run only once the consumer is done with the one before: each run is one whole batch,
         filling and draining the pipeline, which is what the ideal speedup describes."""
-        with self.changed:
+        with self.changed, waiting_for_another_lane():
             drained = self.changed.wait_for(
                 lambda: self.drained_runs >= run - 1 or self.failed is not None, self.timeout
             )

@@ -45,6 +45,7 @@ assigned_gpu_key = pytest.StashKey["str | None"]()
 collector_key = pytest.StashKey[ResultCollector]()
 calls_key = pytest.StashKey[list["Call"]]()
 baseline_key = pytest.StashKey["Baseline | None"]()
+marker_error_key = pytest.StashKey[str]()  # why a test's dualgpu markers cannot be used
 
 
 @dataclasses.dataclass
@@ -219,20 +220,16 @@ def _device_line(config: pytest.Config) -> str:
 def pytest_make_collect_report(
     collector: pytest.Collector,
 ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
-    """Check the dualgpu markers of every collected test: bad arguments fail collection, not a GPU run."""
+    """Check the dualgpu markers of every collected test once: a test with bad arguments errors at its
+    setup, before anything is measured, and the other tests of its file still run."""
     report = yield
     if report.passed:
-        problems = []
         for node in report.result:
             if isinstance(node, pytest.Item):
                 try:
                     marker_specs(node)
                 except DualGpuUsageError as error:
-                    problems.append(f"{node.nodeid}: {error}")
-        if problems:
-            report.outcome = "failed"
-            report.longrepr = "\n".join(problems)
-            report.result = []
+                    node.stash[marker_error_key] = f"{node.nodeid}: {error}"
     return report
 
 
@@ -272,7 +269,11 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Forget what an earlier attempt of this test recorded (pytest-rerunfailures runs it again)."""
+    """Fail a test whose markers are wrong; forget what an earlier attempt of this test recorded
+    (pytest-rerunfailures runs it again)."""
+    marker_error = item.stash.get(marker_error_key, None)
+    if marker_error is not None:
+        pytest.fail(marker_error, pytrace=False)
     earlier: list[Call] = item.stash.get(calls_key, [])
     for call in reversed(earlier):
         del item.user_properties[call.property_index]
