@@ -22,7 +22,6 @@ pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-DUALGPU = str(Path(sys.executable).with_name("dualgpu"))
 QUICK = {"budget": 0.2, "max_budget": 1.0, "warmup": 0.5}
 
 
@@ -49,7 +48,7 @@ class MarksTwoStretches(torch.nn.Module):
 
 def test_the_doctor_passes_a_healthy_gpu_within_a_minute(tmp_path: Path) -> None:
     done = subprocess.run(
-        [DUALGPU, "doctor", "--device", "cuda", "--json", str(tmp_path / "d.json")],
+        [sys.executable, "-m", "pytest_dualgpu", "doctor", "--device", "cuda", "--json", str(tmp_path / "d")],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     print(done.stdout)
