@@ -21,7 +21,7 @@ FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 THREE_TESTS = """
 import pytest
 import torch
-from inner_models import Drifting, Gil, Sleep
+from inner_models import Drifting, Sleep, Turns
 
 @pytest.mark.dualgpu_correct
 def test_two_calls(dual_infer):
@@ -29,8 +29,8 @@ def test_two_calls(dual_infer):
     dual_infer.many([Sleep(), Sleep(), Sleep()], [torch.ones(2)] * 3, name="three lanes")
 
 @pytest.mark.dualgpu_speedup(min=2.5, device="cpu")  # above the ideal 2x: fails however the machine is
-def test_gil(dual_infer):
-    dual_infer(Gil(), Gil(), torch.ones(2), mode="threads")
+def test_turns(dual_infer):
+    dual_infer(Turns(), Turns(), torch.ones(2), mode="threads")
 
 @pytest.mark.parametrize("seconds", [0.001, 0.002])
 def test_parametrized(dual_infer, seconds):
@@ -77,7 +77,7 @@ def test_one_row_per_call_in_collection_order_with_or_without_xdist(
             ("Sleep", "Sleep-2", "Sleep-3"),
             _verdicts(correct="pass"),
         ),
-        ("test_three.py::test_gil", 0, "Gil+Gil-2", ("Gil", "Gil-2"), _verdicts(speedup="fail")),
+        ("test_three.py::test_turns", 0, "Turns+Turns-2", ("Turns", "Turns-2"), _verdicts(speedup="fail")),
         ("test_three.py::test_parametrized[0.001]", 0, "Sleep+Sleep-2", ("Sleep", "Sleep-2"), _verdicts()),
         ("test_three.py::test_parametrized[0.002]", 0, "Sleep+Sleep-2", ("Sleep", "Sleep-2"), _verdicts()),
     ]
@@ -222,11 +222,11 @@ def test_hooks_see_every_result_and_can_change_the_columns(suite: pytest.Pyteste
 
 def test_failed_verdicts_stand_out_in_colour(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
-    result = suite.runpytest(*FAST, "--color=yes", "--dualgpu-report", "-k", "gil or parametrized")
+    result = suite.runpytest(*FAST, "--color=yes", "--dualgpu-report", "-k", "turns or parametrized")
     table = [line for line in result.outlines if "test_three.py::test_" in line and "x [" in line]
-    gil = next(line for line in table if "Gil +" in line)
-    assert "\x1b[31m" in gil
-    assert "speedup FAIL" in gil
+    turns = next(line for line in table if "Turns +" in line)
+    assert "\x1b[31m" in turns
+    assert "speedup FAIL" in turns
     assert all("\x1b[31m" not in line for line in table if "Sleep +" in line)
 
 

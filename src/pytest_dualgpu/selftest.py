@@ -20,6 +20,7 @@ from torch import nn
 from .api import dual_infer
 from .backends import gpu_sleep, graphs_unsupported
 from .doctor import FAIL, PASS, SKIP, Check
+from .results import DualResult
 
 QUICK: dict[str, Any] = {"budget": 0.2, "max_budget": 1.0, "warmup": 0.5, "min_rounds": 7}
 LANE_SECONDS = 0.002
@@ -103,7 +104,7 @@ def _cuda_tests(device: torch.device) -> list[tuple[str, Callable[[], Check]]]:
         ("self-test: graph capture and replay", lambda: _graph_replays(device)),
         ("self-test: profiler sees two streams", lambda: _profiler_streams(device, x)),
         ("self-test: peak memory", lambda: _peak_memory(device, x)),
-        ("self-test: pipeline hand-over", lambda: _pipeline(device, x)),
+        ("self-test: pipeline hand-over", lambda: _pipeline(device)),
     ]
     return tests
 
@@ -120,7 +121,7 @@ def _overlaps(device: torch.device, x: torch.Tensor, mode: str) -> Callable[[], 
     return test
 
 
-def _overlap_check(name: str, result: Any, mode: str, lanes: str = "lanes of sleep kernels") -> Check:
+def _overlap_check(name: str, result: DualResult, mode: str, lanes: str = "lanes of sleep kernels") -> Check:
     figures = (
         f"mode {result.mode}: overlap {result.overlap:.2f}, speedup {result.speedup:.2f}x of "
         f"{result.ideal_speedup:.2f}x"
@@ -234,7 +235,7 @@ def _peak_memory(device: torch.device, x: torch.Tensor) -> Check:
     )
 
 
-def _pipeline(device: torch.device, x: torch.Tensor) -> Check:
+def _pipeline(device: torch.device) -> Check:
     name = "self-test: pipeline hand-over"
     batch = torch.ones(8, 16, device=device)
     result = dual_infer.pipeline(
