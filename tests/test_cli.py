@@ -287,7 +287,8 @@ def test_a_failing_model_fills_its_cells_and_the_rest_of_the_matrix_still_runs(z
     done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Broken", "--inputs", "4x16", *FAST)
     assert done.returncode == 1
     _, small, broken = table(done.stdout)
-    assert small[1].endswith(tuple("0123456789")), "Small beside Small was measured"
+    # Measured: a speedup / efficiency cell (flagged UNRELIABLE where this machine was noisy), not "failed".
+    assert small[1].split()[0].endswith("x"), f"Small beside Small was measured: {small[1]!r}"
     assert small[2] == broken[1] == broken[2] == "failed"
     assert "Small + Broken failed: LaneError: lane 'Broken' raised RuntimeError" in done.stdout
     assert "broken on purpose" in done.stdout
