@@ -157,5 +157,8 @@ def suite(
     for name in list(os.environ):
         if name.startswith("DUALGPU_") or name == "GITHUB_STEP_SUMMARY":
             monkeypatch.delenv(name)
+    # A terminal wide enough for the whole table: the tests read its columns (tests/test_tablefit.py
+    # narrows it on purpose).
+    monkeypatch.setenv("COLUMNS", "1000")
     pytester.makepyfile(inner_models=INNER_MODELS)
     return pytester

@@ -13,7 +13,7 @@ from models import SleepLane
 from pytest_dualgpu import dual_infer
 from pytest_dualgpu.baseline import Baseline, MetricChange, compare, parse_threshold
 from pytest_dualgpu.errors import DualGpuUsageError
-from pytest_dualgpu.report import ReportRow, dumps, json_document
+from pytest_dualgpu.report import CallError, ReportRow, dumps, json_document, load_report
 from pytest_dualgpu.results import DualResult, Measurement
 
 FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
@@ -106,17 +106,17 @@ def test_a_gate_that_checked_nothing_says_so_and_lists_base_rows_that_did_not_ru
 
 
 def test_rows_match_by_node_id_name_and_occurrence(measured: DualResult) -> None:
-    first = ReportRow("t.py::test", moved(measured, 2.0, (2.0, 2.0)), call=0)
-    second = ReportRow("t.py::test", moved(measured, 1.0, (1.0, 1.0)), call=1)
+    first = ReportRow("t.py::test", moved(measured, 2.0, (2.0, 2.0)), call=1)
+    second = ReportRow("t.py::test", moved(measured, 1.0, (1.0, 1.0)), call=2)
     gate = (parse_threshold("speedup:10%"),)
-    now = [ReportRow("t.py::test", moved(measured, 1.0, (1.0, 1.0)), call=0),
-           ReportRow("t.py::test", moved(measured, 1.0, (1.0, 1.0)), call=1),
+    now = [ReportRow("t.py::test", moved(measured, 1.0, (1.0, 1.0)), call=1),
+           ReportRow("t.py::test", moved(measured, 1.0, (1.0, 1.0)), call=2),
            ReportRow("t.py::other", moved(measured, 1.0, (1.0, 1.0)))]  # fmt: skip
     base = Baseline(
         "b.json", {}, {("t.py::test", measured.name, 0): first, ("t.py::test", measured.name, 1): second}
     )
     comparison = compare(now, base, gate, None)
-    assert [row.call for row, _ in comparison.regressions] == [0]
+    assert [row.call for row, _ in comparison.regressions] == [1]
     assert comparison.for_row(now[2]).cell() == "new"  # type: ignore[union-attr]
     assert "1 result(s) have no row in the base (b.json)" in comparison.warnings
 
@@ -143,13 +143,29 @@ def test_a_baseline_reads_back_what_a_report_wrote(
     assert baseline.rows[("t.py::test", measured.name, 0)].result.speedup == measured.speedup
 
 
+def test_a_report_from_before_calls_were_counted_from_1_reads_as_if_they_were(
+    tmp_path: pytest.TempPathFactory, measured: DualResult
+) -> None:
+    document = json_document(
+        [ReportRow("t.py::test", measured, call=1)], [CallError("t.py::test", 2, "x")], {}
+    )
+    document["version"] = 3
+    document["results"][0]["call"] = 0
+    document["errors"][0]["call"] = 1
+    path = tmp_path / "old.json"  # type: ignore[operator]
+    path.write_text(dumps(document))
+    saved = load_report(path, "old.json", "")
+    assert [row.call for row in saved.rows] == [1]
+    assert [error.call for error in saved.errors] == [2]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [("{not json", "not JSON"), ('{"results": 3}', "not a pytest-dualgpu JSON report"),
      ('{"version": 2, "results": [{"nodeid": "x"}]}', "a result could not be read"),
      ('{"version": 2, "results": [{"nodeid": "x", "verdicts": ["a"]}]}', "a result could not be read"),
      ('{"version": 2, "machine": [], "results": []}', "its 'machine' is not an object"),
-     ('{"version": 1, "results": []}', "a version 1 report; this pytest-dualgpu reads versions 2 and 3")],
+     ('{"version": 1, "results": []}', "a version 1 report; this pytest-dualgpu reads versions 2, 3 and 4")],
 )  # fmt: skip
 def test_a_broken_baseline_is_a_clear_error(
     tmp_path: pytest.TempPathFactory, content: str, message: str

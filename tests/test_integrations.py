@@ -119,7 +119,7 @@ def test_pytest_html_shows_each_tests_rows_and_links_its_traces(suite: pytest.Py
     )
     result.assert_outcomes(passed=2)
     page = (suite.path / "html" / "report.html").read_text()
-    link = f"../traces/{result_file_stem('test_pair.py::test_pair', 0)}.trace.json"
+    link = f"../traces/{result_file_stem('test_pair.py::test_pair', 1)}.trace.json"
     assert link in page
     assert (suite.path / "html" / link).resolve().is_file(), "the link leads to the trace"
     assert "dualgpu trace: sleepers" in page
@@ -140,7 +140,7 @@ def test_png_plots_per_result_and_for_the_session(suite: pytest.Pytester) -> Non
         assert session.format == "PNG"
         assert session.width == 1000
         assert session.height > 150
-    stem = result_file_stem("test_all.py::test_linear_pair", 0)
+    stem = result_file_stem("test_all.py::test_linear_pair", 1)
     with Image.open(suite.path / "plots" / f"{stem}.png") as timeline:
         assert timeline.format == "PNG"
         assert timeline.size[0] == 1000

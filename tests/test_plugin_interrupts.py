@@ -51,11 +51,11 @@ def test_ctrl_c_keeps_the_finished_calls_and_records_the_interrupted_one(suite: 
     assert result.ret == pytest.ExitCode.INTERRUPTED
     document = json.loads((suite.path / "out.json").read_text())
     assert [(row["nodeid"], row["call"], row["name"]) for row in document["results"]] == [
-        ("test_interrupt.py::test_interrupted", 0, "finished")
+        ("test_interrupt.py::test_interrupted", 1, "finished")
     ]
     (error,) = document["errors"]
     assert error["nodeid"] == "test_interrupt.py::test_interrupted"
-    assert error["call"] == 1
+    assert error["call"] == 2
     assert error["error"].startswith("KeyboardInterrupt while measuring Pressed + Beside")
 
 
@@ -89,7 +89,7 @@ def test_a_test_failed_inside_a_call_keeps_its_calls_on_record(suite: pytest.Pyt
     document = json.loads((suite.path / "out.json").read_text())
     assert [row["name"] for row in document["results"]] == ["before", "after"]
     (error,) = document["errors"]
-    assert error["call"] == 1
+    assert error["call"] == 2
     assert "Timeout >1.0s" in error["error"]
 
 

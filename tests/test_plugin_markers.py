@@ -386,3 +386,37 @@ def test_marker_arguments_may_be_positional() -> None:
     assert parse_marker("dualgpu_speedup", (1.4,), {}) == SpeedupSpec(min=1.4)
     with pytest.raises(DualGpuUsageError, match="dualgpu_speedup: multiple values for argument 'min'"):
         parse_marker("dualgpu_speedup", (1.4,), {"min": 1.2})
+
+
+def test_a_correct_verdict_that_compared_no_tensor_does_not_say_pass(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+        import torch
+        from inner_models import Sleep
+
+        class Nothing(torch.nn.Module):
+            def forward(self, x):
+                return {"count": 3, "label": "cat"}
+
+        @pytest.mark.dualgpu_correct
+        def test_no_tensors(dual_infer):
+            dual_infer(Nothing(), Nothing(), torch.ones(2))
+
+        @pytest.mark.dualgpu_correct
+        def test_one_lane_without(dual_infer):
+            dual_infer(Sleep(), Nothing(), torch.ones(2))
+        """
+    )
+    result = suite.runpytest(*FAST, "--dualgpu-report=json:out.json")
+    result.assert_outcomes(passed=2, warnings=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*dualgpu_correct for 'Nothing+Nothing-2' (call 1 of 1): no lane's output holds a tensor*",
+            "*dualgpu_correct for 'Sleep+Nothing' (call 1 of 1): lane 'Nothing' returned no tensor*",
+        ]
+    )
+    assert [row["verdicts"]["correct"] for row in rows(suite.path / "out.json")] == [
+        "not judged (no tensor)",
+        "warn",
+    ]

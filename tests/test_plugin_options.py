@@ -85,7 +85,7 @@ def test_cli_beats_environment_beats_ini(
         (
             ["--dualgpu-report=html:out"],
             "ERROR: dualgpu: --dualgpu-report='html:out': report target 'html:out' is not one of term, "
-            "json:PATH, md, md:PATH, trace:DIR or png:DIR",
+            "term-wide, json:PATH, md, md:PATH, trace:DIR or png:DIR",
         ),
         (
             ["--dualgpu-report", "test_swallowed.py"],

@@ -69,21 +69,45 @@ def test_one_row_per_call_in_collection_order_with_or_without_xdist(
     result.assert_outcomes(passed=4, failed=1)
     document = report(suite.path / "r.json")
     assert identity(document) == [
-        ("test_three.py::test_two_calls", 0, "first", ("Sleep", "Sleep-2"), _verdicts(correct="pass")),
+        ("test_three.py::test_two_calls", 1, "first", ("Sleep", "Sleep-2"), _verdicts(correct="pass")),
         (
             "test_three.py::test_two_calls",
-            1,
+            2,
             "three lanes",
             ("Sleep", "Sleep-2", "Sleep-3"),
             _verdicts(correct="pass"),
         ),
-        ("test_three.py::test_turns", 0, "Turns+Turns-2", ("Turns", "Turns-2"), _verdicts(speedup="fail")),
-        ("test_three.py::test_parametrized[0.001]", 0, "Sleep+Sleep-2", ("Sleep", "Sleep-2"), _verdicts()),
-        ("test_three.py::test_parametrized[0.002]", 0, "Sleep+Sleep-2", ("Sleep", "Sleep-2"), _verdicts()),
+        ("test_three.py::test_turns", 1, "Turns+Turns-2", ("Turns", "Turns-2"), _verdicts(speedup="fail")),
+        ("test_three.py::test_parametrized[0.001]", 1, "Sleep+Sleep-2", ("Sleep", "Sleep-2"), _verdicts()),
+        ("test_three.py::test_parametrized[0.002]", 1, "Sleep+Sleep-2", ("Sleep", "Sleep-2"), _verdicts()),
     ]
     table = [line for line in result.outlines if line.startswith("test_three.py::") and "x [" in line]
     assert [line.split()[0] for line in table] == [row[0] for row in identity(document)]
     assert "speedup FAIL" in table[2]
+
+
+def test_two_calls_of_one_test_are_told_apart_and_numbered_alike_everywhere(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_twice="""
+        import torch
+        from inner_models import Sleep
+
+        def test_twice(dual_infer):
+            dual_infer(Sleep(), Sleep(), torch.ones(2))
+            dual_infer(Sleep(), Sleep(), torch.ones(2))
+        """
+    )
+    result = suite.runpytest(
+        *FAST, "--dualgpu-report", "--dualgpu-report=json:r.json", "--dualgpu-report=trace:t"
+    )
+    result.assert_outcomes(passed=1)
+    labels = [line.split("  ")[0] for line in result.outlines if "Sleep + Sleep-2" in line]
+    assert labels == ["test_twice.py::test_twice", "test_twice.py::test_twice call 2"]
+    assert [row["call"] for row in report(suite.path / "r.json")["results"]] == [1, 2]
+    assert sorted(path.name.rpartition("-")[2] for path in (suite.path / "t").iterdir()) == [
+        "call1.trace.json",
+        "call2.trace.json",
+    ]
 
 
 def _verdicts(**given: str) -> dict[str, str | None]:
@@ -94,7 +118,7 @@ def test_json_rows_are_complete_results(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
     suite.runpytest(*FAST, "--dualgpu-report=json:r.json", "-k", "two_calls")
     document = report(suite.path / "r.json")
-    assert document["version"] == 3
+    assert document["version"] == 4
     assert document["machine"]["torch"] == torch.__version__
     assert document["machine"]["cpu"]["cores"] >= 1
     assert document["errors"] == []
@@ -147,8 +171,8 @@ def test_junit_xml_carries_each_result_as_a_json_property(suite: pytest.Pytester
         if prop.get("name") == "dualgpu"
     ]
     assert [(entry["call"], entry["name"], entry["verdicts"]["correct"]) for entry in properties] == [
-        (0, "first", "pass"),
-        (1, "three lanes", "pass"),
+        (1, "first", "pass"),
+        (2, "three lanes", "pass"),
     ]
     assert properties[0]["nodeid"] == "test_three.py::test_two_calls"
     assert properties[0]["speedup"] > 0
@@ -297,7 +321,7 @@ def test_a_rerun_replaces_the_rows_of_the_attempt_before(suite: pytest.Pytester)
     result = suite.runpytest(*FAST, "--dualgpu-report=json:r.json", "--junitxml=j.xml")
     result.assert_outcomes(failed=1, passed=1)
     (row,) = report(suite.path / "r.json")["results"]
-    assert (row["name"], row["call"], row["verdicts"]["correct"]) == ("Sleep+Sleep-2", 0, "pass")
+    assert (row["name"], row["call"], row["verdicts"]["correct"]) == ("Sleep+Sleep-2", 1, "pass")
 
 
 def test_an_infinite_error_stays_strict_json_and_reads_back() -> None:

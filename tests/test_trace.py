@@ -50,12 +50,12 @@ def test_a_trace_per_result_with_a_track_per_lane_in_each_run(suite: pytest.Pyte
     suite.runpytest(*FAST, "--dualgpu-report=trace:traces").assert_outcomes(passed=2)
     files = sorted(path.name for path in (suite.path / "traces").iterdir())
     assert files == sorted(
-        f"{result_file_stem(nodeid, 0)}.trace.json"
+        f"{result_file_stem(nodeid, 1)}.trace.json"
         for nodeid in ("test_two.py::test_sleeping", "test_two.py::test_holding_the_gil")
     )
     sleeping = json.loads(
         (
-            suite.path / "traces" / f"{result_file_stem('test_two.py::test_sleeping', 0)}.trace.json"
+            suite.path / "traces" / f"{result_file_stem('test_two.py::test_sleeping', 1)}.trace.json"
         ).read_text()
     )
     assert sleeping["otherData"]["nodeid"] == "test_two.py::test_sleeping"
@@ -71,7 +71,7 @@ def test_a_trace_per_result_with_a_track_per_lane_in_each_run(suite: pytest.Pyte
 
     gil = json.loads(
         (
-            suite.path / "traces" / f"{result_file_stem('test_two.py::test_holding_the_gil', 0)}.trace.json"
+            suite.path / "traces" / f"{result_file_stem('test_two.py::test_holding_the_gil', 1)}.trace.json"
         ).read_text()
     )
     assert overlap(by_run(gil, "concurrent run")) < 0.2, "lanes that hold the GIL take turns"
@@ -103,7 +103,7 @@ def test_chrome_trace_lines_runs_up_from_zero_in_microseconds() -> None:
 
 
 def test_file_names_keep_tests_that_differ_only_in_punctuation_apart() -> None:
-    first, second = result_file_stem("t.py::test[a b]", 0), result_file_stem("t.py::test[a_b]", 0)
+    first, second = result_file_stem("t.py::test[a b]", 1), result_file_stem("t.py::test[a_b]", 1)
     assert first != second
     assert first.startswith("t.py_test_a_b-")
     assert first.endswith("-call1")
@@ -182,7 +182,7 @@ def test_profile_option_adds_kernel_tracks_to_the_trace_and_a_column_to_the_tabl
     column = header.index("kernel overlap")
     assert unprofiled[column] == "-"
     trace = json.loads(
-        (suite.path / "t" / f"{result_file_stem('test_mlp.py::test_pair', 0)}.trace.json").read_text()
+        (suite.path / "t" / f"{result_file_stem('test_mlp.py::test_pair', 1)}.trace.json").read_text()
     )
     kernel_tracks = by_run(trace, "torch.profiler")
     assert len(kernel_tracks) == 2

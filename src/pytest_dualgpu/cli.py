@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,7 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = command("report", "Render saved JSON reports as one table, markdown or one merged JSON")
     report.add_argument("files", nargs="+", metavar="REPORT.json")
-    report.add_argument("--format", choices=("term", "md", "json"), default="term", help="Output format")
+    report.add_argument(
+        "--format",
+        choices=("term", "term-wide", "md", "json"),
+        default="term",
+        help="Output format: term (the table, fitted to the terminal when printed to one), term-wide (every "
+        "column whole), md (a summary page), json (the merged report)",
+    )
     report.add_argument("--output", metavar="PATH", help="Write there instead of standard output")
 
     demo = command("demo", "The matrix and the best pair's profile on built-in models (no code of yours)")
@@ -251,7 +258,11 @@ def _report(arguments: argparse.Namespace) -> int:
     if arguments.output is not None:
         target_path(arguments.output, "--output")
     merged = merge_reports([Path(name) for name in arguments.files])
-    text = render(merged, arguments.format)
+    from .tablefit import terminal_width
+
+    # Fitted for a reader at a terminal (or one who set COLUMNS), whole for a file or a pipe.
+    fit = arguments.output is None and (sys.stdout.isatty() or "COLUMNS" in os.environ)
+    text = render(merged, arguments.format, terminal_width() if fit else None)
     emit(text, arguments.output)
     failed = merged.errors or any(row.failed for row in merged.rows)
     return 1 if failed else 0

@@ -30,7 +30,8 @@ from .report import (
     json_document,
     markdown,
 )
-from .settings import ReportTarget, Settings
+from .settings import TERMINAL_KINDS, ReportTarget, Settings
+from .tablefit import fit_columns, terminal_width
 from .timeline import chrome_trace, result_file_stem
 from .verdicts import speedup_hint
 
@@ -130,7 +131,7 @@ class ResultCollector:
             return
         self.compare_with_baseline()
         for target in self.settings.reports:
-            if target.kind == "term":
+            if target.kind in TERMINAL_KINDS:
                 continue
             try:
                 self._write(target.kind, target.path)
@@ -215,7 +216,8 @@ class ResultCollector:
         return columns
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        wants_table = any(target.kind == "term" for target in self.settings.reports)
+        kinds = {target.kind for target in self.settings.reports}
+        wants_table = bool(kinds & set(TERMINAL_KINDS))
         if self.is_worker or not (
             wants_table or self.problems or self.written or self.comparison is not None
         ):
@@ -226,15 +228,19 @@ class ResultCollector:
         if wants_table:
             if rows:
                 highlight = _highlighter(self.config)
-                for line in format_table(rows, self.columns(), highlight=highlight).splitlines():
+                fitted = fit_columns(rows, self.columns(), None if "term-wide" in kinds else terminal_width())
+                for line in format_table(rows, fitted.columns, highlight=highlight).splitlines():
                     write(line)
+                note = fitted.note("--dualgpu-report=term-wide")
+                if note:
+                    write(note)
             else:
                 write("no dual_infer results in this session")
             for row in rows:
                 if row.verdicts.get("speedup") == "fail":
                     write(f"{row.label}: speedup hint: {speedup_hint(row.result)}", red=True)
             for error in self.sorted_errors():
-                write(f"{error.nodeid}: dual_infer call {error.call + 1} raised {error.error}", red=True)
+                write(f"{error.nodeid}: dual_infer call {error.call} raised {error.error}", red=True)
             for row in rows:
                 for problem in row.result.problems:
                     write(f"{row.label}: UNRELIABLE: {problem}", yellow=True, bold=True)

@@ -265,10 +265,10 @@ def _document(command: str, tasks: list[Task]) -> dict[str, Any]:
     from .machine import machine_info
 
     nodeid = f"dualgpu {command}"
-    rows = [ReportRow(nodeid, task.result, call=index) for index, task in enumerate(tasks) if task.result]
+    rows = [ReportRow(nodeid, task.result, call=index) for index, task in enumerate(tasks, 1) if task.result]
     errors = [
         CallError(nodeid, index, f"{task.label}: {task.error}")
-        for index, task in enumerate(tasks)
+        for index, task in enumerate(tasks, 1)
         if task.error
     ]
     return json_document(rows, errors, machine_info())

@@ -28,6 +28,7 @@ class Comparison:
     max_rel_err: float = 0.0
     mismatches: list[str] = field(default_factory=list)
     uncomparable: list[str] = field(default_factory=list)
+    without_tensors: list[str] = field(default_factory=list)  # lanes whose reference holds no tensor
 
     def merge(self, other: Comparison) -> None:
         self.correct = self.correct and other.correct
@@ -35,6 +36,7 @@ class Comparison:
         self.max_rel_err = max(self.max_rel_err, other.max_rel_err)
         self.mismatches.extend(other.mismatches)
         self.uncomparable.extend(other.uncomparable)
+        self.without_tensors.extend(other.without_tensors)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,9 @@ def compare_outputs(
     tolerance = tolerance or Tolerance()
     result = Comparison()
     prefix = f"lane {lane!r} " if lane else ""
+    tensors = 0
     for leaf in _walk(expected, actual, root, tolerance, set()):
+        tensors += leaf.tensor
         result.max_abs_err = max(result.max_abs_err, leaf.abs_err)
         result.max_rel_err = max(result.max_rel_err, leaf.rel_err)
         if leaf.problem is not None:
@@ -92,6 +96,8 @@ def compare_outputs(
             result.mismatches.append(f"{prefix}{leaf.path}: {leaf.problem}")
         if leaf.uncomparable is not None:
             result.uncomparable.append(f"{prefix}{leaf.path}: {leaf.uncomparable}")
+    if not tensors:
+        result.without_tensors.append(lane or root)
     return result
 
 
@@ -102,6 +108,7 @@ class Leaf:
     abs_err: float = 0.0
     rel_err: float = 0.0
     uncomparable: str | None = None
+    tensor: bool = False  # a tensor or array was compared here, not a plain value
 
 
 def _walk(
@@ -180,7 +187,7 @@ def _compare_leaf(expected: Any, actual: Any, path: str, tolerance: Tolerance) -
     abs_err, rel_err, where = _errors(expected, actual, tolerance.equal_nan)
     if problem is not None and where:
         path = f"{path}[{', '.join(map(str, where))}]"
-    return Leaf(path, problem, abs_err, rel_err)
+    return Leaf(path, problem, abs_err, rel_err, tensor=isinstance(expected, torch.Tensor))
 
 
 def _plain_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -196,15 +203,14 @@ def _compare_array(expected: Any, actual: Any, path: str, tolerance: Tolerance) 
     if not is_array(actual):
         return Leaf(path, f"expected a NumPy array, got {_describe(actual)}")
     if expected.dtype.kind in "biufc" and actual.dtype.kind in "biufc":
-        leaf = _compare_leaf(
+        return _compare_leaf(
             torch.from_numpy(expected.copy()), torch.from_numpy(actual.copy()), path, tolerance
         )
-        return leaf
     import numpy
 
     if expected.shape == actual.shape and bool(numpy.array_equal(expected, actual)):
-        return Leaf(path)
-    return Leaf(path, f"NumPy arrays differ (shape {actual.shape}, expected {expected.shape})")
+        return Leaf(path, tensor=True)
+    return Leaf(path, f"NumPy arrays differ (shape {actual.shape}, expected {expected.shape})", tensor=True)
 
 
 def _compare_value(expected: Any, actual: Any, path: str) -> Leaf:

@@ -599,6 +599,7 @@ class _Measuring:
             mismatches=[*self.input_writes, *comparison.mismatches],
             input_writes=self.input_writes,
             uncomparable=comparison.uncomparable,
+            without_tensors=comparison.without_tensors,
             memory=memory,
             modes=[self.probes[mode] for mode in MODES if mode in self.probes],
             warnings=self.warnings,

@@ -24,6 +24,7 @@ from .report import (
     load_report,
     markdown,
 )
+from .tablefit import fit_columns
 
 
 @dataclass
@@ -50,7 +51,8 @@ def merge_reports(paths: list[Path]) -> Merged:
     return merged
 
 
-def render(merged: Merged, form: str) -> str:
+def render(merged: Merged, form: str, width: int | None = None) -> str:
+    """The merged reports as ``form`` (term, term-wide, md or json); ``term`` fitted to ``width``."""
     columns = default_columns()
     columns.insert(1, Column("source", lambda row: row.source or "-", optional=True))
     if form == "json":
@@ -58,9 +60,15 @@ def render(merged: Merged, form: str) -> str:
         return dumps({**json_document(merged.rows, merged.errors, first), "machines": merged.machines})
     if form == "md":
         return markdown(merged.rows, merged.errors, columns)
-    lines = [format_table(merged.rows, columns)] if merged.rows else ["no results in these reports"]
+    if not merged.rows:
+        lines = ["no results in these reports"]
+    else:
+        fitted = fit_columns(merged.rows, columns, width if form == "term" else None)
+        lines = [format_table(merged.rows, fitted.columns)]
+        note = fitted.note("--format term-wide")
+        lines += [note] if note else []
     lines += [
-        f"{error.nodeid}: call {error.call + 1} raised {error.error}"
+        f"{error.nodeid}: call {error.call} raised {error.error}"
         + (f" [{error.source}]" if error.source else "")
         for error in merged.errors
     ]

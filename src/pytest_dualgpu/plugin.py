@@ -33,7 +33,7 @@ from .report import (
     dumps,
 )
 from .settings import OPTIONS, Settings
-from .verdicts import FAIL, INCONCLUSIVE, MARKERS, WARN, judge, parse_marker
+from .verdicts import FAIL, INCONCLUSIVE, MARKERS, NOTICES, judge, parse_marker
 
 if TYPE_CHECKING:
     import torch
@@ -339,7 +339,7 @@ def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
 
     def record_result(result: DualResult) -> None:
         stripped = dataclasses.replace(result, outputs=None, reference=None)
-        _record(item, ReportRow(item.nodeid, stripped, call=len(item.stash.get(calls_key, []))))
+        _record(item, ReportRow(item.nodeid, stripped, call=len(item.stash.get(calls_key, [])) + 1))
         item.ihook.pytest_dualgpu_result(result=result, item=item)
 
     def record_error(error: BaseException, label: str) -> None:
@@ -347,7 +347,7 @@ def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
         text = f"{type(error).__name__}: {error}"
         if not isinstance(error, DualGpuError):
             text = f"{type(error).__name__} while measuring {label}" + (f": {error}" if str(error) else "")
-        _record(item, CallError(item.nodeid, len(item.stash.get(calls_key, [])), text))
+        _record(item, CallError(item.nodeid, len(item.stash.get(calls_key, [])) + 1, text))
 
     device = _session_device(request.config)
     speedup = specs.get("dualgpu_speedup")
@@ -443,13 +443,13 @@ def _judge(item: pytest.Item, body_passed: bool) -> None:
         verdicts = judge(row.result, specs)
         row.verdicts = {kind: verdict.status for kind, verdict in verdicts.items()}
         item.user_properties[call.property_index] = (PROPERTY, dumps(row.to_dict(), indent=None))
-        where = f"{row.result.name!r} (call {row.call + 1} of {len(calls)})"
+        where = f"{row.result.name!r} (call {row.call} of {len(calls)})"
         for verdict in verdicts.values():
             if verdict.status == FAIL:
                 failures.append(f"dualgpu_{verdict.kind} failed for {where}: {verdict.message}")
             elif verdict.status == INCONCLUSIVE:
                 undecided.append(f"dualgpu_{verdict.kind} inconclusive for {where}: {verdict.message}")
-            elif verdict.status == WARN and body_passed:
+            elif verdict.status in NOTICES and body_passed:
                 message = f"dualgpu_{verdict.kind} for {where}: {verdict.message}"
                 _warn(item, message)
     if not body_passed:

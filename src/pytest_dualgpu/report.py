@@ -7,12 +7,14 @@ workers) and is also a row of the JSON report, so the controller rebuilds exactl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tabulate import tabulate
 
@@ -21,10 +23,11 @@ from .fieldtypes import FieldTypeError, check_fields
 from .results import DualResult
 from .verdicts import FAIL, INCONCLUSIVE, VERDICT_KINDS, WARN
 
-JSON_VERSION = 3
+JSON_VERSION = 4
 #: Versions ``load_report`` reads: 2 lacks the warm-up, reliability and decision fields, which read back
 #: as unknown (reliable, no problems), so baselines saved before them still gate.
-READABLE_VERSIONS = (2, 3)
+READABLE_VERSIONS = (2, 3, 4)
+ALWAYS = 100  # the priority of a column a fitted table keeps
 PROPERTY = "dualgpu"
 ERROR_PROPERTY = "dualgpu_error"
 
@@ -36,7 +39,7 @@ class ReportRow:
     nodeid: str
     result: DualResult
     verdicts: dict[str, str] = field(default_factory=dict)
-    call: int = 0
+    call: int = 1  # counted from 1 in its test, as in every message and file name
     # Set on the controller when the session compares with a baseline (``baseline.py``).
     vs_base: str | None = None
     baseline: dict[str, Any] | None = None
@@ -49,7 +52,8 @@ class ReportRow:
         if not self.nodeid:
             return self.result.name
         default_name = "+".join(self.result.lane_names)
-        return self.nodeid if self.result.name == default_name else f"{self.nodeid} [{self.result.name}]"
+        label = self.nodeid if self.result.name == default_name else f"{self.nodeid} [{self.result.name}]"
+        return label if self.call == 1 else f"{label} call {self.call}"
 
     @property
     def failed(self) -> bool:
@@ -81,7 +85,7 @@ class ReportRow:
             data["nodeid"],
             DualResult.from_dict(data),
             verdicts,
-            data.get("call", 0),
+            data.get("call", 1),
             source=data.get("source"),
         )
 
@@ -101,19 +105,25 @@ class CallError:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CallError:
-        return cls(data["nodeid"], data.get("call", 0), data["error"], data.get("source"))
+        return cls(data["nodeid"], data.get("call", 1), data["error"], data.get("source"))
 
 
 @dataclass(frozen=True)
 class Column:
     """One table column: a header and how to render a row's cell.
 
-    An ``optional`` column is left out of a table where no row has anything in it ("-" everywhere).
+    An ``optional`` column is left out of a table where no row has anything in it ("-" everywhere). To fit a
+    narrow terminal, a column with a ``compact`` form may switch to it, columns are left out lowest
+    ``priority`` first (never one of priority ``ALWAYS``), and a column that may be ``shortened`` loses
+    characters from that side ("left" keeps a test id's end).
     """
 
     header: str
     cell: Callable[[ReportRow], str]
     optional: bool = False
+    priority: int = 50
+    shortened: Literal["left", "right"] | None = None
+    compact: Callable[[ReportRow], str] | None = None
 
 
 def _lanes(row: ReportRow) -> str:
@@ -161,6 +171,19 @@ def _verdicts(row: ReportRow) -> str:
     return ", ".join(f"{kind} {_status(status)}" for kind, status in row.verdicts.items()) or "-"
 
 
+def _compact_verdicts(row: ReportRow) -> str:
+    """What failed or is in doubt by name; the rest counted by status ("correct pass, 2 not judged (cpu)")."""
+    notable = (FAIL, WARN, INCONCLUSIVE)
+    shown = [f"{kind} {_status(status)}" for kind, status in row.verdicts.items() if status in notable]
+    counts = Counter(status for status in row.verdicts.values() if status not in notable)
+    for status, count in counts.items():
+        if count == 1:
+            shown += [f"{kind} {status}" for kind, other in row.verdicts.items() if other == status]
+        else:
+            shown.append(f"{count} {status}")
+    return ", ".join(shown) or "-"
+
+
 def _status(status: str) -> str:
     return status.upper() if status in (FAIL, WARN, INCONCLUSIVE) else status
 
@@ -168,23 +191,23 @@ def _status(status: str) -> str:
 def default_columns() -> list[Column]:
     """The columns of the table, in order; ``pytest_dualgpu_report_columns`` may change the list."""
     return [
-        Column("test", lambda row: row.label),
-        Column("lanes", _lanes),
-        Column("device", lambda row: row.result.device),
-        Column("mode", lambda row: row.result.mode),
-        Column("alone ms", _alone),
-        Column("seq ms", lambda row: _ms(row.result.sequential.median)),
-        Column("conc ms", lambda row: _ms(row.result.concurrent.median)),
-        Column("speedup [95% CI]", _speedup),
-        Column("ideal", lambda row: f"{row.result.ideal_speedup:.2f}x"),
-        Column("eff", _efficiency),
-        Column("overlap", lambda row: f"{row.result.overlap:.2f}"),
-        Column("slowdown", _slowdown, optional=True),
-        Column("kernel overlap", _kernel_overlap, optional=True),
-        Column("peak MiB seq / conc", _memory, optional=True),
-        Column("max err", _error),
-        Column("verdicts", _verdicts),
-        Column("vs base", lambda row: row.vs_base or "-", optional=True),
+        Column("test", lambda row: row.label, priority=ALWAYS, shortened="left"),
+        Column("lanes", _lanes, priority=ALWAYS, shortened="right"),
+        Column("device", lambda row: row.result.device, priority=10),
+        Column("mode", lambda row: row.result.mode, priority=70),
+        Column("alone ms", _alone, priority=25),
+        Column("seq ms", lambda row: _ms(row.result.sequential.median), priority=55),
+        Column("conc ms", lambda row: _ms(row.result.concurrent.median), priority=60),
+        Column("speedup [95% CI]", _speedup, priority=ALWAYS),
+        Column("ideal", lambda row: f"{row.result.ideal_speedup:.2f}x", priority=30),
+        Column("eff", _efficiency, priority=80),
+        Column("overlap", lambda row: f"{row.result.overlap:.2f}", priority=35),
+        Column("slowdown", _slowdown, optional=True, priority=50),
+        Column("kernel overlap", _kernel_overlap, optional=True, priority=20),
+        Column("peak MiB seq / conc", _memory, optional=True, priority=45),
+        Column("max err", _error, priority=40),
+        Column("verdicts", _verdicts, priority=ALWAYS, shortened="right", compact=_compact_verdicts),
+        Column("vs base", lambda row: row.vs_base or "-", optional=True, priority=90),
     ]
 
 
@@ -215,7 +238,7 @@ def format_table(
 def format_results(results: Iterable[DualResult], tablefmt: str = "simple") -> str:
     """The table for results made outside a test session (no node ids, no verdicts)."""
     columns = [column for column in default_columns() if column.header != "verdicts"]
-    columns[0] = Column("result", lambda row: row.result.name)
+    columns[0] = Column("result", lambda row: row.result.name, priority=ALWAYS, shortened="left")
     return format_table([ReportRow("", result) for result in results], columns, tablefmt)
 
 
@@ -259,7 +282,7 @@ def markdown(
             "",
             "</details>",
         ]
-    bullets = [f"`{error.nodeid}` call {error.call + 1} raised: {error.error}" for error in errors]
+    bullets = [f"`{error.nodeid}` call {error.call} raised: {error.error}" for error in errors]
     bullets += [f"`{row.label}` is unreliable: {problem}" for row in rows for problem in row.result.problems]
     bullets += list(notes)
     if bullets:
@@ -320,7 +343,7 @@ def load_report(path: Path, shown: str, fix: str) -> SavedReport:
     if document.get("version") not in READABLE_VERSIONS:
         raise DualGpuUsageError(
             f"{shown}: a version {document.get('version')} report; this pytest-dualgpu reads versions "
-            f"{' and '.join(str(version) for version in READABLE_VERSIONS)}; {fix}"
+            f"{', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]}; {fix}"
         )
     machine = document.get("machine", {})
     if not isinstance(machine, dict):
@@ -328,6 +351,9 @@ def load_report(path: Path, shown: str, fix: str) -> SavedReport:
     try:
         rows = [ReportRow.from_dict(row) for row in document["results"]]
         errors = [CallError.from_dict(error) for error in document.get("errors", [])]
+        if document["version"] < 4:  # calls were counted from 0 before
+            rows = [dataclasses.replace(row, call=row.call + 1) for row in rows]
+            errors = [dataclasses.replace(error, call=error.call + 1) for error in errors]
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise DualGpuUsageError(
             f"{shown}: a result could not be read ({type(error).__name__}: {error}); {fix}"

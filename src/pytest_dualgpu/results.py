@@ -243,6 +243,7 @@ class DualResult:
     mismatches: list[str] = field(default_factory=list)
     input_writes: list[str] = field(default_factory=list)  # lanes that change their own inputs
     uncomparable: list[str] = field(default_factory=list)  # output parts with nothing to compare
+    without_tensors: list[str] = field(default_factory=list)  # lanes whose outputs hold no tensor
     efficiency_ci: tuple[float, float] | None = None
     efficiency_rounds: int | None = None  # rounds with an efficiency (some have no gain to measure)
     kernel_overlap: float | None = None
@@ -306,6 +307,7 @@ class DualResult:
             "mismatches": list(self.mismatches),
             "input_writes": list(self.input_writes),
             "uncomparable": list(self.uncomparable),
+            "without_tensors": list(self.without_tensors),
             "sync": self.sync.to_dict(),
             "modes": [probe.to_dict() for probe in self.modes],
             "warnings": list(self.warnings),
@@ -367,6 +369,7 @@ class DualResult:
             mismatches=list(data.get("mismatches", [])),
             input_writes=list(data.get("input_writes", [])),
             uncomparable=list(data.get("uncomparable", [])),
+            without_tensors=list(data.get("without_tensors", [])),
             sync=SyncStats.from_dict(data.get("sync", {})),
             modes=[ModeProbe.from_dict(probe) for probe in data.get("modes", [])],
             warnings=list(data.get("warnings", [])),

@@ -18,9 +18,10 @@ from .baseline import Threshold, parse_threshold
 from .errors import DualGpuUsageError
 
 MODES = ("sequential", "streams", "threads", "graphs")
-ReportKind = Literal["term", "json", "md", "trace", "png"]
-REPORT_KINDS: tuple[ReportKind, ...] = ("term", "json", "md", "trace", "png")
-TARGET_FORMS = "term, json:PATH, md, md:PATH, trace:DIR or png:DIR"
+ReportKind = Literal["term", "term-wide", "json", "md", "trace", "png"]
+REPORT_KINDS: tuple[ReportKind, ...] = ("term", "term-wide", "json", "md", "trace", "png")
+TERMINAL_KINDS = ("term", "term-wide")
+TARGET_FORMS = "term, term-wide, json:PATH, md, md:PATH, trace:DIR or png:DIR"
 DEFAULT_BUDGET = 1.0
 INCONCLUSIVE_CHOICES = ("warn", "fail", "skip")
 
@@ -61,7 +62,8 @@ class Option:
 OPTIONS = (
     Option(
         "report",
-        "Report the dualgpu results: term (default), json:PATH, md[:PATH] (no path: $GITHUB_STEP_SUMMARY), "
+        "Report the dualgpu results: term (default; the table fitted to the terminal), term-wide (every "
+        "column whole), json:PATH, md[:PATH] (no path: $GITHUB_STEP_SUMMARY), "
         "trace:DIR (a Chrome/Perfetto trace per result), png:DIR (plots; needs matplotlib); repeatable",
         "args",
         "TARGET",
@@ -206,8 +208,8 @@ def _report_target(word: str) -> ReportTarget:
                 f"write --dualgpu-report=term (or another target with '=') before {word}"
             )
         raise DualGpuUsageError(f"report target {word!r} is not one of {TARGET_FORMS}")
-    if kind == "term" and path:
-        raise DualGpuUsageError(f"report target {word!r}: term takes no path")
+    if kind in TERMINAL_KINDS and path:
+        raise DualGpuUsageError(f"report target {word!r}: {kind} takes no path; json:{path} writes a file")
     if kind == "json" and not path:
         raise DualGpuUsageError("report target 'json' needs a file: json:PATH, e.g. json:dualgpu.json")
     if kind in ("trace", "png") and not path:

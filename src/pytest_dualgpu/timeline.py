@@ -112,4 +112,4 @@ def result_file_stem(nodeid: str, call: int) -> str:
     tests whose names differ only there apart.
     """
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_.")[:100] or "result"
-    return f"{readable}-{hashlib.sha1(nodeid.encode()).hexdigest()[:8]}-call{call + 1}"
+    return f"{readable}-{hashlib.sha1(nodeid.encode()).hexdigest()[:8]}-call{call}"

@@ -25,6 +25,8 @@ PASS = stats.PASS
 FAIL = stats.FAIL
 INCONCLUSIVE = stats.INCONCLUSIVE
 WARN = "warn"
+NO_TENSOR = "not judged (no tensor)"
+NOTICES = (WARN, NO_TENSOR)  # statuses that pass the test with a warning
 VERDICT_KINDS = ("correct", "sync", "speedup", "memory", "interference")
 MiB = 2**20
 
@@ -258,6 +260,21 @@ def judge(result: DualResult, specs: Mapping[str, Any]) -> dict[str, Verdict]:
 
 def _judge_correct(result: DualResult, _spec: CorrectSpec) -> Verdict:
     if result.correct:
+        empty = result.without_tensors
+        if empty and len(empty) == len(result.lanes):
+            return Verdict(
+                "correct",
+                NO_TENSOR,
+                "no lane's output holds a tensor, so no numbers were compared; return the tensors the "
+                "model computes",
+            )
+        if empty:
+            named = ", ".join(repr(name) for name in empty)
+            return Verdict(
+                "correct",
+                WARN,
+                f"lane {named} returned no tensor, so only the other lanes' numbers were compared",
+            )
         if result.uncomparable:
             shown = "; ".join(result.uncomparable[:3]) + ("; ..." if len(result.uncomparable) > 3 else "")
             return Verdict(
