@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+
+from pytest_dualgpu.cli import COMMAND_EXAMPLES, build_parser
 
 DUALGPU = str(Path(sys.executable).with_name("dualgpu"))
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report-schema.json").read_text())
@@ -155,7 +158,7 @@ def table(text: str) -> list[list[str]]:
     ]
     rows = []
     for line in [lines[rule - 1], *lines[rule + 1 :]]:
-        if not line.strip() or line.startswith("verdict"):
+        if not line.strip() or line.startswith(("verdict", "eff -:")):
             break
         cut = [*starts, len(line) + 1]
         rows.append([line[a:b].strip() for a, b in itertools.pairwise(cut)])
@@ -170,14 +173,15 @@ def test_profile_takes_module_and_file_references_and_writes_a_json_report(zoo: 
     assert done.returncode == 0, done.stderr
     [header, row] = table(done.stdout)
     assert header[:4] == ["result", "lanes", "device", "mode"]
-    assert row[:4] == ["small + make_small", "small + make_small", "cpu", "threads"]
+    # An instance's lane goes by the reference; a factory's by the class it builds.
+    assert row[:4] == ["small + Small", "small + Small", "cpu", "threads"]
     assert "verdict: threads mode: " in done.stdout
     assert "latency of each model, ms (closed loop, alone and while the other runs):" in done.stdout
     document = json.loads(report.read_text())
     jsonschema.validate(document, SCHEMA)
     [result] = document["results"]
     assert result["nodeid"] == "dualgpu profile"
-    assert [lane["name"] for lane in result["lanes"]] == ["small", "make_small"]
+    assert [lane["name"] for lane in result["lanes"]] == ["small", "Small"]
     assert result["correct"] is True
 
 
@@ -193,7 +197,7 @@ def test_transformers_factories_and_keyword_input_references(tmp_path: Path) -> 
     assert "verdict: threads mode: " in done.stdout
     (row,) = json.loads(report.read_text())["results"]
     assert row["correct"]
-    assert [lane["name"] for lane in row["lanes"]] == ["text_encoder", "image_encoder"]
+    assert [lane["name"] for lane in row["lanes"]] == ["BertModel", "ViTModel"]
 
 
 def test_input_references_and_dtypes(zoo: Path) -> None:
@@ -281,7 +285,17 @@ def test_the_slowdown_matrix_and_latency_objectives_per_batch_size(zoo: Path) ->
     )  # fmt: skip
     assert "MISSED" in missed.stdout
     assert "objectives: no batch size measured meets Steady:p50<=1ms" in missed.stdout
-    unknown = dualgpu("sweep", f"{zoo}:Small", f"{zoo}:Steady", "--batch", "1", "--slo", "Other:p50<=1ms")
+    unknown = dualgpu(
+        "sweep",
+        f"{zoo}:Small",
+        f"{zoo}:Steady",
+        "--batch",
+        "1",
+        "--inputs",
+        "4x16",
+        "--slo",
+        "Other:p50<=1ms",
+    )
     assert unknown.returncode == 2
     assert "--slo Other:p50<=1ms: no model named 'Other'; the models are Small, Steady" in unknown.stderr
     malformed = dualgpu("sweep", f"{zoo}:Small", f"{zoo}:Steady", "--batch", "1", "--slo", "Steady<=1ms")
@@ -459,14 +473,29 @@ def test_bad_usage_exits_2_and_shows_the_accepted_forms(args: list[str], message
     assert message in done.stderr
 
 
-def test_help_shows_examples_and_exit_codes() -> None:
-    done = dualgpu("matrix", "--help")
+@pytest.mark.parametrize("command", sorted(COMMAND_EXAMPLES))
+def test_each_command_helps_with_its_own_usage_and_examples(command: str) -> None:
+    done = dualgpu(command, "--help")
     assert done.returncode == 0
-    assert "dualgpu matrix pytest_dualgpu.demo:MLP" in done.stdout
+    assert done.stdout.startswith(f"usage: dualgpu {command} ")
+    examples = done.stdout[done.stdout.index("examples:") :]
+    for other, lines in COMMAND_EXAMPLES.items():
+        for line in lines:
+            assert (line in examples) is (other == command), line
+    assert ("models:  package.module:name" in done.stdout) is (command in ("profile", "matrix", "sweep"))
     assert (
         "exit codes: 0 ok, 1 a model failed or gave wrong outputs (doctor: a check failed), 2 bad usage,\n"
         "            130 interrupted" in done.stdout
     )
+
+
+def test_every_argument_of_every_command_has_help() -> None:
+    parser = build_parser()
+    [commands] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    assert set(commands.choices) == set(COMMAND_EXAMPLES)
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            assert action.help, f"dualgpu {name} {action.option_strings or action.metavar} has no help"
 
 
 def _ctrl_c_default() -> None:
@@ -490,8 +519,8 @@ def test_ctrl_c_prints_what_finished(zoo: Path) -> None:
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stdout + seen + stderr
     header, *rows = table(stdout)
-    assert header[1:] == ["Sleepy", "Small", "make_small"]
-    assert rows[0][1].endswith(tuple("0123456789")), "the first pair finished and is shown"
+    assert header[1:] == ["Sleepy", "Small", "Small-2"]
+    assert re.match(r"\d+\.\d+x / ", rows[0][1]), "the first pair finished and is shown"
     assert "..." in [cell for row in rows for cell in row], "pairs not measured are marked"
     assert "interrupted: " in stderr
     assert " of 6 measured" in stderr
@@ -543,7 +572,7 @@ def test_dtype_casts_models_and_inputs(zoo: Path) -> None:
 def test_a_file_reference_can_import_its_neighbours(zoo: Path) -> None:
     done = dualgpu("profile", f"{zoo}:with_helper", f"{zoo}:Small", "--inputs", "4x16", *FAST)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "with_helper + Small" in done.stdout
+    assert "Doubler + Small" in done.stdout
 
 
 def test_a_module_reference_is_found_in_the_current_directory(zoo: Path) -> None:

@@ -381,3 +381,26 @@ def test_a_target_that_fails_at_the_end_costs_no_other_target(suite: pytest.Pyte
     )
     assert "test_parametrized" in (suite.path / "table.md").read_text()
     result.stdout.fnmatch_lines([f"dualgpu: md report: {suite.path / 'table.md'}"])
+
+
+def test_an_efficiency_that_could_not_be_measured_is_explained_under_the_table(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(
+        test_uneven="""
+        import torch
+        from inner_models import Sleep
+
+        def test_uneven(dual_infer):  # the short lane is 1% of the pair: overlap could save nothing to see
+            dual_infer(Sleep(0.0001), Sleep(0.01), torch.ones(2))
+        """
+    )
+    result = suite.runpytest(*FAST, "--dualgpu-report", "--dualgpu-report=md:summary.md")
+    result.assert_outcomes(passed=1)
+    header = next(line for line in result.outlines if line.startswith("test "))
+    row = next(line for line in result.outlines if line.startswith("test_uneven.py::"))
+    assert row[header.index(" eff ") + 1 :].split()[0] == "-"
+    result.stdout.fnmatch_lines(
+        ["eff -: not measured, because running at once could not save 5% of the time*"]
+    )
+    assert "eff -: not measured" in (suite.path / "summary.md").read_text()

@@ -18,23 +18,52 @@ from . import __version__
 from .errors import DualGpuUsageError
 from .latency import Objective
 
-EXAMPLES = """\
-examples:
-  dualgpu doctor --device cuda --json doctor.json
-  dualgpu demo
-  dualgpu profile mypkg.models:ImageEncoder mypkg.models:TextEncoder --inputs 8x3x224x224 8x128:int64
-  dualgpu profile models.py:detector models.py:classifier --inputs 4x3x64x64 --dtype float16
-  dualgpu matrix pytest_dualgpu.demo:MLP pytest_dualgpu.demo:SmallCNN pytest_dualgpu.demo:TinyTransformer
-  dualgpu sweep pytest_dualgpu.demo:MLP pytest_dualgpu.demo:SmallCNN --batch 1,2,4,8,16 --png sweep.png
-  dualgpu report shard-0.json shard-1.json --format md --output summary.md
-
-models:  package.module:name or path/to/file.py:name (an nn.Module instance, class, or factory)
+COMMAND_EXAMPLES = {
+    "doctor": ["dualgpu doctor --device cuda --json doctor.json", "dualgpu doctor --no-self-test"],
+    "demo": ["dualgpu demo", "dualgpu demo --device cuda --png demo.png"],
+    "profile": [
+        "dualgpu profile mypkg.models:ImageEncoder mypkg.models:TextEncoder --inputs 8x3x224x224 8x128:int64",
+        "dualgpu profile models.py:make_detector models.py:Classifier --inputs 4x3x64x64 --dtype float16",
+    ],
+    "matrix": [
+        "dualgpu matrix pytest_dualgpu.demo:MLP pytest_dualgpu.demo:SmallCNN models.py:Encoder",
+        "dualgpu matrix models.py:Encoder models.py:Decoder --metric slowdown --json matrix.json",
+    ],
+    "sweep": [
+        "dualgpu sweep pytest_dualgpu.demo:MLP pytest_dualgpu.demo:SmallCNN --batch 1,2,4,8,16 --png s.png",
+        "dualgpu sweep models.py:Encoder models.py:Decoder --batch 1,8,32 --slo Encoder:p99<=20ms",
+    ],
+    "report": [
+        "dualgpu report dualgpu.json",
+        "dualgpu report shard-0.json shard-1.json --format md --output summary.md",
+    ],
+    "info": ["dualgpu info --device cuda"],
+}
+MODELS_AND_INPUTS = """\
+models:  package.module:name or path/to/file.py:name: an nn.Module instance or class (the lane is named
+         after the reference), or a factory (the lane is named after the class it builds)
 inputs:  1x3x224x224, 1x3x224x224:float16, 8x128:int64 (ids in [0, 100)), or module:name / file.py:name
          (a value, or a function returning one, given the batch size if it takes an argument); a model
          with an example_inputs(batch) method needs none
+"""
+EXIT_CODES = """\
 exit codes: 0 ok, 1 a model failed or gave wrong outputs (doctor: a check failed), 2 bad usage,
             130 interrupted (what finished is printed)
 """
+EXAMPLES = (
+    "examples:\n"
+    + "".join(f"  {line}\n" for lines in COMMAND_EXAMPLES.values() for line in lines[:1])
+    + f"\n{MODELS_AND_INPUTS}{EXIT_CODES}"
+)
+
+
+def command_epilog(name: str) -> str:
+    """A command's own examples, what its arguments take, and the exit codes."""
+    examples = "examples:\n" + "".join(f"  {line}\n" for line in COMMAND_EXAMPLES[name])
+    takes_models = name in ("profile", "matrix", "sweep")
+    return f"{examples}\n{MODELS_AND_INPUTS if takes_models else ''}{EXIT_CODES}"
+
+
 INTERRUPTED = 130
 MODEL_HELP = "each package.module:name or path/to/file.py:name (an nn.Module instance, class or factory)"
 
@@ -54,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help,
             description=help,
-            epilog=EXAMPLES,
+            epilog=command_epilog(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
@@ -85,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measuring(sweep)
 
     report = command("report", "Render saved JSON reports as one table, markdown or one merged JSON")
-    report.add_argument("files", nargs="+", metavar="REPORT.json")
+    report.add_argument(
+        "files",
+        nargs="+",
+        metavar="REPORT.json",
+        help="JSON reports of pytest --dualgpu-report=json:PATH or --json",
+    )
     report.add_argument(
         "--format",
         choices=("term", "term-wide", "md", "json"),

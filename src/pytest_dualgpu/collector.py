@@ -26,6 +26,7 @@ from .report import (
     ReportRow,
     default_columns,
     dumps,
+    efficiency_note,
     format_table,
     json_document,
     markdown,
@@ -231,8 +232,11 @@ class ResultCollector:
                 fitted = fit_columns(rows, self.columns(), None if "term-wide" in kinds else terminal_width())
                 for line in format_table(rows, fitted.columns, highlight=highlight).splitlines():
                     write(line)
-                note = fitted.note("--dualgpu-report=term-wide")
-                if note:
+                notes = (
+                    fitted.note("--dualgpu-report=term-wide"),
+                    efficiency_note(row.result for row in rows),
+                )
+                for note in filter(None, notes):
                     write(note)
             else:
                 write("no dual_infer results in this session")

@@ -26,7 +26,16 @@ from .files import target_path
 from .latency import Objective
 from .profiler import Models, Task
 from .refs import InputSpec, ModelBuildError, ModelRef, inputs_for
-from .report import CallError, ReportRow, dumps, format_results, json_document, latency_table
+from .report import (
+    CallError,
+    ReportRow,
+    dumps,
+    efficiency_note,
+    format_results,
+    json_document,
+    latency_table,
+)
+from .results import DualResult
 
 DEMO = [f"pytest_dualgpu.demo:{name}" for name in ("MLP", "SmallCNN", "TinyTransformer")]
 
@@ -40,14 +49,21 @@ class Lanes:
 
     def check(
         self, refs: Sequence[ModelRef], specs: Sequence[InputSpec | None], batch: int | None = None
-    ) -> None:
-        """Build every model and its inputs once, so a bad reference fails before any measuring.
+    ) -> list[str]:
+        """Build every model and its inputs once, so a bad reference fails before any measuring; the
+        models' display names, unique.
 
         A model whose own code raises is not bad usage: its tasks fail the same way, and the rest run.
         """
+        names = []
         for ref, spec in zip(refs, specs, strict=True):
+            name = ref.name
             with contextlib.suppress(ModelBuildError):
-                inputs_for(ref.load(), spec, batch, self.dtype)
+                model = ref.load()
+                name = ref.lane_name(model)
+                inputs_for(model, spec, batch, self.dtype)
+            names.append(name)
+        return _unique(names)
 
     def pair(
         self,
@@ -98,10 +114,9 @@ def run_command(arguments: argparse.Namespace) -> int:
         return _matrix(arguments, refs, specs, lanes, settings, progress)
     pair_refs = (refs[0], refs[1])
     pair_specs = (specs[0], specs[1])
-    first, second = _names(pair_refs)
+    first, second = lanes.check(refs, specs, batch=arguments.batch[0] if command == "sweep" else None)
     names = (first, second)
     if command == "profile":
-        lanes.check(refs, specs)
         modes = [arguments.mode] if arguments.mode else profiler.applicable_modes(device)
         tasks = profiler.profile_tasks(lanes.pair(pair_refs, pair_specs), names, modes, settings)
         return _finish(arguments, tasks, _run(tasks, progress, "profile"), _profile_text)
@@ -110,7 +125,6 @@ def run_command(arguments: argparse.Namespace) -> int:
             raise DualGpuUsageError(
                 f"--slo {objective}: no model named {objective.model!r}; the models are {', '.join(names)}"
             )
-    lanes.check(refs, specs, batch=arguments.batch[0])
     tasks = [
         Task(f"{names[0]} + {names[1]} @ batch {batch}", names, lanes.pair(pair_refs, pair_specs, batch),
              {**settings, "mode": arguments.mode or "auto"}, key=batch)
@@ -133,13 +147,13 @@ def _specs(texts: Sequence[str], models: int) -> list[InputSpec | None]:
     return list(specs)
 
 
-def _names(refs: Sequence[ModelRef]) -> list[str]:
-    """Display names: the referenced names, numbered where two are the same (a.py:Model, b.py:Model)."""
+def _unique(wanted: Sequence[str]) -> list[str]:
+    """The names, numbered where two are the same (a.py:Model, b.py:Model)."""
     names: list[str] = []
-    for ref in refs:
-        name, number = ref.name, 2
+    for base in wanted:
+        name, number = base, 2
         while name in names:
-            name, number = f"{ref.name}-{number}", number + 1
+            name, number = f"{base}-{number}", number + 1
         names.append(name)
     return names
 
@@ -152,9 +166,8 @@ def _matrix(
     settings: dict[str, Any],
     progress: bool,
 ) -> int:
-    lanes.check(refs, specs)
-    tasks = _matrix_tasks(refs, specs, lanes, {**settings, "mode": arguments.mode or "auto"})
-    names = _names(refs)
+    names = lanes.check(refs, specs)
+    tasks = _matrix_tasks(names, refs, specs, lanes, {**settings, "mode": arguments.mode or "auto"})
     interrupted = _run(tasks, progress, "matrix")
     if arguments.png:
         _matrix_png(names, tasks, arguments.png)
@@ -162,10 +175,13 @@ def _matrix(
 
 
 def _matrix_tasks(
-    refs: list[ModelRef], specs: list[InputSpec | None], lanes: Lanes, settings: dict[str, Any]
+    names: list[str],
+    refs: list[ModelRef],
+    specs: list[InputSpec | None],
+    lanes: Lanes,
+    settings: dict[str, Any],
 ) -> list[Task]:
     tasks = []
-    names = _names(refs)
     for first, second in profiler.matrix_pairs(len(refs)):
         pair = (names[first], names[second] if first != second else f"{names[second]}-copy")
         make = lanes.pair((refs[first], refs[second]), (specs[first], specs[second]))
@@ -176,8 +192,8 @@ def _matrix_tasks(
 def _demo(arguments: argparse.Namespace, lanes: Lanes, settings: dict[str, Any], progress: bool) -> int:
     refs = [ModelRef(text) for text in DEMO]
     specs: list[InputSpec | None] = [None] * len(refs)
-    names = _names(refs)
-    tasks = _matrix_tasks(refs, specs, lanes, {**settings, "mode": arguments.mode or "auto"})
+    names = _unique([ref.name for ref in refs])
+    tasks = _matrix_tasks(names, refs, specs, lanes, {**settings, "mode": arguments.mode or "auto"})
     interrupted = _run(tasks, progress, "demo: matrix")
     print(f"== matrix of the built-in models ({', '.join(names)}) ==")
     print(_matrix_text(names, tasks))
@@ -242,18 +258,26 @@ def _profile_text(tasks: list[Task]) -> str:
     if latencies:
         lines += ["", "latency of each model, ms (closed loop, alone and while the other runs):", latencies]
     lines += [f"{task.key}: failed: {task.error}" for task in tasks if task.error is not None]
+    lines += _efficiency_notes(results)
     lines.append(f"verdict: {profiler.profile_verdict(tasks)}")
     return "\n".join(lines)
 
 
+def _efficiency_notes(results: list[DualResult]) -> list[str]:
+    note = efficiency_note(results)
+    return [note] if note else []
+
+
 def _matrix_text(names: list[str], tasks: list[Task], metric: str = "speedup") -> str:
     verdict = profiler.matrix_verdict(tasks) if metric == "speedup" else profiler.slowdown_verdict(tasks)
-    return f"{profiler.matrix_table(names, tasks, metric=metric)}\nverdict: {verdict}"
+    notes = _efficiency_notes(profiler.results_of(tasks)) if metric == "speedup" else []
+    return "\n".join([profiler.matrix_table(names, tasks, metric=metric), *notes, f"verdict: {verdict}"])
 
 
 def _sweep_text(names: tuple[str, str], tasks: list[Task], objectives: Sequence[Objective] = ()) -> str:
     lines = [
         profiler.sweep_table(names, tasks, objectives=objectives),
+        *_efficiency_notes(profiler.results_of(tasks)),
         f"verdict: {profiler.sweep_verdict(tasks)}",
     ]
     if objectives:

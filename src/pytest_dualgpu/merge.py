@@ -19,6 +19,7 @@ from .report import (
     ReportRow,
     default_columns,
     dumps,
+    efficiency_note,
     format_table,
     json_document,
     load_report,
@@ -65,8 +66,8 @@ def render(merged: Merged, form: str, width: int | None = None) -> str:
     else:
         fitted = fit_columns(merged.rows, columns, width if form == "term" else None)
         lines = [format_table(merged.rows, fitted.columns)]
-        note = fitted.note("--format term-wide")
-        lines += [note] if note else []
+        notes = (fitted.note("--format term-wide"), efficiency_note(row.result for row in merged.rows))
+        lines += [note for note in notes if note]
     lines += [
         f"{error.nodeid}: call {error.call} raised {error.error}"
         + (f" [{error.source}]" if error.source else "")

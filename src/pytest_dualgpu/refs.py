@@ -117,6 +117,14 @@ class ModelRef:
     def name(self) -> str:
         return self.text.rpartition(":")[2]
 
+    def lane_name(self, model: torch.nn.Module) -> str:
+        """The name a lane of ``model`` (built from this reference) goes by: the referenced name, or the
+        model's class where the reference is a factory (``make_detector`` builds a Detector)."""
+        found = load_object(self.text, "model", MODEL_FORMS)
+        if isinstance(found, (type, torch.nn.Module)):
+            return self.name
+        return type(model).__name__
+
     def load(self) -> torch.nn.Module:
         found = load_object(self.text, "model", MODEL_FORMS)
         if isinstance(found, torch.nn.Module):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from tabulate import tabulate
 
+from . import stats
 from .errors import DualGpuUsageError
 from .fieldtypes import FieldTypeError, check_fields
 from .results import DualResult
@@ -138,6 +139,17 @@ def _alone(row: ReportRow) -> str:
 def _speedup(row: ReportRow) -> str:
     lo, hi = row.result.speedup_ci
     return f"{row.result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]" + ("" if row.result.reliable else " UNRELIABLE")
+
+
+def efficiency_note(results: Iterable[DualResult]) -> str | None:
+    """What an efficiency shown as "-" means, where one is."""
+    if all(result.efficiency is not None for result in results):
+        return None
+    return (
+        f"eff -: not measured, because running at once could not save {stats.MEANINGFUL_GAIN:.0%} of the "
+        "time back to back: the models' times alone are that uneven, or back to back was no slower than the "
+        "slowest alone (the speedup still says what running at once gave)"
+    )
 
 
 def _efficiency(row: ReportRow) -> str:
@@ -284,6 +296,8 @@ def markdown(
         ]
     bullets = [f"`{error.nodeid}` call {error.call} raised: {error.error}" for error in errors]
     bullets += [f"`{row.label}` is unreliable: {problem}" for row in rows for problem in row.result.problems]
+    no_efficiency = efficiency_note(row.result for row in rows)
+    bullets += [no_efficiency] if no_efficiency else []
     bullets += list(notes)
     if bullets:
         lines.append("")

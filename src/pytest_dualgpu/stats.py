@@ -75,6 +75,9 @@ def rounds_for(confidence: float) -> int:
 #: 6 at 95% (the range of 6 covers the median with 96.9%), 8 at 99% (99.2%).
 MIN_DECISION_ROUNDS = rounds_for(0.95)
 
+# Efficiency is measured only where running at once could save at least this share of the time back to
+# back: below it, the ratio would divide noise by noise.
+MEANINGFUL_GAIN = 0.05
 PASS = "pass"
 FAIL = "fail"
 INCONCLUSIVE = "inconclusive"

@@ -21,7 +21,6 @@ from .measure import Samples
 #: Without a bound to decide, measuring stops once the speedup's 95% interval is this narrow (its whole
 #: width as a share of the median, so +-2.5%): past that, more rounds change no conclusion anyone draws.
 PRECISION_WIDTH = 0.05
-MEANINGFUL_GAIN = 0.05  # efficiency needs a possible gain of at least this share of the sequential time
 INTERIM_CONFIDENCE = 0.99
 
 
@@ -130,6 +129,6 @@ def per_round_efficiencies(
         best = best_time(alone)
         # Where overlap could save (almost) nothing, as in a pipeline of one micro-batch, the ratio would
         # divide noise by noise: that is decided from the alone times, not from the noisy difference.
-        if sum(alone) - best > MEANINGFUL_GAIN * sum(alone) and sequential > best:
+        if sum(alone) - best > stats.MEANINGFUL_GAIN * sum(alone) and sequential > best:
             per_round.append((sequential - concurrent) / (sequential - best))
     return per_round
