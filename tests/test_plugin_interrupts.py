@@ -131,3 +131,50 @@ def test_after_ctrl_c_stuck_lanes_do_not_hold_the_process(suite: pytest.Pytester
     assert result.duration < 8, result.duration
     (error,) = json.loads((suite.path / "out.json").read_text())["errors"]
     assert error["error"].startswith("KeyboardInterrupt while measuring StuckAtOnce + StuckAtOnce")
+
+
+CRASHING = """
+import os
+import torch
+from inner_models import Sleep
+
+
+def test_before(dual_infer):
+    dual_infer(Sleep(), Sleep(), torch.ones(2), name="before")
+
+
+def test_crashes(dual_infer):
+    dual_infer(Sleep(), Sleep(), torch.ones(2), name="first")
+    dual_infer(Sleep(), Sleep(), torch.ones(2), name="second")
+    os._exit(1)  # as a segfault in native code ends the worker: no report, no teardown
+
+
+def test_after(dual_infer):
+    dual_infer(Sleep(), Sleep(), torch.ones(2), name="after")
+"""
+
+
+def test_a_crashed_xdist_worker_keeps_the_finished_calls_of_its_test_and_names_the_loss(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite.makepyfile(test_crash=CRASHING)
+    temporary = suite.mkdir("temporary")
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    result = suite.runpytest_subprocess(
+        *FAST, "-n", "1", "-p", "no:randomly", "--dualgpu-report=json:out.json"
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    document = json.loads((suite.path / "out.json").read_text())
+    assert [(row["nodeid"].partition("::")[2], row["call"], row["name"]) for row in document["results"]] == [
+        ("test_before", 1, "before"),
+        ("test_crashes", 1, "first"),
+        ("test_crashes", 2, "second"),
+        ("test_after", 1, "after"),
+    ]
+    (error,) = document["errors"]
+    assert error["nodeid"] == "test_crash.py::test_crashes"
+    assert error["call"] == 3
+    assert error["error"].startswith(
+        "xdist worker gw0 crashed in this test after 2 finished dual_infer call(s)"
+    )
+    assert not list(temporary.glob("dualgpu-calls-*")), "the finished calls' files are removed at the end"

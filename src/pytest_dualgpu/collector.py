@@ -32,6 +32,7 @@ from .report import (
     markdown,
 )
 from .settings import TERMINAL_KINDS, ReportTarget, Settings
+from .spool import CallSpool, WorkerSpool
 from .tablefit import fit_columns, terminal_width
 from .timeline import chrome_trace, result_file_stem
 from .verdicts import speedup_hint
@@ -54,6 +55,9 @@ class ResultCollector:
         self.written: list[str] = []  # "KIND: PATH" of every file written, for the summary
         self.baseline: Baseline | None = None
         self.comparison: Comparison | None = None
+        self.spool: CallSpool | None = None  # the controller's, made when xdist starts workers
+        workerinput = getattr(config, "workerinput", None)
+        self.worker_spool = WorkerSpool.of(workerinput) if workerinput is not None else None
         if not self.is_worker:
             try:
                 check_targets(settings.reports, os.environ)
@@ -68,6 +72,36 @@ class ResultCollector:
     @property
     def is_worker(self) -> bool:
         return hasattr(self.config, "workerinput")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """Each xdist worker gets the folder to keep its finished calls in, in case it crashes."""
+        if self.spool is None:
+            self.spool = CallSpool.create()
+        self.spool.hand_to(node.workerinput)
+
+    def keep(self, nodeid: str, name: str, value: str, first: bool) -> None:
+        """On a worker: a finished call's property, kept where the controller finds it if the worker dies."""
+        if self.worker_spool is not None:
+            self.worker_spool.append(nodeid, name, value, first)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        """A worker died in a test, whose report (with its calls) it never sent: take them from the spool,
+        and say what was lost."""
+        worker = getattr(getattr(report, "node", None), "gateway", None)
+        worker_id = getattr(worker, "id", None)
+        kept = self.spool.calls_of(worker_id, crashitem) if self.spool and worker_id else []
+        self._take(crashitem, kept)
+        finished = len(self.rows[crashitem]) + len(self.errors[crashitem])
+        self.errors[crashitem].append(
+            CallError(
+                crashitem,
+                finished + 1,
+                f"xdist worker {worker_id} crashed in this test after {finished} finished dual_infer "
+                "call(s), which are reported; whatever ran after them is lost",
+            )
+        )
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.order = {item.nodeid: index for index, item in enumerate(session.items)}
@@ -130,6 +164,8 @@ class ResultCollector:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
             return
+        if self.spool is not None:
+            self.spool.remove()
         self.compare_with_baseline()
         for target in self.settings.reports:
             if target.kind in TERMINAL_KINDS:

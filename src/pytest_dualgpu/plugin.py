@@ -417,8 +417,11 @@ def marker_specs(item: pytest.Item) -> dict[str, Any]:
 def _record(item: pytest.Item, entry: ReportRow | CallError) -> None:
     """Keep a call on the item and in ``user_properties`` (JUnit XML, and the way home from xdist)."""
     name = PROPERTY if isinstance(entry, ReportRow) else ERROR_PROPERTY
-    item.stash.setdefault(calls_key, []).append(Call(entry, len(item.user_properties)))
-    item.user_properties.append((name, dumps(entry.to_dict(), indent=None)))
+    calls = item.stash.setdefault(calls_key, [])
+    calls.append(Call(entry, len(item.user_properties)))
+    value = dumps(entry.to_dict(), indent=None)
+    item.user_properties.append((name, value))
+    item.config.stash[collector_key].keep(item.nodeid, name, value, first=len(calls) == 1)
 
 
 def _judge(item: pytest.Item, body_passed: bool) -> None:
