@@ -15,14 +15,16 @@ from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.plots import (
     MATPLOTLIB_MISSING,
     require_matplotlib,
+    session_figure,
+    timeline_figure,
     write_matrix_png,
     write_session_png,
     write_sweep_png,
     write_timeline_png,
 )
 from pytest_dualgpu.report import ReportRow
-from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.timeline import LaneTimeline
+from pytest_dualgpu.results import Decision, DualResult
+from pytest_dualgpu.timeline import LaneTimeline, chrome_trace, overlap
 
 NODEID = "test_x.py::test_y"
 
@@ -217,3 +219,73 @@ def test_missing_matplotlib_names_the_extra_to_install(
     with pytest.raises(DualGpuUsageError, match="need matplotlib"):
         write_session_png([], tmp_path / "never.png")
     assert not (tmp_path / "never.png").exists()
+
+
+def _calls(lane: str, count: int, length: float, gap: float, offset: float = 0.0) -> LaneTimeline:
+    intervals = tuple(
+        (offset + i * (length + gap), offset + i * (length + gap) + length) for i in range(count)
+    )
+    return LaneTimeline(lane, intervals).capped(50)
+
+
+@needs_matplotlib
+def test_a_timeline_says_what_a_bar_is_and_how_many_calls_it_leaves_out(sleeping: DualResult) -> None:
+    names = sleeping.lane_names
+    spaced = [_calls(names[0], 120, 0.001, 0.001), _calls(names[1], 120, 0.001, 0.001, 0.0005)]
+    result = dataclasses.replace(sleeping, timelines={"concurrent": spaced, "sequential": spaced})
+    figure = timeline_figure(ReportRow(NODEID, result))
+    concurrent = figure.axes[0].get_title(loc="left")
+    assert concurrent == "each bar one call; only the first 50 of 120 per lane are drawn"
+    assert all(len(line.intervals) == 50 and line.total == 120 for line in spaced)
+
+
+@needs_matplotlib
+def test_calls_too_close_to_draw_apart_are_said_to_run_together(sleeping: DualResult) -> None:
+    names = sleeping.lane_names
+    touching = [_calls(names[0], 40, 0.001, 0.0), _calls(names[1], 40, 0.001, 0.0)]
+    result = dataclasses.replace(sleeping, timelines={"concurrent": touching})
+    title = timeline_figure(ReportRow(NODEID, result)).axes[0].get_title(loc="left")
+    assert title == (
+        "each bar one call; up to 40 of them run together into one bar at this scale (zoom in the trace)"
+    )
+
+
+@needs_matplotlib
+def test_the_timeline_title_gives_the_overlap_of_the_calls_it_draws(sleeping: DualResult) -> None:
+    figure = timeline_figure(ReportRow(NODEID, sleeping))
+    drawn = overlap([line.intervals for line in sleeping.timelines["concurrent"]])
+    title = figure.get_suptitle()
+    assert f"overlap {sleeping.overlap:.2f} (median of {sleeping.rounds} rounds)" in title
+    assert title.endswith(f", {drawn:.2f} in the calls drawn")
+
+
+@needs_matplotlib
+def test_the_session_chart_explains_red_rows_and_draws_the_speedup_bound(
+    sleeping: DualResult, gil_bound: DualResult
+) -> None:
+    bound = Decision("speedup", 1.5, "fail", gil_bound.speedup_ci)
+    failed = ReportRow(
+        "t.py::test_gil", dataclasses.replace(gil_bound, decisions=[bound]), {"speedup": "fail"}
+    )
+    figure = session_figure([ReportRow("t.py::test_sleep", sleeping), failed])
+    labels = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "measured speedup, a verdict failed" in labels
+    assert "the speedup's bound (min=)" in labels
+    marks = next(c for c in figure.axes[0].collections if c.get_label() == "the speedup's bound (min=)")
+    assert marks.get_offsets().tolist() == [[1.5, 1.0]]
+    passing_only = session_figure([ReportRow("t.py::test_sleep", sleeping)])
+    labels = [text.get_text() for text in passing_only.legends[0].get_texts()]
+    assert "measured speedup, a verdict failed" not in labels
+    assert "the speedup's bound (min=)" not in labels
+
+
+def test_a_trace_names_what_its_events_are_and_what_it_left_out() -> None:
+    lines = [_calls("A", 80, 0.001, 0.001), _calls("B", 80, 0.001, 0.001, 0.0005)]
+    trace = chrome_trace({"concurrent": lines, "sequential": lines}, "t", {"mode": "threads"})
+    names = [event["args"]["name"] for event in trace["traceEvents"] if event["name"] == "process_name"]
+    assert (
+        names[0]
+        == "t: concurrent run (threads) - each bar one call; only the first 50 of 80 per lane are drawn"
+    )
+    assert trace["otherData"]["overlap_of_drawn_concurrent"] == overlap([line.intervals for line in lines])
+    assert sum(event["ph"] == "X" for event in trace["traceEvents"]) == 2 * 2 * 50

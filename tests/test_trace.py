@@ -98,7 +98,10 @@ def test_chrome_trace_lines_runs_up_from_zero_in_microseconds() -> None:
         "dur": 1000.0,
     }
     names = [e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "process_name"]
-    assert names == ["t: concurrent run (threads)", "sequential run (baseline)"]
+    assert names == [
+        "t: concurrent run (threads) - each bar one call",
+        "sequential run (baseline) - each bar one call",
+    ]
     assert json.loads(json.dumps(trace)) == trace
 
 

@@ -220,6 +220,7 @@ class ResultCollector:
                 "ideal_speedup": result.ideal_speedup,
                 "overlap": result.overlap,
                 "kernel_overlap": result.kernel_overlap,
+                "micro_batches": result.micro_batches,
             }
             trace = chrome_trace(result.timelines, row.label, details)
             path = directory / f"{result_file_stem(row.nodeid, row.call)}.trace.json"

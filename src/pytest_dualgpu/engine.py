@@ -612,7 +612,7 @@ class _Measuring:
             dropped_rounds=measured.dropped,
             timelines={
                 run: [
-                    LaneTimeline(self.names[index], tuple(intervals[:TIMELINE_REPS]))
+                    LaneTimeline(self.names[index], tuple(intervals)).capped(TIMELINE_REPS)
                     for index, intervals in zip(
                         samples.last[run].lanes, samples.last[run].intervals, strict=True
                     )

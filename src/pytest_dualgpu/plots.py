@@ -19,7 +19,7 @@ from .errors import DualGpuUsageError
 from .files import write_bytes
 from .report import ReportRow
 from .results import DualResult
-from .timeline import LaneTimeline
+from .timeline import LaneTimeline, drawn_note, overlap
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -56,6 +56,11 @@ def require_matplotlib() -> None:
 
 def write_timeline_png(row: ReportRow, path: Path) -> None:
     """Draw each lane's busy intervals, run by run, so a missing overlap can be seen rather than inferred."""
+    _save(timeline_figure(row), path)
+
+
+def timeline_figure(row: ReportRow) -> Figure:
+    """The timeline picture: each run's calls per lane, each run saying what a bar is and what is left out."""
     require_matplotlib()
     runs = _ordered_runs(row.result.timelines)
     tracks = sum(len(lines) for _, lines in runs)
@@ -63,8 +68,12 @@ def write_timeline_png(row: ReportRow, path: Path) -> None:
     result = row.result
     title = (
         f"{row.label}\nspeedup {result.speedup:.2f}x (ideal {result.ideal_speedup:.2f}x), "
-        f"overlap {result.overlap:.2f}"
+        f"overlap {result.overlap:.2f} (median of {result.rounds} rounds)"
     )
+    drawn = dict(runs).get("concurrent")
+    if drawn:
+        # The picture shows one round's first calls: the overlap of what is drawn is what the eye checks.
+        title += f", {overlap([line.intervals for line in drawn]):.2f} in the calls drawn"
     if result.kernel_overlap is not None:
         title += f", kernel overlap {result.kernel_overlap:.2f}"
     figure.suptitle(title, fontsize=10)
@@ -72,12 +81,12 @@ def write_timeline_png(row: ReportRow, path: Path) -> None:
         axes = figure.add_subplot()
         axes.set_axis_off()
         axes.text(0.5, 0.5, "no timeline was recorded", ha="center", va="center", transform=axes.transAxes)
-        _save(figure, path)
-        return
+        return figure
     colours = _lane_colours(result.lane_names, runs)
     grid = figure.add_gridspec(len(runs), 1, height_ratios=[len(lines) for _, lines in runs])
     shared_end = max((_end_ms(lines) for run, lines in runs if run in SHARED_CLOCK), default=0.0)
     shared: Axes | None = None
+    placed = []
     for index, (run, lines) in enumerate(runs):
         on_shared_clock = run in SHARED_CLOCK
         axes = figure.add_subplot(grid[index], sharex=shared if on_shared_clock else None)
@@ -86,15 +95,26 @@ def write_timeline_png(row: ReportRow, path: Path) -> None:
         _draw_run(axes, run, lines, colours)
         end = shared_end if on_shared_clock else _end_ms(lines)
         axes.set_xlim(0.0, end * 1.02 if end > 0 else 1.0)
+        placed.append((axes, run, lines))
+    figure.canvas.draw()  # lays the axes out, so their widths in pixels are known
+    for axes, run, lines in placed:
+        note = drawn_note(run, lines, result.micro_batches is not None)
+        joined = _most_joined(lines, _pixels_per_ms(axes))
+        if joined > 1:
+            note += f"; up to {joined} of them run together into one bar at this scale (zoom in the trace)"
+        axes.set_title(note, fontsize=7, loc="left")
     axes.set_xlabel("ms from the start of each run")
-    _save(figure, path)
+    return figure
 
 
 def write_session_png(rows: Sequence[ReportRow], path: Path) -> None:
-    """Put every call's measured speedup beside what perfect overlap would give, to spot the laggards.
+    """Put every call's measured speedup beside what perfect overlap would give, to spot the laggards."""
+    _save(session_figure(rows), path)
 
-    Rows with a failed verdict are red, so the chart agrees with the table at a glance.
-    """
+
+def session_figure(rows: Sequence[ReportRow]) -> Figure:
+    """The session chart. Rows with a failed verdict are red, so the chart agrees with the table at a
+    glance, and a speedup bound the call was judged against is drawn on its row."""
     require_matplotlib()
     figure = _new_figure(SESSION_BASE_PX + SESSION_ROW_PX * max(len(rows), 1))
     axes = figure.add_subplot()
@@ -102,8 +122,7 @@ def write_session_png(rows: Sequence[ReportRow], path: Path) -> None:
     if not rows:
         axes.set_axis_off()
         axes.text(0.5, 0.5, "no dual_infer results", ha="center", va="center", transform=axes.transAxes)
-        _save(figure, path)
-        return
+        return figure
     positions = list(range(len(rows)))
     speedups = [_finite(row.result.speedup) for row in rows]
     below = [
@@ -115,26 +134,41 @@ def write_session_png(rows: Sequence[ReportRow], path: Path) -> None:
         for speedup, row in zip(speedups, rows, strict=True)
     ]
     ideals = [_finite(row.result.ideal_speedup) for row in rows]
-    colours = ["tab:red" if row.failed else "tab:blue" for row in rows]
-    axes.barh(
-        positions,
-        speedups,
-        height=0.6,
-        color=colours,
-        xerr=[below, above],
-        error_kw={"ecolor": "black", "capsize": 3, "linewidth": 1},
-        label="measured speedup (95% CI)",
-    )
+    for failed, label in ((False, "measured speedup (95% CI)"), (True, "measured speedup, a verdict failed")):
+        chosen = [index for index, row in enumerate(rows) if row.failed is failed]
+        if chosen:
+            axes.barh(
+                chosen,
+                [speedups[index] for index in chosen],
+                height=0.6,
+                color="tab:red" if failed else "tab:blue",
+                xerr=[[below[index] for index in chosen], [above[index] for index in chosen]],
+                error_kw={"ecolor": "black", "capsize": 3, "linewidth": 1},
+                label=label,
+            )
     axes.scatter(ideals, positions, marker="D", color="tab:orange", zorder=3, label="ideal speedup")
+    bounds = [
+        (decision.bound, position)
+        for position, row in zip(positions, rows, strict=True)
+        for decision in row.result.decisions
+        if decision.metric == "speedup"
+    ]
+    if bounds:
+        axes.scatter(
+            [bound for bound, _ in bounds], [position for _, position in bounds], marker="|", s=400,
+            linewidths=2, color="black", zorder=4, label="the speedup's bound (min=)",
+        )  # fmt: skip
     axes.axvline(1.0, color="grey", linestyle="--", linewidth=1, label="no gain (1.0x)")
     axes.set_yticks(positions, [_shorten(row.label) for row in rows], fontsize=8)
     axes.set_ylim(len(rows) - 0.5, -0.5)
-    highest = max([*ideals, *(s + a for s, a in zip(speedups, above, strict=True)), 1.0])
+    highest = max(
+        [*ideals, *(s + a for s, a in zip(speedups, above, strict=True)), *(b for b, _ in bounds), 1.0]
+    )
     axes.set_xlim(0.0, highest * 1.1)
     axes.set_xlabel("speedup over running the lanes one after the other")
     axes.grid(axis="x", alpha=0.3)
     figure.legend(loc="outside lower center", ncols=3, fontsize=8)
-    _save(figure, path)
+    return figure
 
 
 def write_matrix_png(
@@ -291,6 +325,27 @@ def _draw_run(axes: Axes, run: str, lines: Sequence[LaneTimeline], colours: dict
     axes.set_ylim(len(lines) - 0.5, -0.5)
     axes.set_ylabel(run, fontsize=9)
     axes.grid(axis="x", alpha=0.3)
+
+
+def _pixels_per_ms(axes: Axes) -> float:
+    """How many pixels one millisecond of the x axis takes (once the layout has placed the axes)."""
+    left, right = axes.get_xlim()
+    return axes.get_window_extent().width / (right - left) if right > left else 0.0
+
+
+def _most_joined(lines: Sequence[LaneTimeline], pixels_per_ms: float) -> int:
+    """The most bars of one lane that a gap of under a pixel leaves looking like one."""
+    most = 1
+    for line in lines:
+        run_length, previous_end = 1, None
+        for start, end in sorted(line.intervals):
+            if previous_end is not None and (start - previous_end) * 1e3 * pixels_per_ms < 1.0:
+                run_length += 1
+            else:
+                run_length = 1
+            most = max(most, run_length)
+            previous_end = end
+    return most
 
 
 def _end_ms(lines: Sequence[LaneTimeline]) -> float:

@@ -82,7 +82,7 @@ def profile_pass(
         for label, intervals in sorted(groups.items())
     ]
     kernel_overlap = overlap([line.intervals for line in tracks])
-    return KernelProfile([_capped(line) for line in tracks], kernel_overlap)
+    return KernelProfile([line.capped(TRACK_LIMIT) for line in tracks], kernel_overlap)
 
 
 def all_threads_config() -> Any:
@@ -160,7 +160,3 @@ def _merged(intervals: list[Interval]) -> list[Interval]:
         else:
             merged.append((start, end))
     return merged
-
-
-def _capped(line: LaneTimeline) -> LaneTimeline:
-    return LaneTimeline(line.lane, line.intervals[:TRACK_LIMIT])

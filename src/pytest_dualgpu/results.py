@@ -328,7 +328,14 @@ class DualResult:
             "measuring_seconds": self.measuring_seconds,
             "dropped_rounds": self.dropped_rounds,
             "timelines": {
-                run: [{"lane": line.lane, "intervals": [list(iv) for iv in line.intervals]} for line in lines]
+                run: [
+                    {
+                        "lane": line.lane,
+                        "intervals": [list(iv) for iv in line.intervals],
+                        **({"total": line.total} if line.total is not None else {}),
+                    }
+                    for line in lines
+                ]
                 for run, lines in self.timelines.items()
             },
         }
@@ -395,7 +402,9 @@ class DualResult:
             dropped_rounds=data.get("dropped_rounds", 0),
             timelines={
                 run: [
-                    LaneTimeline(line["lane"], tuple(_interval(iv) for iv in line["intervals"]))
+                    LaneTimeline(
+                        line["lane"], tuple(_interval(iv) for iv in line["intervals"]), line.get("total")
+                    )
                     for line in lines
                 ]
                 for run, lines in data.get("timelines", {}).items()

@@ -47,10 +47,17 @@ def overlap(lanes: Sequence[Sequence[Interval]]) -> float:
 
 @dataclass(frozen=True)
 class LaneTimeline:
-    """One lane's intervals in one run, kept for traces and for diagnosing a missing overlap."""
+    """One lane's intervals in one run, kept for traces and for diagnosing a missing overlap; ``total`` is
+    how many the lane had where only the first are kept (None: all are)."""
 
     lane: str
     intervals: tuple[Interval, ...]
+    total: int | None = None
+
+    def capped(self, limit: int) -> LaneTimeline:
+        if len(self.intervals) <= limit:
+            return self
+        return LaneTimeline(self.lane, self.intervals[:limit], self.total or len(self.intervals))
 
     @property
     def busy(self) -> float:
@@ -59,6 +66,20 @@ class LaneTimeline:
     @property
     def envelope(self) -> Interval:
         return (min(start for start, _ in self.intervals), max(end for _, end in self.intervals))
+
+
+def drawn_note(run: str, lines: Sequence[LaneTimeline], micro_batches: bool = False) -> str:
+    """What a run's bars are, and whether all of them are there: said on every picture and trace."""
+    if run == "kernels":
+        what = "each bar a busy stretch of kernels (kernels that touch are joined)"
+    else:
+        what = "each bar one micro-batch" if micro_batches else "each bar one call"
+    cut = [line for line in lines if line.total is not None and line.total > len(line.intervals)]
+    if not cut:
+        return what
+    drawn = max(len(line.intervals) for line in cut)
+    total = max(line.total or 0 for line in cut)
+    return f"{what}; only the first {drawn} of {total} per lane are drawn"
 
 
 #: The runs of a result, in the order their tracks are shown, and how each is titled.
@@ -77,10 +98,12 @@ def chrome_trace(
     """
     events: list[dict[str, Any]] = []
     runs = [run for run in TRACE_RUNS if timelines.get(run)]
+    micro_batches = bool(details.get("micro_batches"))
     for pid, run in enumerate(runs, start=1):
         label = TRACE_RUNS[run]
         if run == "concurrent":
             label = f"{title}: {label}" + (f" ({details['mode']})" if "mode" in details else "")
+        label += f" - {drawn_note(run, timelines[run], micro_batches)}"
         events.append(_metadata("process_name", pid, 0, name=label))
         events.append(_metadata("process_sort_index", pid, 0, sort_index=pid))
         for tid, line in enumerate(timelines[run], start=1):
@@ -98,7 +121,16 @@ def chrome_trace(
                         "dur": max(0.0, end - start) * 1e6,
                     }
                 )
-    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"title": title, **details}}
+    drawn = {
+        f"overlap_of_drawn_{run}": overlap([line.intervals for line in timelines[run]])
+        for run in runs
+        if run != "kernels"
+    }
+    return {
+        "traceEvents": events,
+        "displayTimeUnit": "ms",
+        "otherData": {"title": title, **details, **drawn},
+    }
 
 
 def _metadata(kind: str, pid: int, tid: int, **args: Any) -> dict[str, Any]:
