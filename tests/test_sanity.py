@@ -3,6 +3,7 @@ each on hand-made rounds whose answer is known, with a positive and a negative c
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -343,3 +344,21 @@ def test_samples_too_short_for_the_timer_are_flagged() -> None:
     warning = block_warning(measured.samples, measured.reps)
     assert warning is not None
     assert warning.startswith("samples too short to time well")
+
+
+def test_medians_said_to_lean_the_other_way_visibly_do() -> None:
+    honest = result_of([jitter(4e-3, 12), jitter(4e-3, 12)], jitter(8e-3, 12), jitter(4.2e-3, 12))
+
+    def undecided(speedup: float, sequential: float, concurrent: float) -> list[str]:
+        result = dataclasses.replace(
+            honest,
+            speedup=speedup,
+            speedup_ci=(0.8, 1.2),
+            sequential=dataclasses.replace(honest.sequential, median=sequential),
+            concurrent=dataclasses.replace(honest.concurrent, median=concurrent),
+        )
+        return [warning for warning in assess(result).warnings if "lean the other way" in warning]
+
+    assert undecided(0.97, 1.14e-3, 1.10e-3), "0.97x per round, yet faster at once by the medians"
+    assert not undecided(0.998, 1.141e-3, 1.139e-3), "both read 1.00x and 1.14 ms: nothing leans"
+    assert not undecided(0.97, 1.14e-3, 1.15e-3), "both lean the same way"

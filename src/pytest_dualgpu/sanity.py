@@ -138,18 +138,25 @@ def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
             )
 
 
+def _leans(ratio: float) -> int:
+    """Which way a ratio of times points (1 faster at once, -1 slower), 0 where it shows as 1.00x."""
+    return 0 if round(ratio, 2) == 1.0 else 1 if ratio > 1 else -1
+
+
 def _contradictions(result: DualResult, found: Assessment) -> None:
     """The speedup is a median of per-round ratios, the time columns medians of each variant apart; where
     they point different ways, say which to believe."""
     against_one = Bound("speedup", 1.0).decide_on(result)
     faster_at_once = result.concurrent.median < result.sequential.median
+    by_medians = result.sequential.median / result.concurrent.median if result.concurrent.median > 0 else 1.0
+    per_round = _leans(result.speedup)
     if (against_one == stats.PASS and not faster_at_once) or (against_one == stats.FAIL and faster_at_once):
         found.problems.append(
             f"the rounds contradict each other: speedup {result.speedup:.2f}x per round, but the medians "
             f"are {_ms(result.sequential.median)} back to back and {_ms(result.concurrent.median)} at once; "
             "the machine's speed changed between rounds more than concurrency changed it"
         )
-    elif against_one == stats.INCONCLUSIVE and (result.speedup > 1) != faster_at_once:
+    elif against_one == stats.INCONCLUSIVE and per_round != 0 and per_round == -_leans(by_medians):
         lo, hi = result.speedup_ci
         found.warnings.append(
             f"no gain or loss beyond noise: speedup {result.speedup:.2f}x [95% CI {lo:.2f}, {hi:.2f}] "

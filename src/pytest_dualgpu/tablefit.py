@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from .report import ALWAYS, Column, ReportRow, format_table
 
-FIRST_CUT = 48  # a test id longer than this is cut before any column is left out
+FIRST_CUT = 40  # a test id longer than this is cut before any column is left out
+COMPACT_BEFORE = 50  # columns of this priority or more go only after the compact forms are in
 NARROWEST = {"left": 20, "right": 16}  # a shortened column keeps at least this many characters
 
 
@@ -71,16 +72,18 @@ def fit_columns(rows: Sequence[ReportRow], columns: Sequence[Column], width: int
     for column in chosen:
         if column.shortened == "left" and _longest(rows, column) > FIRST_CUT:
             shorten(column, FIRST_CUT)
-    kept = [column for column in chosen if column.priority >= ALWAYS]
-    if max(map(len, format_table(rows, kept).splitlines())) > width:
-        # Even the columns always kept do not fit: their compact forms come before leaving more out.
-        for index, column in enumerate(chosen):
-            if column.compact is not None:
-                chosen[index] = dataclasses.replace(column, cell=column.compact, compact=None)
-                shortened.append(column.header)
-    for column in sorted((c for c in chosen if c.priority < ALWAYS), key=lambda c: c.priority):
+    droppable = sorted((c for c in chosen if c.priority < ALWAYS), key=lambda c: c.priority)
+    for column in droppable:
         if excess() <= 0:
             break
+        if column.priority >= COMPACT_BEFORE:
+            # The figures that matter most are worth more than the long form of a column kept anyway.
+            for index, kept in enumerate(chosen):
+                if kept.compact is not None:
+                    chosen[index] = dataclasses.replace(kept, cell=kept.compact, compact=None)
+                    shortened.append(kept.header)
+            if excess() <= 0:
+                break
         chosen.remove(column)
         if not column.optional or any(column.cell(row) != "-" for row in rows):
             left_out.append(column.header)
