@@ -9,6 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from pytest_dualgpu.lanes import busy
+
 
 class SleepLane(nn.Module):
     """Positive control: sleeping releases the GIL, so two of these overlap almost perfectly."""
@@ -19,6 +21,24 @@ class SleepLane(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(self.seconds)
+        return x * 2
+
+
+TURN = threading.Lock()
+
+
+class TurnLane(nn.Module):
+    """Negative control that no machine's load can change: sleeps holding a lock every such lane shares,
+    so two of these take strict turns (GIL turn-taking drifts into overlap on a loaded runner). Only the
+    sleep is marked busy, as the GIL's wait is not part of a GIL-bound lane's own turn either."""
+
+    def __init__(self, seconds: float = 0.01) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with TURN, busy():
+            time.sleep(self.seconds)
         return x * 2
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pytest_dualgpu.cli import COMMAND_EXAMPLES, build_parser
+from pytest_dualgpu.cli import COMMAND_EXAMPLES, build_parser, main
 
 DUALGPU = str(Path(sys.executable).with_name("dualgpu"))
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report-schema.json").read_text())
@@ -149,6 +149,12 @@ def without_columns() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name != "COLUMNS"}
 
 
+def measured(cell: str) -> bool:
+    """A matrix cell of a measured pair: speedup / efficiency, flagged UNRELIABLE where this machine was
+    too noisy to trust it (it is still measured, not "failed")."""
+    return re.fullmatch(r"\d+\.\d+x / (-|-?\d+\.\d+)( WRONG)?( UNRELIABLE)?", cell) is not None
+
+
 def table(text: str) -> list[list[str]]:
     """The rows of a tabulate "simple" table (header first), cells split on runs of two spaces."""
     lines = text.splitlines()
@@ -234,8 +240,7 @@ def test_the_matrix_is_symmetric_with_every_model_beside_a_copy_of_itself(tmp_pa
     for i in range(3):
         for j in range(3):
             assert cells[i][j] == cells[j][i]
-            # A measured cell, flagged UNRELIABLE where this machine was too noisy to trust it.
-            assert re.fullmatch(r"\d+\.\d+x / (-|-?\d+\.\d+)( UNRELIABLE)?", cells[i][j]), cells[i][j]
+            assert measured(cells[i][j]), cells[i][j]
     assert "verdict: " in done.stdout
     assert "pairings gain beyond noise" in done.stdout
     names = [row["name"] for row in json.loads(report.read_text())["results"]]
@@ -307,8 +312,7 @@ def test_a_failing_model_fills_its_cells_and_the_rest_of_the_matrix_still_runs(z
     done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Broken", "--inputs", "4x16", *FAST)
     assert done.returncode == 1
     _, small, broken = table(done.stdout)
-    # Measured: a speedup / efficiency cell (flagged UNRELIABLE where this machine was noisy), not "failed".
-    assert small[1].split()[0].endswith("x"), f"Small beside Small was measured: {small[1]!r}"
+    assert measured(small[1]), f"Small beside Small was measured: {small[1]!r}"
     assert small[2] == broken[1] == broken[2] == "failed"
     assert "Small + Broken failed: LaneError: lane 'Broken' raised RuntimeError" in done.stdout
     assert "broken on purpose" in done.stdout
@@ -467,25 +471,46 @@ MLP = f"{DEMO}:MLP"
         (["profile", MLP, MLP, "--json", f"{__file__}/out.json"], "is a file, so"),
     ],
 )
-def test_bad_usage_exits_2_and_shows_the_accepted_forms(args: list[str], message: str) -> None:
-    done = dualgpu(*args)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert message in done.stderr
+def test_bad_usage_exits_2_and_shows_the_accepted_forms(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In this process: the console script adds only `sys.exit(main())`, which
+    # test_the_console_script_exits_with_main_s_code covers, and a subprocess per case costs a torch import.
+    code = in_process(*args)
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert message in err
+
+
+def in_process(*args: str) -> int:
+    """``dualgpu ARGS`` run by ``main`` here; its exit code, argparse's included."""
+    try:
+        return main(list(args))
+    except SystemExit as exit:
+        return int(exit.code or 0)
+
+
+def test_the_console_script_exits_with_main_s_code() -> None:
+    assert dualgpu("profile", "justaname", MLP).returncode == 2
+    assert dualgpu("profile", "--budget", "-1", MLP, MLP).returncode == 2
+    assert dualgpu("--version").returncode == 0
 
 
 @pytest.mark.parametrize("command", sorted(COMMAND_EXAMPLES))
-def test_each_command_helps_with_its_own_usage_and_examples(command: str) -> None:
-    done = dualgpu(command, "--help")
-    assert done.returncode == 0
-    assert done.stdout.startswith(f"usage: dualgpu {command} ")
-    examples = done.stdout[done.stdout.index("examples:") :]
+def test_each_command_helps_with_its_own_usage_and_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert in_process(command, "--help") == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith(f"usage: dualgpu {command} ")
+    examples = help_text[help_text.index("examples:") :]
     for other, lines in COMMAND_EXAMPLES.items():
         for line in lines:
             assert (line in examples) is (other == command), line
-    assert ("models:  package.module:name" in done.stdout) is (command in ("profile", "matrix", "sweep"))
+    assert ("models:  package.module:name" in help_text) is (command in ("profile", "matrix", "sweep"))
     assert (
         "exit codes: 0 ok, 1 a model failed or gave wrong outputs (doctor: a check failed), 2 bad usage,\n"
-        "            130 interrupted" in done.stdout
+        "            130 interrupted" in help_text
     )
 
 
@@ -520,7 +545,7 @@ def test_ctrl_c_prints_what_finished(zoo: Path) -> None:
     assert process.returncode == 130, stdout + seen + stderr
     header, *rows = table(stdout)
     assert header[1:] == ["Sleepy", "Small", "Small-2"]
-    assert re.match(r"\d+\.\d+x / ", rows[0][1]), "the first pair finished and is shown"
+    assert measured(rows[0][1]), "the first pair finished and is shown"
     assert "..." in [cell for row in rows for cell in row], "pairs not measured are marked"
     assert "interrupted: " in stderr
     assert " of 6 measured" in stderr
@@ -556,7 +581,7 @@ def test_a_model_that_fails_to_build_fails_its_cells_not_the_matrix(zoo: Path) -
     done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Boom", "--inputs", "4x16", *FAST)
     assert done.returncode == 1, done.stdout + done.stderr
     _, small, boom = table(done.stdout)
-    assert small[1].endswith(tuple("0123456789"))
+    assert measured(small[1]), small[1]
     assert small[2] == boom[1] == boom[2] == "failed"
     assert "Boom() raised RuntimeError: no weights here" in done.stdout
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from models import GilLane, SleepLane
+from models import SleepLane, TurnLane
 
 from pytest_dualgpu import dual_infer, gpustate
 from pytest_dualgpu.diagnosis import no_overlap_hint
@@ -110,7 +110,7 @@ def test_the_no_overlap_hint_names_the_settings_that_forbid_or_distort_overlap(
 ) -> None:
     for name in ("CUDA_LAUNCH_BLOCKING", "CUDA_DEVICE_MAX_CONNECTIONS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
-    turns = dual_infer(GilLane(0.003), GilLane(0.003), torch.ones(2), mode="threads", **FAST)
+    turns = dual_infer(TurnLane(0.003), TurnLane(0.003), torch.ones(2), mode="threads", **FAST)
     assert turns.overlap < 0.1
     assert "holds the GIL" in (no_overlap_hint(turns) or "")
     monkeypatch.setenv("OMP_NUM_THREADS", "64")
