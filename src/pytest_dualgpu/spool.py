@@ -46,7 +46,7 @@ class CallSpool:
 
 
 class WorkerSpool:
-    """A worker's end: appends each finished call, flushed, so a crash right after it keeps it."""
+    """A worker's end: appends each finished call and closes the file, so a crash right after keeps it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

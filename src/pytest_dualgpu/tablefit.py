@@ -22,10 +22,11 @@ NARROWEST = {"left": 20, "right": 16}  # a shortened column keeps at least this 
 
 @dataclass(frozen=True)
 class Fitted:
+    """The columns to show, the headers left out and shortened, and the width they were fitted to."""
+
     columns: list[Column]
     left_out: list[str]
     shortened: list[str]
-
     width: int | None = None
 
     def note(self, wide: str) -> str | None:
