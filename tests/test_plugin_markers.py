@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -420,3 +421,16 @@ def test_a_correct_verdict_that_compared_no_tensor_does_not_say_pass(suite: pyte
         "not judged (no tensor)",
         "warn",
     ]
+
+
+def test_the_correct_verdict_names_every_lane_without_a_tensor() -> None:
+    result = dual_infer.many([SleepLane(0.001)] * 3, [torch.ones(2)] * 3, budget=0.05)
+    specs = {"dualgpu_correct": parse_marker("dualgpu_correct", (), {})}
+    some = judge(dataclasses.replace(result, without_tensors=result.lane_names[1:]), specs)["correct"]
+    assert (some.status, some.message) == (
+        "warn",
+        "lanes 'SleepLane-2', 'SleepLane-3' returned no tensor, so only the other lanes' numbers were "
+        "compared",
+    )
+    every = judge(dataclasses.replace(result, without_tensors=result.lane_names), specs)["correct"]
+    assert every.status == "not judged (no tensor)"

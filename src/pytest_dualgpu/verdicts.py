@@ -269,11 +269,11 @@ def _judge_correct(result: DualResult, _spec: CorrectSpec) -> Verdict:
                 "model computes",
             )
         if empty:
-            named = ", ".join(repr(name) for name in empty)
+            named = ("lane " if len(empty) == 1 else "lanes ") + ", ".join(repr(name) for name in empty)
             return Verdict(
                 "correct",
                 WARN,
-                f"lane {named} returned no tensor, so only the other lanes' numbers were compared",
+                f"{named} returned no tensor, so only the other lanes' numbers were compared",
             )
         if result.uncomparable:
             shown = "; ".join(result.uncomparable[:3]) + ("; ..." if len(result.uncomparable) > 3 else "")
