@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from models import GilLane, SleepLane
+from models import GilLane, SleepLane, TurnLane
 
 from pytest_dualgpu import DualResult, dual_infer
 from pytest_dualgpu.diagnosis import no_overlap_hint
@@ -27,22 +27,23 @@ def on_gpu(result: DualResult, **changes: object) -> DualResult:
 
 
 def test_each_cause_is_named_from_the_measurement() -> None:
-    measured = dual_infer(GilLane(0.002), GilLane(0.002), torch.ones(2), mode="threads", **FAST)
+    # Lanes that take strict turns on a lock: no overlap whatever the machine's load (GIL turns drift).
+    measured = dual_infer(TurnLane(0.002), TurnLane(0.002), torch.ones(2), mode="threads", **FAST)
     slow, fast = (lane.alone.median for lane in measured.lanes)
-    busiest = "GilLane" if slow >= fast else "GilLane-2"
+    busiest = "TurnLane" if slow >= fast else "TurnLane-2"
     took_as_long = {
         "concurrent": [
             {"lane": busiest, "intervals": [[0.0, max(slow, fast)]]},
-            {"lane": "GilLane-2" if busiest == "GilLane" else "GilLane", "intervals": [[1.0, 1.001]]},
+            {"lane": "TurnLane-2" if busiest == "TurnLane" else "TurnLane", "intervals": [[1.0, 1.001]]},
         ]
     }
     saturated = no_overlap_hint(on_gpu(measured, timelines=took_as_long))
     assert saturated is not None
     assert saturated.startswith(f"lane {busiest!r} alone already fills the GPU")
-    syncs = [{"lane": "GilLane", "where": "model.py:12", "call": "x.item()"}]
+    syncs = [{"lane": "TurnLane", "where": "model.py:12", "call": "x.item()"}]
     synced = no_overlap_hint(on_gpu(measured, sync={"implicit_syncs": syncs}))
     assert synced == (
-        "host syncs inside the lanes stall the others: lane 'GilLane' at model.py:12 (x.item()); keep "
+        "host syncs inside the lanes stall the others: lane 'TurnLane' at model.py:12 (x.item()); keep "
         ".item(), .cpu() and nonzero out of forward"
     )
     one_thread = no_overlap_hint(on_gpu(measured, mode="streams", timelines={}))
