@@ -158,11 +158,11 @@ def test_speedup_failure_gives_value_bound_interval_and_hint(suite: pytest.Pytes
         """
         import pytest
         import torch
-        from inner_models import Gil, Sleep
+        from inner_models import Sleep, Turns
 
         @pytest.mark.dualgpu_speedup(min=1.9, device="cpu")
-        def test_gil_bound_pair(dual_infer):
-            dual_infer(Gil(), Gil(), torch.ones(4), mode="threads")
+        def test_turn_taking_pair(dual_infer):
+            dual_infer(Turns(), Turns(), torch.ones(4), mode="threads")
 
         @pytest.mark.dualgpu_speedup(min=2.5, device="cpu")
         def test_bound_above_ideal(dual_infer):
@@ -177,8 +177,9 @@ def test_speedup_failure_gives_value_bound_interval_and_hint(suite: pytest.Pytes
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(
         [
-            "*dualgpu_speedup failed for 'Gil+Gil-2' (call 1 of 1): speedup below the bound 1.90x: speedup "
-            "*x [[]95% CI *, *] of an ideal *x, efficiency *, overlap *, mode 'threads' on cpu; hint: *",
+            "*dualgpu_speedup failed for 'Turns+Turns-2' (call 1 of 1): speedup below the bound 1.90x: "
+            "speedup *x [[]95% CI *, *] of an ideal *x, efficiency *, overlap *, mode 'threads' on cpu; "
+            "hint: *",
             "*dualgpu_speedup failed for 'Sleep+Sleep-2'*hint: the bound 2.50x is above the ideal *",
             "*dualgpu_speedup failed for 'Sleep+Sleep-2'*efficiency below the bound 0.90*hint: the call "
             "ran in 'sequential' mode*",

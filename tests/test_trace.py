@@ -17,13 +17,13 @@ FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 
 TWO_TESTS = """
 import torch
-from inner_models import Gil, Sleep
+from inner_models import Sleep, Turns
 
 def test_sleeping(dual_infer):
     dual_infer(Sleep(0.003), Sleep(0.003), torch.ones(2), name="sleepers")
 
-def test_holding_the_gil(dual_infer):
-    dual_infer(Gil(0.003), Gil(0.003), torch.ones(2))
+def test_taking_turns(dual_infer):
+    dual_infer(Turns(0.003), Turns(0.003), torch.ones(2))
 """
 
 
@@ -51,7 +51,7 @@ def test_a_trace_per_result_with_a_track_per_lane_in_each_run(suite: pytest.Pyte
     files = sorted(path.name for path in (suite.path / "traces").iterdir())
     assert files == sorted(
         f"{result_file_stem(nodeid, 1)}.trace.json"
-        for nodeid in ("test_two.py::test_sleeping", "test_two.py::test_holding_the_gil")
+        for nodeid in ("test_two.py::test_sleeping", "test_two.py::test_taking_turns")
     )
     sleeping = json.loads(
         (
@@ -71,10 +71,10 @@ def test_a_trace_per_result_with_a_track_per_lane_in_each_run(suite: pytest.Pyte
 
     gil = json.loads(
         (
-            suite.path / "traces" / f"{result_file_stem('test_two.py::test_holding_the_gil', 1)}.trace.json"
+            suite.path / "traces" / f"{result_file_stem('test_two.py::test_taking_turns', 1)}.trace.json"
         ).read_text()
     )
-    assert overlap(by_run(gil, "concurrent run")) < 0.2, "lanes that hold the GIL take turns"
+    assert overlap(by_run(gil, "concurrent run")) < 0.2, "lanes that take turns do not overlap"
 
 
 def test_chrome_trace_lines_runs_up_from_zero_in_microseconds() -> None:
