@@ -10,6 +10,7 @@ from models import MLP, SmallCNN, TinyTransformer, in_lane_thread, text_inputs
 
 from pytest_dualgpu import ConcurrentOutOfMemoryError, LaneError, dual_infer, place_model
 from pytest_dualgpu.backends import lane_streams
+from pytest_dualgpu.lanes import ThreadsMode
 
 pytestmark = [
     pytest.mark.cuda,
@@ -150,10 +151,17 @@ def test_lane_streams_are_created_once_per_device_and_lane() -> None:
 
 
 class Hog(torch.nn.Module):
-    """Fine alone; in the concurrent run holds 256 MiB and then asks for more than the GPU has."""
+    """Fine alone and in its first calls on its lane thread (made alone too); in the concurrent run holds
+    256 MiB and then asks for more than the GPU has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lane_thread_calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if in_lane_thread():
+            self.lane_thread_calls += 1
+        if self.lane_thread_calls > ThreadsMode.FIRST_CALLS:
             held = torch.empty(256 * 2**20, dtype=torch.uint8, device=x.device)
             total = torch.cuda.get_device_properties(x.device).total_memory
             held += torch.empty(2 * total, dtype=torch.uint8, device=x.device)[: held.numel()]

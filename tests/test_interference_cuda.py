@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pytest_dualgpu import dual_infer
+from pytest_dualgpu.backends import gpu_sleep
 
 pytestmark = [
     pytest.mark.cuda,
@@ -25,26 +26,30 @@ class KernelSleep(torch.nn.Module):
 
 
 class FillsTheGpu(torch.nn.Module):
-    """Large matrix products back to back: every SM busy for milliseconds."""
+    """Large matrix products back to back: every SM busy for milliseconds, in waves of blocks that each
+    take a whole SM."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(8):
+        for _ in range(4):
             x = x @ x
             x = x / x.norm()
         return x
 
 
 class Critical(torch.nn.Module):
-    """A few small kernels: quick alone, and easily stuck behind a neighbour's big ones."""
+    """Quick alone, and bound by the GPU rather than by its launches (a sleep kernel of 300 us comes
+    first), so what it waits for at once is SMs: its product needs whole SMs, which a neighbour's blocks
+    hold until they end. A lane bound by its host thread gains nothing from a stream's priority: on an
+    H200 both priorities measured the same p99 slowdown for four small layers (2.7x), and for a 50 us
+    sleep on a lane thread (3.7x), while the 50 us sleep issued from the caller's thread gained."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.linear = torch.nn.Linear(256, 256)
+        self.weight = torch.nn.Parameter(torch.randn(1024, 1024, dtype=torch.float16) / 32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(4):
-            x = torch.relu(self.linear(x))
-        return x
+        gpu_sleep(300e-6)
+        return torch.relu(x @ self.weight)
 
 
 def test_each_lane_s_latency_comes_from_its_own_stream() -> None:
@@ -61,8 +66,8 @@ def test_a_high_priority_lane_keeps_its_tail_beside_a_lane_that_fills_the_gpu(mo
     critical = Critical().cuda().eval()
     heavy = FillsTheGpu().cuda().eval()
     inputs = [
-        torch.randn(32, 256, device="cuda"),
-        torch.randn(4096, 4096, device="cuda", dtype=torch.float16),
+        torch.randn(1024, 1024, device="cuda", dtype=torch.float16),
+        torch.randn(8192, 8192, device="cuda", dtype=torch.float16),
     ]
     slowdowns = {}
     for priority in ("normal", "high"):

@@ -74,6 +74,7 @@ def test_header_machine_and_markers_on_cuda(suite: pytest.Pytester) -> None:
         "sync": None,
         "speedup": "pass",
         "memory": "pass",
+        "interference": None,
     }
     assert rows["test_too_much_memory"]["memory"]["concurrent"] > 1024
 
@@ -113,7 +114,8 @@ def test_the_example_suite_passes_on_the_gpu(tmp_path: Path) -> None:
     )  # fmt: skip
     print(completed.stdout)
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "5 passed" in completed.stdout
+    assert "7 passed" in completed.stdout
+    assert "skipped" not in completed.stdout  # the CUDA example runs too
     verdicts = [row["verdicts"]["speedup"] for row in json.loads(report.read_text())["results"]]
     assert "not judged (cpu)" not in verdicts
 

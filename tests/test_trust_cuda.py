@@ -64,14 +64,18 @@ def test_a_quiet_gpu_pair_stops_once_its_interval_is_narrow(x: torch.Tensor) -> 
     assert result.speedup > 1.6
 
 
-@pytest.mark.parametrize(("bound", "status"), [(0.8, "pass"), (1.0, "inconclusive"), (1.25, "fail")])
+@pytest.mark.parametrize(
+    ("bound", "statuses"), [(0.8, {"pass"}), (1.0, {"inconclusive", "fail"}), (1.25, {"fail"})]
+)
 def test_bounds_around_a_known_gpu_speedup_are_decided_as_on_cpu(
-    x: torch.Tensor, bound: float, status: str
+    x: torch.Tensor, bound: float, statuses: set[str]
 ) -> None:
+    """Two lanes that share one stream cannot beat 1x. Right at 1 the threads' own cost can decide it
+    below (on an H200: 0.95 [0.90, 0.98]), but never above."""
     shared = torch.cuda.Stream()
     lanes = KernelSleep(2_000_000, shared), KernelSleep(2_000_000, shared)
     result = dual_infer(*lanes, x, mode="threads", budget=0.5, bounds={"speedup": bound})
-    assert result.decisions[0].status == status, (result.speedup, result.speedup_ci)
+    assert result.decisions[0].status in statuses, (result.speedup, result.speedup_ci)
 
 
 def test_a_gpu_lane_that_hangs_in_its_first_call_is_named_within_the_timeout(x: torch.Tensor) -> None:

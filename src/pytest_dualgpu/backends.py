@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import threading
 import time
 import traceback
 import warnings
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -284,6 +286,7 @@ class CudaBackend(Backend):
             # treating the process as capturing.
             torch.cuda.set_stream(previous)
             _abandon_pool(self.device, pool)
+            _end_generator_capture(self.device)
             # The pinned host allocator keeps a capture filter that points into the graph object, and
             # torch has no call to remove it: the object must outlive the process, or the filter would
             # read freed memory on every pinned allocation.
@@ -345,7 +348,9 @@ def host_syncs_in_this_thread(
     shown = warnings.showwarning
 
     def record(message: Any, category: Any, filename: str, lineno: int, *rest: Any, **more: Any) -> None:
-        if threading.get_ident() != mine or "synchroniz" not in str(message):
+        if SYNC_MODE_NOTICE in str(message):
+            return  # ours: we turned the mode on
+        if threading.get_ident() != mine or SYNC_WARNING not in str(message):
             shown(message, category, filename, lineno, *rest, **more)
             return
         caught.append(f"{filename}:{lineno}: {message}")
@@ -362,6 +367,11 @@ def host_syncs_in_this_thread(
         finally:
             torch.cuda.set_sync_debug_mode(previous)
 
+
+#: What torch's sync debug mode warns with (c10/cuda ``warn_or_error_on_sync``). Matched exactly: turning
+#: the mode on also warns, once per process, that it "does not yet detect all synchronizing operations".
+SYNC_WARNING = "called a synchronizing CUDA operation"
+SYNC_MODE_NOTICE = "Synchronization debug mode is a prototype feature"
 
 #: One sync-debug window at a time: the mode and ``warnings.showwarning`` are process-wide.
 _SYNC_DEBUG = threading.Lock()
@@ -400,6 +410,43 @@ def gpu_sleep(seconds: float, device: torch.device | int | None = None) -> None:
     else:
         index = device.index
     torch.cuda._sleep(max(1, int(seconds * sleep_cycles_per_second(index))))
+
+
+def own_graph_trees() -> None:
+    """Give this thread CUDA graph trees of its own (models compiled with ``mode="reduce-overhead"``).
+
+    torch keeps them per thread, but before it learnt to set them up in any thread it found them only in
+    the thread that imported it and in autograd's: a compiled model called on a lane thread failed an
+    assertion in ``cudagraph_trees.get_obj`` (seen with torch 2.11). Only where trees are in use and torch
+    cannot set them up itself: objects kept in torch's thread state are released as the thread ends, which
+    can race with the interpreter's own end.
+    """
+    trees = sys.modules.get("torch._inductor.cudagraph_trees")
+    stash = getattr(torch._C, "_stash_obj_in_tls", None)
+    if trees is None or stash is None:
+        return
+    try:
+        trees.get_obj(trees.local, "tree_manager_containers")
+    except AssertionError:
+        stash("tree_manager_containers", {})
+        stash("tree_manager_locks", defaultdict(threading.Lock))
+
+
+def _end_generator_capture(device: torch.device) -> None:
+    """Best effort: take the device's default random generator out of a failed capture.
+
+    Capture registers the generator and marks its state as capturing; only a capture that ends well
+    unmarks it, so after a failure every random op outside a capture raised "Offset increment outside
+    graph capture encountered unexpectedly" (seen with torch 2.11). A clone of the state has the same seed
+    and offset and is not capturing. Graphs captured earlier keep the old state object, so a replay of
+    one of them no longer advances the generator that eager code draws from.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    generator = torch.cuda.default_generators[index]
+    if not hasattr(generator, "graphsafe_set_state") or not hasattr(generator, "clone_state"):
+        return
+    with suppress(RuntimeError):
+        generator.graphsafe_set_state(generator.clone_state())
 
 
 def _abandon_pool(device: torch.device, pool: Any) -> None:

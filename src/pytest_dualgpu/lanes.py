@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from .backends import Backend, Stamps
+from .backends import Backend, Stamps, own_graph_trees
 from .errors import HandOffStopped, LaneError, LaneExit, LaneTimeoutError
 from .timeline import Interval
+from .trees import map_tensors
 from .workers import Worker, abandon
 
 
@@ -208,9 +209,11 @@ class Executor:
                             _repeat(self.backend, calls[index], 1, outcomes[index])
         return self._finish(origin, lanes, lanes, outcomes, reps, run)
 
-    def threads(self, reps: int, calls: Sequence[Callable[[], Any]], run: str) -> Run:
-        """Every lane on its own persistent thread, which issues to the lane's own stream."""
-        lanes = list(range(len(self.lanes)))
+    def threads(
+        self, reps: int, calls: Sequence[Callable[[], Any]], run: str, lanes: Sequence[int] | None = None
+    ) -> Run:
+        """Every lane (or those named) on its own persistent thread, which issues to the lane's own stream."""
+        lanes = list(range(len(self.lanes))) if lanes is None else list(lanes)
         outcomes = {index: _Outcome() for index in lanes}
         backend = self.backend
         autocast = inherited_autocast(backend.device.type)
@@ -364,6 +367,22 @@ class StreamsMode(Mode):
 class ThreadsMode(Mode):
     name = "threads"
 
+    #: Each lane's first calls on its own thread, made one lane at a time on CUDA.
+    FIRST_CALLS = 2
+
+    def __init__(self, executor: Executor) -> None:
+        """On CUDA, per-thread state is made before lanes run at once, and never by two lanes at once: a
+        cuBLAS handle and workspace per thread and stream, and the CUDA graph trees of a model compiled
+        with ``mode="reduce-overhead"`` (recorded on its second call; older torch does not keep two
+        threads' recordings apart)."""
+        super().__init__(executor)
+        if executor.backend.kind != "cuda":
+            return
+        first = [_after(own_graph_trees, call) for call in self.calls]
+        for index, lane in enumerate(executor.lanes):
+            run = f"first calls of lane {lane.name!r} on its thread"
+            executor.threads(self.FIRST_CALLS, first, run, [index])
+
     def concurrent(self, reps: int) -> Run:
         return self.executor.threads(reps, self.calls, f"concurrent run ({self.name})")
 
@@ -402,6 +421,28 @@ class GraphCaptureError(Exception):
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         self.reason = f"graph capture of lane {lane!r} failed: {type(error).__name__}: {first_line}"
         super().__init__(self.reason)
+
+
+def _after(first: Callable[[], None], call: Callable[[], Any]) -> Callable[[], Any]:
+    def both() -> Any:
+        first()
+        return call()
+
+    return both
+
+
+def copying(call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call``, whose output is copied the moment it returns, on the lane's own stream.
+
+    A graph replay overwrites its outputs on its next run, and so does a model compiled with
+    ``mode="reduce-overhead"`` on the next run of any graph of its thread's CUDA graph trees, which can be
+    the other lane's call: outputs read after a run of every lane must be taken as each lane returns them.
+    """
+
+    def copied() -> Any:
+        return map_tensors(call(), torch.Tensor.clone)
+
+    return copied
 
 
 def _returning(replay: Callable[[], None], outputs: Any) -> Callable[[], Any]:

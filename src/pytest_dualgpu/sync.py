@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .backends import Backend, host_syncs_in_this_thread
 from .compare import Tolerance, compare_lanes
-from .lanes import Executor, Lane
+from .lanes import Executor, Lane, copying
 from .results import SyncStats
 from .trees import iter_tensors
 
@@ -102,6 +102,7 @@ def check(
     backend = executor.backend
     names = [lane.name for lane in executor.lanes]
     calls: list[Callable[[], Any]] = list(executor.lanes)
+    kept = [copying(call) for call in calls]
     stats = SyncStats()
     if settings.detect_syncs and backend.kind == "cuda":
         stats.implicit_syncs = _host_syncs(executor, names)
@@ -112,7 +113,7 @@ def check(
             if backend.kind == "cuda":
                 poison_free_memory(backend.device)
             before = _snapshot(shared)
-            run = concurrent(delayed_calls(backend, calls, stats.seed + trial), f"race trial {trial + 1}")
+            run = concurrent(delayed_calls(backend, kept, stats.seed + trial), f"race trial {trial + 1}")
             stats.race_trials += 1
             problem = _written_inputs(shared, before)
             comparison = compare_lanes(names, reference, run.outputs, tolerance)
