@@ -14,8 +14,8 @@ from models import MLP, GilLane, SleepLane, SmallCNN, TinyTransformer, in_lane_t
 
 from pytest_dualgpu import DualResult, dual_infer
 from pytest_dualgpu.backends import Backend
+from pytest_dualgpu.modes import MODES
 from pytest_dualgpu.results import Measurement
-from pytest_dualgpu.settings import MODES
 
 FAST = {"budget": 0.1, "max_budget": 3}
 

@@ -75,7 +75,7 @@ def test_cli_beats_environment_beats_ini(
         (["--dualgpu-budget=-1"], "ERROR: dualgpu: --dualgpu-budget='-1': the budget must be*"),
         (
             ["--dualgpu-mode=turbo"],
-            "ERROR: dualgpu: --dualgpu-mode='turbo': the mode must be auto or one of sequential, streams, "
+            "ERROR: dualgpu: --dualgpu-mode='turbo': mode 'turbo' is not one of auto, sequential, streams, "
             "threads, graphs",
         ),
         (
@@ -131,7 +131,7 @@ def test_cli_beats_environment_beats_ini(
         ),
         (
             "dualgpu_mode = fast",
-            "ERROR: dualgpu: dualgpu_mode (ini)='fast': the mode must be auto or one of*",
+            "ERROR: dualgpu: dualgpu_mode (ini)='fast': mode 'fast' is not one of auto*",
         ),
         ("dualgpu_budget = soon", "ERROR: dualgpu: dualgpu_budget (ini): could not convert string to float*"),
         (

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .gpustate import GpuState, read_state
+from .modes import CUDA_CONCURRENT
 from .timeline import Interval
 from .trees import iter_tensors
 
@@ -142,7 +143,7 @@ class Backend:
 
 class CudaBackend(Backend):
     kind = "cuda"
-    concurrent_modes = ("streams", "threads", "graphs")
+    concurrent_modes = CUDA_CONCURRENT
     default_settle = 0.0
     preroll = False
     min_warmup = 0.25  # a GPU's clocks take a while to rise from idle under load

@@ -21,7 +21,7 @@ from .bounds import METRICS, Bound, figure
 from .errors import DualGpuUsageError
 from .report import ReportRow, load_report
 from .results import DualResult
-from .verdicts import parse_size, size_text
+from .units import parse_size, size_text
 
 THRESHOLD_FORMS = (
     "speedup:10%, efficiency:10% or efficiency:0.1, concurrent:10% or concurrent:2ms, memory:10% or "

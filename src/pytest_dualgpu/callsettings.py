@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .bounds import Bound, parse_bounds
 from .compare import Tolerance
 from .errors import DualGpuUsageError
-from .settings import MODES
+from .modes import checked_mode
 from .sync import SyncSettings
 
 if TYPE_CHECKING:
@@ -46,8 +46,7 @@ class CallSettings:
     priorities: Sequence[str] | Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("auto", *MODES):
-            raise DualGpuUsageError(f"mode {self.mode!r} is not one of auto, {', '.join(MODES)}")
+        checked_mode(self.mode)
         _require_positive("budget", self.budget, "seconds of measuring per call, e.g. budget=1.0")
         if self.max_budget is not None:
             _require_positive("max_budget", self.max_budget, "seconds of measuring to decide a bound")

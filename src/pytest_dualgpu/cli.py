@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .errors import DualGpuUsageError
 from .latency import Objective
+from .modes import CHOICES
 
 COMMAND_EXAMPLES = {
     "doctor": ["dualgpu doctor --device cuda --json doctor.json", "dualgpu doctor --no-self-test"],
@@ -161,9 +162,7 @@ def _add_measuring(parser: argparse.ArgumentParser, modes: bool = False, budget:
         "--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N"
     )
     mode_help = "Only this mode (default: every applicable one)" if modes else "Execution mode (default auto)"
-    parser.add_argument(
-        "--mode", choices=("auto", "sequential", "streams", "threads", "graphs"), help=mode_help
-    )
+    parser.add_argument("--mode", choices=CHOICES, help=mode_help)
     parser.add_argument(
         "--budget", type=_positive, default=budget, help=f"Seconds of measuring per call (default {budget:g})"
     )

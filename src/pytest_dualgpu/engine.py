@@ -37,11 +37,11 @@ from .lanes import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run, c
 from .latency import Latency, LatencyStats
 from .lock import MeasuringLock, Notify
 from .measure import Measured, Samples, measure_rounds, measuring_notes, reps_for, slower_start
+from .modes import MODES
 from .pipeline import PIPELINE_MODES, HandOff, PipelineCalls, micro_batch_latencies, split_batch
 from .profiling import KernelProfile, profile_pass
 from .results import Decision, DualResult, LaneResult, Measurement, MemoryStats, ModeProbe, SyncStats, WarmUp
 from .sanity import assess, best_possible_time
-from .settings import MODES
 from .stopping import StoppingRule, figures, per_round_efficiencies
 from .sync import check as sync_checks
 from .timeline import LaneTimeline

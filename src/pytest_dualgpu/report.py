@@ -22,7 +22,7 @@ from . import stats
 from .errors import DualGpuUsageError
 from .fieldtypes import FieldTypeError, check_fields
 from .results import DualResult
-from .verdicts import FAIL, INCONCLUSIVE, VERDICT_KINDS, WARN
+from .stats import FAIL, INCONCLUSIVE, VERDICT_KINDS, WARN
 
 JSON_VERSION = 4
 #: Versions ``load_report`` reads: 2 lacks the warm-up, reliability and decision fields, which read back

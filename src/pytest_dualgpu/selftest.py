@@ -20,6 +20,7 @@ from torch import nn
 from .api import dual_infer
 from .backends import gpu_sleep, graphs_unsupported
 from .doctor import FAIL, PASS, SKIP, Check
+from .modes import CUDA_CONCURRENT
 from .results import DualResult
 
 QUICK: dict[str, Any] = {"budget": 0.2, "max_budget": 1.0, "warmup": 0.5, "min_rounds": 7}
@@ -96,8 +97,7 @@ def run_self_test(device: torch.device, budget_seconds: float = 60.0) -> list[Ch
 def _cuda_tests(device: torch.device) -> list[tuple[str, Callable[[], Check]]]:
     x = torch.ones(16, device=device)
     tests: list[tuple[str, Callable[[], Check]]] = [
-        (f"self-test: {mode} overlap", _overlaps(device, x, mode))
-        for mode in ("streams", "threads", "graphs")
+        (f"self-test: {mode} overlap", _overlaps(device, x, mode)) for mode in CUDA_CONCURRENT
     ]
     tests += [
         ("self-test: host sync found", lambda: _sync_found(device, x)),

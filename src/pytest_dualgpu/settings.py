@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from .baseline import Threshold, parse_threshold
 from .errors import DualGpuUsageError
+from .modes import MODES, checked_mode
 
-MODES = ("sequential", "streams", "threads", "graphs")
 ReportKind = Literal["term", "term-wide", "json", "md", "trace", "png"]
 REPORT_KINDS: tuple[ReportKind, ...] = ("term", "term-wide", "json", "md", "trace", "png")
 TERMINAL_KINDS = ("term", "term-wide")
@@ -228,10 +228,7 @@ def parse_device(raw: object) -> str:
 
 
 def parse_mode(raw: object) -> str:
-    text = str(raw).strip()
-    if text == "auto" or text in MODES:
-        return text
-    raise DualGpuUsageError(f"the mode must be auto or one of {', '.join(MODES)}")
+    return checked_mode(str(raw).strip())
 
 
 def _seconds(raw: object, what: str, example: str, allow_zero: bool = False) -> float:

@@ -81,6 +81,11 @@ MEANINGFUL_GAIN = 0.05
 PASS = "pass"
 FAIL = "fail"
 INCONCLUSIVE = "inconclusive"
+WARN = "warn"
+NO_TENSOR = "not judged (no tensor)"
+NOTICES = (WARN, NO_TENSOR)  # statuses that pass the test with a warning
+#: The markers whose verdicts a result carries, in the report's order.
+VERDICT_KINDS = ("correct", "sync", "speedup", "memory", "interference")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,15 +19,15 @@ from .bounds import Bound, figure, interval_text
 from .errors import DualGpuUsageError
 from .latency import PERCENTILES
 from .results import DualResult
+from .units import parse_size, size_text
 
 PASS = stats.PASS
 FAIL = stats.FAIL
 INCONCLUSIVE = stats.INCONCLUSIVE
-WARN = "warn"
-NO_TENSOR = "not judged (no tensor)"
-NOTICES = (WARN, NO_TENSOR)  # statuses that pass the test with a warning
-VERDICT_KINDS = ("correct", "sync", "speedup", "memory", "interference")
-MiB = 2**20
+WARN = stats.WARN
+NO_TENSOR = stats.NO_TENSOR
+NOTICES = stats.NOTICES
+VERDICT_KINDS = stats.VERDICT_KINDS
 
 
 @dataclass(frozen=True)
@@ -214,22 +213,6 @@ def parse_marker(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> A
         return spec_class(*args, **kwargs)
     except DualGpuUsageError as error:
         raise DualGpuUsageError(f"{name}: {error}") from None
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from an int or a string such as ``"512MiB"``, ``"2GB"``, ``"1.5 GiB"``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", value, flags=re.IGNORECASE)
-        if match:
-            number, unit = float(match.group(1)), (match.group(2) or "B").upper()
-            scale = 1 if unit == "B" else (1024 if "I" in unit else 1000) ** ("KMGT".index(unit[0]) + 1)
-            if number > 0:
-                return int(number * scale)
-    raise DualGpuUsageError(
-        f"max_bytes must be a number of bytes > 0 or a size such as '512MiB' or '2GB', got {value!r}"
-    )
 
 
 @dataclass(frozen=True)
@@ -523,15 +506,6 @@ def _judge_memory(result: DualResult, spec: MemorySpec) -> Verdict:
         f"{' and '.join(misses)}: {measured}; hint: running at once holds every lane's activations at the "
         "same time; lower the batch sizes or run fewer models together",
     )
-
-
-def size_text(size: int) -> str:
-    """Bytes for people: KiB below a MiB, GiB from 10 GiB, MiB between."""
-    if size < MiB:
-        return f"{size / 1024:.1f} KiB"
-    if size >= 10 * 1024 * MiB:
-        return f"{size / (1024 * MiB):.1f} GiB"
-    return f"{size / MiB:.1f} MiB"
 
 
 def _maybe(value: float | None) -> str:
