@@ -235,7 +235,7 @@ def _sleep_pairs(device: str) -> dict[str, tuple[Any, Any, float]]:
     from torch import nn
 
     if device == "cuda":
-        from pytest_dualgpu.sync import GPU_CYCLES_PER_SECOND as cycles
+        from pytest_dualgpu.engine.sync import GPU_CYCLES_PER_SECOND as cycles
 
         class Kernels(nn.Module):
             def __init__(self, seconds: float, shared: torch.cuda.Stream | None = None) -> None:
@@ -328,7 +328,7 @@ def _verdict_row(first: Any, second: Any, device: str, truth: float, factor: flo
     import torch
 
     from pytest_dualgpu import dual_infer
-    from pytest_dualgpu.verdicts import SpeedupSpec, judge
+    from pytest_dualgpu.plugin.verdicts import SpeedupSpec, judge
 
     x = torch.ones(2, device=device)
     bound = round(truth * factor, 4)

@@ -21,7 +21,7 @@ from tabulate import tabulate
 from torch import nn
 
 from pytest_dualgpu import dual_infer
-from pytest_dualgpu.devices import device_name, resolve_device
+from pytest_dualgpu.engine.devices import device_name, resolve_device
 
 
 class Sleep(nn.Module):

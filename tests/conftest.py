@@ -43,7 +43,7 @@ import time
 import torch
 from torch import nn
 
-from pytest_dualgpu.lanes import busy
+from pytest_dualgpu.engine.executor import busy
 
 
 class Sleep(nn.Module):

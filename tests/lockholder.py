@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
-from pytest_dualgpu.devices import lock_path
-from pytest_dualgpu.lock import MeasuringLock
+from pytest_dualgpu.engine.devices import lock_path
+from pytest_dualgpu.engine.lock import MeasuringLock
 
 
 @contextlib.contextmanager
@@ -21,7 +21,7 @@ def lock_held_elsewhere(seconds: float) -> Iterator[int]:
         [
             sys.executable,
             "-c",
-            "import time; from pytest_dualgpu.lock import MeasuringLock; "
+            "import time; from pytest_dualgpu.engine.lock import MeasuringLock; "
             f"lock = MeasuringLock({lock_path(torch.device('cpu'))!r}, timeout=10); lock.acquire(); "
             f"print('held', flush=True); time.sleep({seconds}); lock.release()",
         ],

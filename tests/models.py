@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from pytest_dualgpu.lanes import busy
+from pytest_dualgpu.engine.executor import busy
 
 
 class SleepLane(nn.Module):

@@ -105,7 +105,7 @@ class CacheCorruptedEachCall(torch.nn.Module):
         self.calls = 0
 
     def forward(self, input_ids: torch.Tensor) -> Any:
-        from pytest_dualgpu.trees import iter_tensors
+        from pytest_dualgpu.engine.trees import iter_tensors
 
         self.calls += 1
         output = self.decoder(input_ids=input_ids, use_cache=True)

@@ -11,9 +11,9 @@ from mdtables import first_table
 from models import SleepLane
 
 from pytest_dualgpu import dual_infer
-from pytest_dualgpu.baseline import Baseline, MetricChange, compare, parse_threshold
 from pytest_dualgpu.errors import DualGpuUsageError
-from pytest_dualgpu.report import CallError, ReportRow, dumps, json_document, load_report
+from pytest_dualgpu.reports.gate import Baseline, MetricChange, compare, parse_threshold
+from pytest_dualgpu.reports.rows import CallError, ReportRow, dumps, json_document, load_report
 from pytest_dualgpu.results import DualResult, Measurement
 
 FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
@@ -255,7 +255,7 @@ def test_the_gate_reaches_the_exit_code_under_xdist(
 
 
 def test_one_threshold_per_metric() -> None:
-    from pytest_dualgpu.settings import parse_thresholds
+    from pytest_dualgpu.plugin.options import parse_thresholds
 
     with pytest.raises(DualGpuUsageError, match="speedup has more than one threshold"):
         parse_thresholds("speedup:10% memory:5% speedup:5%")

@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pytest_dualgpu.cli import COMMAND_EXAMPLES, build_parser, main
+from pytest_dualgpu.cli.main import COMMAND_EXAMPLES, build_parser, main
 
 DUALGPU = str(Path(sys.executable).with_name("dualgpu"))
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report-schema.json").read_text())

@@ -9,8 +9,8 @@ import torch
 from models import MLP, SmallCNN, TinyTransformer, in_lane_thread, text_inputs
 
 from pytest_dualgpu import ConcurrentOutOfMemoryError, LaneError, dual_infer, place_model
-from pytest_dualgpu.backends import lane_streams
-from pytest_dualgpu.lanes import ThreadsMode
+from pytest_dualgpu.engine.backends import lane_streams
+from pytest_dualgpu.engine.executor import ThreadsMode
 
 pytestmark = [
     pytest.mark.cuda,

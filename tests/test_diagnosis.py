@@ -6,7 +6,7 @@ import torch
 from models import GilLane, SleepLane, TurnLane
 
 from pytest_dualgpu import DualResult, dual_infer
-from pytest_dualgpu.diagnosis import no_overlap_hint
+from pytest_dualgpu.engine.diagnosis import no_overlap_hint
 from pytest_dualgpu.timeline import LaneTimeline
 
 FAST = {"budget": 0.1, "max_budget": 3}

@@ -161,7 +161,7 @@ def test_bad_usage_exits_2(args: tuple[str, ...], message: str) -> None:
 def test_graphs_need_a_torch_that_can_end_a_failed_capture(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from pytest_dualgpu.backends import graphs_unsupported
+    from pytest_dualgpu.engine.backends import graphs_unsupported
 
     monkeypatch.setattr(torch, "__version__", "2.7.1+cu126")
     reason = graphs_unsupported()

@@ -13,10 +13,15 @@ import pytest
 import torch
 
 from pytest_dualgpu import dual_infer
-from pytest_dualgpu.backends import gpu_sleep, graphs_unsupported, make_backend, sleep_cycles_per_second
-from pytest_dualgpu.doctor import diagnose
-from pytest_dualgpu.lanes import Executor, Lane, busy
-from pytest_dualgpu.sync import poison_free_memory
+from pytest_dualgpu.cli.doctor import diagnose
+from pytest_dualgpu.engine.backends import (
+    gpu_sleep,
+    graphs_unsupported,
+    make_backend,
+    sleep_cycles_per_second,
+)
+from pytest_dualgpu.engine.executor import Executor, Lane, busy
+from pytest_dualgpu.engine.sync import poison_free_memory
 
 pytestmark = [
     pytest.mark.cuda,

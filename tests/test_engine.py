@@ -13,7 +13,7 @@ from lockholder import lock_held_here
 from models import MLP, GilLane, SleepLane, SmallCNN, TinyTransformer, in_lane_thread, text_inputs
 
 from pytest_dualgpu import DualResult, dual_infer
-from pytest_dualgpu.backends import Backend
+from pytest_dualgpu.engine.backends import Backend
 from pytest_dualgpu.modes import MODES
 from pytest_dualgpu.results import Measurement
 

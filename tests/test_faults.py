@@ -194,7 +194,7 @@ class RaisingExit(torch.nn.Module):
 
 
 def test_a_model_left_in_training_mode_is_named_as_the_cause_of_wrong_outputs() -> None:
-    from pytest_dualgpu.verdicts import CorrectSpec, judge
+    from pytest_dualgpu.plugin.verdicts import CorrectSpec, judge
 
     def with_dropout() -> torch.nn.Module:
         return torch.nn.Sequential(

@@ -13,11 +13,11 @@ import torch
 from models import SleepLane, TurnLane
 
 from pytest_dualgpu import dual_infer, gpustate
-from pytest_dualgpu.diagnosis import no_overlap_hint
+from pytest_dualgpu.engine.diagnosis import no_overlap_hint
+from pytest_dualgpu.engine.sanity import assess
 from pytest_dualgpu.envsettings import SETTINGS
 from pytest_dualgpu.gpustate import GpuState, read_state, state_warnings
 from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.sanity import assess
 
 FAST = {"budget": 0.1, "max_budget": 2, "warmup": 0.3}
 

@@ -17,8 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-from pytest_dualgpu.profiling import all_threads_config
-from pytest_dualgpu.settings import parse_thresholds
+from pytest_dualgpu.engine.profiling import all_threads_config
+from pytest_dualgpu.plugin.options import parse_thresholds
 from pytest_dualgpu.timeline import result_file_stem
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from torch import nn
 
 from pytest_dualgpu import DualGpuUsageError, dual_infer
 from pytest_dualgpu.latency import Objective, closed_loop
-from pytest_dualgpu.verdicts import InterferenceSpec, judge, parse_marker
+from pytest_dualgpu.plugin.verdicts import InterferenceSpec, judge, parse_marker
 
 
 class Turnstile:

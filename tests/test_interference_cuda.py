@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pytest_dualgpu import dual_infer
-from pytest_dualgpu.backends import gpu_sleep
+from pytest_dualgpu.engine.backends import gpu_sleep
 
 pytestmark = [
     pytest.mark.cuda,

@@ -131,7 +131,7 @@ def test_the_measuring_lock_is_found_by_every_process_whatever_its_tmpdir(
 ) -> None:
     import tempfile
 
-    from pytest_dualgpu.devices import lock_path
+    from pytest_dualgpu.engine.devices import lock_path
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # a per-process TMPDIR, as CI runners and sandboxes set
     monkeypatch.setattr(tempfile, "tempdir", None)

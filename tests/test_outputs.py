@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from models import MLP
 
 from pytest_dualgpu import DualGpuUsageError, dual_infer
-from pytest_dualgpu.compare import compare_lanes, compare_outputs
-from pytest_dualgpu.trees import iter_tensors, map_tensors, walk
-from pytest_dualgpu.verdicts import CorrectSpec, judge
+from pytest_dualgpu.engine.compare import compare_lanes, compare_outputs
+from pytest_dualgpu.engine.trees import iter_tensors, map_tensors, walk
+from pytest_dualgpu.plugin.verdicts import CorrectSpec, judge
 
 FAST = {"budget": 0.1, "max_budget": 3, "warmup": 0.3}
 

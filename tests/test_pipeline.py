@@ -11,9 +11,9 @@ import torch
 from models import MLP, SleepLane, in_lane_thread
 
 from pytest_dualgpu import DualGpuUsageError, LaneError, dual_infer
-from pytest_dualgpu.callsettings import CallSettings
-from pytest_dualgpu.engine import run_pipeline
-from pytest_dualgpu.pipeline import concat, pipeline_ideal, split_batch
+from pytest_dualgpu.engine.call import run_pipeline
+from pytest_dualgpu.engine.callsettings import CallSettings
+from pytest_dualgpu.engine.pipeline import concat, pipeline_ideal, split_batch
 
 FAST = {"budget": 0.1, "max_budget": 3}
 

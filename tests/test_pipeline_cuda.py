@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pytest_dualgpu import dual_infer
-from pytest_dualgpu.callsettings import CallSettings
-from pytest_dualgpu.engine import run_pipeline
+from pytest_dualgpu.engine.call import run_pipeline
+from pytest_dualgpu.engine.callsettings import CallSettings
 
 pytestmark = [
     pytest.mark.cuda,

@@ -12,7 +12,7 @@ from models import GilLane, SleepLane
 
 import pytest_dualgpu
 from pytest_dualgpu.errors import DualGpuUsageError
-from pytest_dualgpu.plots import (
+from pytest_dualgpu.reports.plots import (
     MATPLOTLIB_MISSING,
     require_matplotlib,
     session_figure,
@@ -22,7 +22,7 @@ from pytest_dualgpu.plots import (
     write_sweep_png,
     write_timeline_png,
 )
-from pytest_dualgpu.report import ReportRow
+from pytest_dualgpu.reports.rows import ReportRow
 from pytest_dualgpu.results import Decision, DualResult
 from pytest_dualgpu.timeline import LaneTimeline, chrome_trace, overlap
 

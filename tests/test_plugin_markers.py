@@ -12,9 +12,9 @@ from models import SleepLane
 
 from pytest_dualgpu import dual_infer
 from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.plugin.verdicts import MemorySpec, SpeedupSpec, judge, parse_marker
 from pytest_dualgpu.results import DualResult, MemoryStats
 from pytest_dualgpu.units import parse_size
-from pytest_dualgpu.verdicts import MemorySpec, SpeedupSpec, judge, parse_marker
 
 FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 

@@ -217,7 +217,7 @@ def test_a_failing_lane_leaves_the_other_tests_and_the_report_intact(
 def test_hooks_see_every_result_and_can_change_the_columns(suite: pytest.Pytester) -> None:
     suite.makeconftest(
         """
-        from pytest_dualgpu.report import Column
+        from pytest_dualgpu.reports.rows import Column
 
         seen = []
 
@@ -328,7 +328,7 @@ def test_an_infinite_error_stays_strict_json_and_reads_back() -> None:
     from models import SleepLane
 
     from pytest_dualgpu import dual_infer
-    from pytest_dualgpu.report import ReportRow, dumps
+    from pytest_dualgpu.reports.rows import ReportRow, dumps
 
     measured = dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.1)
     row = ReportRow(

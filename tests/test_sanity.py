@@ -13,14 +13,14 @@ from hypothesis import strategies as st
 
 from pytest_dualgpu import stats
 from pytest_dualgpu.bounds import Bound, parse_bounds
-from pytest_dualgpu.callsettings import CallSettings
+from pytest_dualgpu.engine.callsettings import CallSettings
+from pytest_dualgpu.engine.executor import Run
+from pytest_dualgpu.engine.measure import Samples, block_warning, measure_rounds
+from pytest_dualgpu.engine.sanity import assess
+from pytest_dualgpu.engine.stopping import StoppingRule, figures
+from pytest_dualgpu.engine.warmup import WarmUpClock, warm_up
 from pytest_dualgpu.errors import DualGpuUsageError
-from pytest_dualgpu.lanes import Run
-from pytest_dualgpu.measure import Samples, block_warning, measure_rounds
 from pytest_dualgpu.results import DualResult, LaneResult, Measurement
-from pytest_dualgpu.sanity import assess
-from pytest_dualgpu.stopping import StoppingRule, figures
-from pytest_dualgpu.warmup import WarmUpClock, warm_up
 
 
 def result_of(alone: list[list[float]], sequential: list[float], concurrent: list[float]) -> DualResult:

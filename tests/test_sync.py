@@ -9,8 +9,8 @@ import torch
 from models import MLP, SleepLane
 
 from pytest_dualgpu import DualGpuUsageError, dual_infer
-from pytest_dualgpu.backends import Backend
-from pytest_dualgpu.sync import DelayInjector
+from pytest_dualgpu.engine.backends import Backend
+from pytest_dualgpu.engine.sync import DelayInjector
 
 FAST = {"budget": 0.1, "max_budget": 3}
 
@@ -95,7 +95,7 @@ def test_bad_sync_settings_are_refused(setting: dict[str, object], message: str)
 
 def test_implicit_syncs_fail_warn_or_pass_as_the_marker_says() -> None:
     from pytest_dualgpu import DualResult
-    from pytest_dualgpu.verdicts import SyncSpec, judge
+    from pytest_dualgpu.plugin.verdicts import SyncSpec, judge
 
     measured = dual_infer(MLP(), MLP(), torch.randn(2, 64), **FAST)
     found = {"lane": "MLP", "where": "model.py:7", "call": "scale = x.max().item()"}

@@ -12,8 +12,8 @@ import torch
 from models import SleepLane
 
 from pytest_dualgpu import dual_infer
-from pytest_dualgpu.report import ALWAYS, ReportRow, default_columns, dumps, format_table, json_document
-from pytest_dualgpu.tablefit import NARROWEST, fit_columns
+from pytest_dualgpu.reports.rows import ALWAYS, ReportRow, default_columns, dumps, format_table, json_document
+from pytest_dualgpu.reports.tablefit import NARROWEST, fit_columns
 
 FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 EVERY_HEADER = ["test", "lanes", "device", "mode", "alone ms", "seq ms", "conc ms", "speedup [95% CI]"]

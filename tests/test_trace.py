@@ -10,7 +10,7 @@ import torch
 from models import MLP, GilLane, SleepLane
 
 from pytest_dualgpu import dual_infer
-from pytest_dualgpu.profiling import all_threads_config
+from pytest_dualgpu.engine.profiling import all_threads_config
 from pytest_dualgpu.timeline import LaneTimeline, chrome_trace, overlap, result_file_stem
 
 FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")

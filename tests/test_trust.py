@@ -14,9 +14,9 @@ from models import SleepLane, TurnLane, in_lane_thread
 from torch import nn
 
 from pytest_dualgpu import LaneTimeoutError, dual_infer
-from pytest_dualgpu import engine as engine_module
+from pytest_dualgpu.engine import call as engine_module
 from pytest_dualgpu.errors import MeasuringLockTimeout
-from pytest_dualgpu.verdicts import SpeedupSpec, judge
+from pytest_dualgpu.plugin.verdicts import SpeedupSpec, judge
 
 
 class SlowAtFirst(nn.Module):

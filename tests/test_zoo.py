@@ -11,7 +11,7 @@ import torch
 from realmodels import ZOO, CacheCorruptedEachCall, gpt2
 
 from pytest_dualgpu import dual_infer
-from pytest_dualgpu.trees import walk
+from pytest_dualgpu.engine.trees import walk
 
 FAST = {"budget": 0.1, "max_budget": 3, "warmup": 0.5}
 

@@ -24,10 +24,10 @@ __all__ = [
 ]
 
 _LAZY = {
-    "dual_infer": "api",
+    "dual_infer": "engine.api",
     "DualResult": "results",
     "Measurement": "results",
-    "place_model": "devices",
+    "place_model": "engine.devices",
     "DualGpuError": "errors",
     "DualGpuUsageError": "errors",
     "LaneError": "errors",
@@ -36,16 +36,16 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import dual_infer
-    from .devices import place_model
-    from .errors import (
+    from pytest_dualgpu.engine.api import dual_infer
+    from pytest_dualgpu.engine.devices import place_model
+    from pytest_dualgpu.errors import (
         ConcurrentOutOfMemoryError,
         DualGpuError,
         DualGpuUsageError,
         LaneError,
         LaneTimeoutError,
     )
-    from .results import DualResult, Measurement
+    from pytest_dualgpu.results import DualResult, Measurement
 
 
 def __getattr__(name: str) -> Any:

@@ -12,11 +12,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from . import stats
-from .errors import DualGpuUsageError
-from .latency import PERCENTILES
-from .results import DualResult
-from .timeline import Interval
+from pytest_dualgpu import stats
+from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.latency import PERCENTILES
+from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.timeline import Interval
 
 
 @dataclass(frozen=True)

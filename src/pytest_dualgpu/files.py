@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import DualGpuUsageError
+from pytest_dualgpu.errors import DualGpuUsageError
 
 
 def target_path(path: str | Path, option: str) -> Path:

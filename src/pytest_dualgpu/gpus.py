@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from .errors import DualGpuUsageError
+from pytest_dualgpu.errors import DualGpuUsageError
 
 WORKER_GPUS = "PYTEST_DUALGPU_WORKER_GPUS"
 

@@ -13,7 +13,7 @@ from functools import cache
 from types import ModuleType
 from typing import Any
 
-from .gpus import known, smi_rows
+from pytest_dualgpu.gpus import known, smi_rows
 
 #: NVML's clock throttle (since 535: "clock event") reason bits, as nvidia-smi names them.
 THROTTLE_BITS = {

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import stats
-from .timeline import Interval
+from pytest_dualgpu import stats
+from pytest_dualgpu.timeline import Interval
 
 PERCENTILES = (50, 90, 99)
 #: Fewer calls than this make a p99 that is just the slowest call or two; the result says so.

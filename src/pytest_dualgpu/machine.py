@@ -14,8 +14,8 @@ import sys
 from functools import cache
 from typing import Any
 
-from .envsettings import SETTINGS
-from .gpus import known, nvidia_smi, visible_entries
+from pytest_dualgpu.envsettings import SETTINGS
+from pytest_dualgpu.gpus import known, nvidia_smi, visible_entries
 
 #: Environment variables that change how lanes overlap, or whether results repeat.
 CONCURRENCY_ENV = tuple(SETTINGS)

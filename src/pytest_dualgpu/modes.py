@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import DualGpuUsageError
+from pytest_dualgpu.errors import DualGpuUsageError
 
 AUTO = "auto"
 #: Every mode a call can run in; ``auto`` probes the ones the device has and keeps the best.

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import stats
-from .gpustate import GpuState
-from .latency import Latency
-from .timeline import Interval, LaneTimeline
+from pytest_dualgpu import stats
+from pytest_dualgpu.gpustate import GpuState
+from pytest_dualgpu.latency import Latency
+from pytest_dualgpu.timeline import Interval, LaneTimeline
 
 NOISY_RELATIVE_IQR = 0.10
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import DualGpuUsageError
+from pytest_dualgpu.errors import DualGpuUsageError
 
 MiB = 2**20
 

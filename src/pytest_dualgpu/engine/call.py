@@ -1,0 +1,718 @@
+"""The flow of one ``dual_infer`` call (``api.py``), from the user's models to a ``DualResult``.
+
+take the measuring lock -> place inputs -> warm up to steady state (each lane alone, its first call under
+the timeout, then each candidate mode; ``warmup.py``) -> calibrate -> probe modes (auto) -> measured
+rounds until the figures are precise or every bound is decided (``measure.py``) -> memory peaks (CUDA)
+-> one checked concurrent run -> compare with the reference -> sync checks when asked -> the result,
+checked for what cannot be true (``sanity.py``). A pipeline is two lanes whose calls hand micro-batches
+over (``pipeline.py``). Nothing here knows about pytest.
+
+Time: the warm-up takes at most ``warmup`` seconds, probes and rounds at most ``max_budget``; the checks
+after them (memory, outputs, sync trials, profile) are a few runs more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pytest_dualgpu import stats
+from pytest_dualgpu.bounds import final_status
+from pytest_dualgpu.engine.backends import Backend, drop_locals, make_backend
+from pytest_dualgpu.engine.callsettings import CallSettings, high_priority
+from pytest_dualgpu.engine.compare import Tolerance, compare_lanes, compare_outputs
+from pytest_dualgpu.engine.devices import device_name, lock_path, resolve_device
+from pytest_dualgpu.engine.diagnosis import no_overlap_hint
+from pytest_dualgpu.engine.executor import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run, copying
+from pytest_dualgpu.engine.inputs import check_models, lane_names_for, make_lanes, to_device
+from pytest_dualgpu.engine.lock import MeasuringLock, Notify
+from pytest_dualgpu.engine.measure import (
+    Measured,
+    Samples,
+    measure_rounds,
+    measuring_notes,
+    reps_for,
+    slower_start,
+)
+from pytest_dualgpu.engine.pipeline import (
+    PIPELINE_MODES,
+    HandOff,
+    PipelineCalls,
+    micro_batch_latencies,
+    split_batch,
+)
+from pytest_dualgpu.engine.profiling import KernelProfile, profile_pass
+from pytest_dualgpu.engine.sanity import assess, best_possible_time
+from pytest_dualgpu.engine.stopping import StoppingRule, figures, per_round_efficiencies
+from pytest_dualgpu.engine.sync import check as sync_checks
+from pytest_dualgpu.engine.trees import Kind, kind, map_tensors, walk
+from pytest_dualgpu.engine.warmup import WarmUpClock, unsettled_warning, warm_up
+from pytest_dualgpu.engine.workers import still_running
+from pytest_dualgpu.errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError, LaneTimeoutError
+from pytest_dualgpu.latency import Latency, LatencyStats
+from pytest_dualgpu.modes import MODES
+from pytest_dualgpu.results import (
+    Decision,
+    DualResult,
+    LaneResult,
+    Measurement,
+    MemoryStats,
+    ModeProbe,
+    SyncStats,
+    WarmUp,
+)
+from pytest_dualgpu.timeline import LaneTimeline
+
+PROBE_ROUNDS = 3
+TIMELINE_REPS = 50  # intervals kept per lane: enough to draw, small enough to travel in every report
+LOCK_WAIT_WARNING_SECONDS = 1.0
+#: The shortest profiled pass, and its most calls (see ``_Measuring._profile``).
+PROFILED_SECONDS = 0.02
+PROFILED_MAX_REPS = 100
+#: How long the lock waits for lane threads abandoned after a timeout before handing itself on.
+ABANDONED_LINGER = 30.0
+
+
+def run_call(
+    models: Sequence[Callable[..., Any]],
+    inputs: Sequence[Any],
+    *,
+    names: Sequence[str] | None,
+    name: str | None,
+    settings: CallSettings,
+    notify: Notify | None = None,
+) -> DualResult:
+    device = resolve_device(settings.device)
+    lanes = make_lanes(models, inputs, names, device)
+    high = high_priority(settings, [lane.name for lane in lanes])
+    return _measured(make_backend(device, len(lanes), high), lanes, settings, name, notify=notify)
+
+
+def run_pipeline(
+    producer: Callable[..., Any],
+    consumer: Callable[..., Any],
+    inputs: Any,
+    micro_batches: int,
+    *,
+    names: Sequence[str] | None,
+    name: str | None,
+    settings: CallSettings,
+    hand_off_wait: bool = True,
+    notify: Notify | None = None,
+) -> DualResult:
+    """``hand_off_wait=False`` removes the consumer's wait: a broken pipeline, for the tests only."""
+    device = resolve_device(settings.device)
+    lane_names = lane_names_for([producer, consumer], names)
+    check_models([producer, consumer], [inputs, inputs], lane_names, device)
+    inputs = to_device(inputs, device)
+    parts = split_batch(inputs, micro_batches)
+    backend = make_backend(device, 2, high_priority(settings, lane_names))
+    hand_off = HandOff(len(parts), backend, settings.timeout, wait=hand_off_wait)
+    calls = PipelineCalls(producer, consumer, parts, hand_off)
+    lanes = [
+        Lane(lane_names[0], calls.producer_handing_over),
+        Lane(lane_names[1], calls.consumer_taking_over),
+    ]
+    plan = PipelinePlan(calls, inputs, micro_batches)
+    return _measured(backend, lanes, settings, name or " -> ".join(lane_names), plan, notify)
+
+
+@dataclass
+class PipelinePlan:
+    calls: PipelineCalls
+    inputs: Any
+    micro_batches: int
+
+
+def _measured(
+    backend: Backend,
+    lanes: list[Lane],
+    settings: CallSettings,
+    name: str | None,
+    plan: PipelinePlan | None = None,
+    notify: Notify | None = None,
+) -> DualResult:
+    device = backend.device
+    lock = MeasuringLock(lock_path(device), timeout=settings.lock_timeout, notify=notify)
+    waited = lock.acquire()
+    abandoned_before = {id(entry.thread) for entry in still_running()}
+    measurement: _Measuring | None = None
+    try:
+        measurement = _Measuring(backend, lanes, settings, lock_wait=waited, pipeline=plan)
+        if waited > LOCK_WAIT_WARNING_SECONDS:
+            measurement.warnings.append(f"waited {waited:.1f} s for the {device.type} measuring lock")
+        measurement.warnings += [
+            f"lane {entry.lane!r} of an earlier call still runs user code in thread {entry.thread.name} "
+            f"(abandoned after its timeout, {time.monotonic() - entry.since:.0f} s ago): it competes with "
+            "these measurements"
+            for entry in still_running()
+        ]
+        return measurement.run(name or "+".join(lane.name for lane in lanes))
+    except BaseException as error:
+        # Every failure gives cached device memory back; after running out of it, the frames that
+        # still hold the lane's tensors are cleared first, or there would be nothing to give back.
+        oom = error if isinstance(error, LaneError) and backend.is_out_of_memory(error.__cause__) else None
+        if oom is not None:
+            drop_locals(oom)
+        backend.release()
+        if oom is not None and oom.__cause__ is not None:
+            peaks = measurement.alone_peaks if measurement is not None else None
+            raise ConcurrentOutOfMemoryError(oom.run, oom.lane, peaks, oom.__cause__) from oom.__cause__
+        raise
+    finally:
+        # Only threads this call abandoned hold the lock back; one stuck for good delays one call, not all.
+        fresh = [entry.thread for entry in still_running() if id(entry.thread) not in abandoned_before]
+        lock.release(running=fresh, linger=ABANDONED_LINGER)
+
+
+class _Measuring:
+    """The state of one call while it measures."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        lanes: list[Lane],
+        settings: CallSettings,
+        lock_wait: float = 0.0,
+        pipeline: PipelinePlan | None = None,
+    ) -> None:
+        self.backend = backend
+        self.lock_wait = lock_wait
+        self.pipeline = pipeline
+        self.lanes = lanes
+        self.settings = settings
+        self.names = [lane.name for lane in lanes]
+        self.everyone = list(range(len(lanes)))
+        # A slowdown bound on every lane is one per lane, checked against the lane names before anything runs.
+        self.bounds = tuple(each for bound in settings.bounds for each in bound.for_lanes(self.names))
+        self.high = high_priority(settings, self.names)
+        self.warnings: list[str] = []
+        if any(self.high) and backend.kind != "cuda":
+            self.warnings.append(
+                f"priorities= asks for CUDA stream priorities; on {backend.kind} there are no streams, so "
+                "it changed nothing"
+            )
+        self.probes: dict[str, ModeProbe] = {}
+        self.mode_warmups: dict[str, WarmUp] = {}
+        self.alone_peaks: dict[str, int] | None = None
+        self.input_writes: list[str] = []
+
+    def run(self, name: str) -> DualResult:
+        started = time.perf_counter()
+        candidates = self._candidate_modes()
+        clock = WarmUpClock(self.settings.warmup, len(self.lanes) + len(candidates))
+        with Executor(self.backend, self.lanes, self.settings.timeout) as executor:
+            eager = self._mode("sequential", executor)
+            if self.pipeline is not None:
+                self._prepare_pipeline(executor, self.pipeline)
+            reference, lane_warmups = self._warm_up_lanes(eager, clock)
+            if self.pipeline is not None:
+                reference[-1] = _kept(self.pipeline.calls.whole_batch(self.pipeline.inputs))
+            modes = self._build_modes(executor, candidates, clock)
+            warmed = time.perf_counter()
+            try:
+                deadline = warmed + self.settings.measuring_cap
+                reps = self._calibrate(lane_warmups, modes, eager)
+                chosen = self._choose(modes, reps, deadline)
+                gpu_at_start = self.backend.gpu_state()
+                measured = self._measure(chosen, eager, reps, warmed, deadline)
+                gpu_at_end = self.backend.gpu_state()
+                measuring_seconds = time.perf_counter() - warmed
+                memory = self._memory(chosen, executor)
+                outputs = self._checked_outputs(chosen)
+                profile = self._profile(chosen, executor, measured) if self.settings.profile else None
+                sync = self._sync_checks(chosen, executor, reference)
+            finally:
+                for mode in modes:
+                    mode.close()
+        timing = _Timing(warmed - started, measuring_seconds)
+        result = self._result(name, chosen.name, measured, lane_warmups, memory, outputs, reference, timing)
+        gpu_state = {"start": gpu_at_start, "end": gpu_at_end} if gpu_at_start and gpu_at_end else None
+        result = dataclasses.replace(result, sync=sync, gpu_state=gpu_state)
+        if profile is not None:
+            result.kernel_overlap = profile.kernel_overlap
+            result.timelines["kernels"] = profile.tracks
+            result.warnings.extend(profile.warnings)
+        return self._finished(result)
+
+    def _finished(self, result: DualResult) -> DualResult:
+        """The result with its sanity checked, its bounds decided and its no-overlap hint."""
+        found = assess(result)
+        reliable = not found.problems
+        checked = dataclasses.replace(
+            result, reliable=reliable, problems=found.problems, warnings=[*result.warnings, *found.warnings]
+        )
+        decisions = []
+        for bound in self.bounds:
+            status, figure = final_status(bound, checked)
+            slowdown = bound.metric == "slowdown"
+            decisions.append(
+                Decision(
+                    bound.metric,
+                    bound.value,
+                    status,
+                    None if figure is None else figure.interval,
+                    bound.lane if slowdown else None,
+                    bound.percentile if slowdown else None,
+                )
+            )
+        checked.decisions = decisions
+        checked.hint = no_overlap_hint(checked)
+        return checked
+
+    def _prepare_pipeline(self, executor: Executor, plan: PipelinePlan) -> None:
+        run = f"first run of lane {self.names[0]!r}"
+        try:
+            executor.guarded_call(plan.calls.prepare, 0, run)
+        except LaneTimeoutError:
+            raise
+        except Exception as error:
+            raise LaneError(self.names[0], run, error) from error
+
+    def _profile(self, mode: Mode, executor: Executor, measured: Measured) -> KernelProfile:
+        """One more concurrent pass under torch.profiler, outside the measured rounds (it slows them).
+
+        It lasts at least ``PROFILED_SECONDS``: the profiler slows each thread's first launches, and one
+        lane's late start is then a small part of the pass (two 1 ms sleep kernels per lane on an H200
+        showed a kernel overlap of 0.70 in two calls, against 0.97 from the lanes' own events).
+        """
+        per_call = stats.median(measured.samples.elapsed.get("concurrent") or [0.0])
+        reps = measured.reps
+        if per_call > 0:
+            reps = min(max(reps, math.ceil(PROFILED_SECONDS / per_call)), PROFILED_MAX_REPS)
+        threads = [
+            (worker.native_id, f"thread of {lane_name}")
+            for worker, lane_name in zip(executor.lane_workers, self.names, strict=True)
+        ]
+        threads.append((threading.get_native_id(), "caller's thread"))
+        return profile_pass(lambda: mode.concurrent(reps), self.backend.kind, threads)
+
+    def _sync_checks(self, mode: Mode, executor: Executor, reference: list[Any]) -> SyncStats:
+        """Host syncs, provoked races and the sanitizer, each with eager calls in the chosen style."""
+        if not self.settings.sync.wanted:
+            return SyncStats()
+
+        def concurrent(calls: Sequence[Callable[[], Any]], run: str) -> Run:
+            if mode.name == "streams":
+                return executor.streams(1, calls, run)
+            if mode.name == "sequential":
+                return executor.sequential(self.everyone, 1, calls, run)
+            return executor.threads(1, calls, run)  # threads, and graphs: replays take no delays
+
+        if self.settings.sanitizer and self.backend.kind == "cuda":
+            self.warnings.append(
+                "the CUDA sanitizer stays hooked into CUDA tracing for the rest of this process: later "
+                "timings carry its overhead; run sanitizer checks in a session of their own"
+            )
+        return sync_checks(executor, concurrent, reference, self.settings.tolerance, self.settings.sync)
+
+    def _warm_up_lanes(self, eager: Mode, clock: WarmUpClock) -> tuple[list[Any], list[WarmUp]]:
+        """Each lane alone until steady (lazy init, autotuning in isolation); its first call runs under
+        the timeout. Then one more call gives the reference output and the lane's peak memory."""
+        reference = []
+        warmups = []
+        peaks = {}
+        for index, lane_name in enumerate(self.names):
+            label = f"alone run of lane {lane_name!r}"
+            lane = self.lanes[index]
+            before = map_tensors(lane.args, torch.Tensor.clone), map_tensors(lane.kwargs, torch.Tensor.clone)
+            started = time.perf_counter()
+            first_output = eager.baseline([index], 1, label).outputs[0]
+            first = time.perf_counter() - started
+            _refuse_iterators(lane_name, first_output)
+            self._check_own_inputs(lane, before)
+            # A first call that compiles or loads is bounded by the timeout, and checking what it did by
+            # nothing that measures: neither takes from the warm-up cap.
+            clock.pause(time.perf_counter() - started)
+            if self.settings.warmup > 0:
+                steady = warm_up(
+                    functools.partial(_per_call, eager, [index], label),
+                    deadline=clock.next_deadline(),
+                    min_seconds=self.backend.min_warmup,
+                )
+                warmup = WarmUp(steady.seconds + first, steady.calls + 1, steady.converged, steady.per_call)
+                if not steady.converged:
+                    self.warnings.append(
+                        unsettled_warning(f"lane {lane_name!r}", warmup, self.settings.warmup)
+                    )
+            else:
+                warmup = WarmUp(first, 1, False, None)
+            with self.backend.peak_memory() as peak:
+                run = eager.baseline([index], 1, label)
+            reference.append(_kept(run.outputs[0]))
+            warmups.append(
+                warmup if warmup.per_call is not None else dataclasses.replace(warmup, per_call=run.elapsed)
+            )
+            if peak:
+                peaks[lane_name] = peak[0]
+        if self.settings.warmup == 0:
+            self.warnings.append(
+                "warm-up skipped (warmup=0): the figures may include first-call effects (lazy "
+                "initialisation, caches, clocks)"
+            )
+        self.alone_peaks = peaks or None
+        return reference, warmups
+
+    def _check_own_inputs(self, lane: Lane, before: tuple[Any, Any]) -> None:
+        """Whether the lane's first call, alone, changed its own inputs: then every call sees what the one
+        before left, and any lane sharing them is wrong too; that is this lane's doing, and is named."""
+        exact = Tolerance(rtol=0.0, atol=0.0, equal_nan=True)
+        args, kwargs = before
+        for was, now, root in ((args, lane.args, "args"), (kwargs, lane.kwargs, "kwargs")):
+            changed = compare_outputs(was, now, tolerance=exact, root=root)
+            if not changed.correct:
+                where = changed.mismatches[0].partition(":")[0]
+                self.input_writes.append(f"lane {lane.name!r} changes its own input in place ({where})")
+                return
+
+    def _candidate_modes(self) -> list[str]:
+        requested = self.settings.mode
+        available = self.backend.concurrent_modes
+        if requested == "auto":
+            return list(available)
+        if requested == "sequential" or requested in available:
+            return [requested]
+        self.warnings.append(
+            f"mode {requested!r} needs CUDA; ran {available[0]!r} on {self.backend.kind} instead"
+        )
+        return [available[0]]
+
+    def _mode(self, mode_name: str, executor: Executor) -> Mode:
+        if self.pipeline is None:
+            return MODE_CLASSES[mode_name](executor)
+        return PIPELINE_MODES[mode_name](executor, self.pipeline.calls)
+
+    def _build_modes(self, executor: Executor, candidates: list[str], clock: WarmUpClock) -> list[Mode]:
+        """Each candidate mode, its concurrent run warmed up to steady state like the lanes were."""
+        modes: list[Mode] = []
+        candidates = list(candidates)
+        for mode_name in candidates:  # grows when a graphs-only request falls back to threads
+            try:
+                mode = self._mode(mode_name, executor)
+            except GraphCaptureError as error:
+                self.probes[mode_name] = ModeProbe(mode_name, error=error.reason)
+                if candidates == [mode_name]:
+                    self.warnings.append(f"{error.reason}; ran 'threads' instead")
+                    candidates.append("threads")
+                    clock.add_stages(1)
+                continue
+            mode.baseline(self.everyone, 1)
+            mode.concurrent(1)
+            if self.settings.warmup > 0:
+                warmup = warm_up(
+                    functools.partial(_concurrent_per_call, mode),
+                    deadline=clock.next_deadline(),
+                    min_seconds=self.backend.min_warmup,
+                )
+                self.mode_warmups[mode.name] = warmup
+                if not warmup.converged:
+                    label = f"the concurrent run of mode {mode.name!r}"
+                    self.warnings.append(unsettled_warning(label, warmup, self.settings.warmup))
+            modes.append(mode)
+        return modes
+
+    def _calibrate(self, lane_warmups: list[WarmUp], modes: list[Mode], eager: Mode) -> int:
+        """Repetitions per sample, from the steady times the warm-up ended with."""
+        alone = [warmup.per_call or 0.0 for warmup in lane_warmups]
+        concurrent = [
+            self.mode_warmups[mode.name].per_call or 0.0 for mode in modes if mode.name in self.mode_warmups
+        ]
+        if min(alone, default=0.0) <= 0 or not concurrent:
+            alone = [eager.baseline([index], 1).elapsed for index in self.everyone]
+            concurrent = [modes[0].concurrent(1).elapsed]
+        per_call = {f"alone:{index}": seconds for index, seconds in enumerate(alone)}
+        per_call["sequential"] = sum(alone)
+        per_call["concurrent"] = min(concurrent)
+        return reps_for(per_call, self._target_block)
+
+    @property
+    def _target_block(self) -> float:
+        """A sample long enough that ``min_rounds`` rounds of samples take about a third of the budget: a
+        quiet pair that is precise after them stops early, and a noisy one gets many more rounds than the
+        minimum in its budget, which is what narrows its interval."""
+        variants = len(self.lanes) + 2
+        return self.settings.budget / (3 * self.settings.min_rounds * variants)
+
+    def _choose(self, modes: list[Mode], reps: int, deadline: float) -> Mode:
+        """The mode whose concurrent run is fastest in a few short rounds.
+
+        Fastest, not highest speedup: each mode's speedup is against a baseline in its own style, and
+        graph replays back to back are faster than eager calls, so a high speedup over a slow baseline
+        could still be the slower way to serve.
+        """
+        if len(modes) == 1:
+            return modes[0]
+        for mode in modes:
+            warmup = self.mode_warmups.get(mode.name)
+            measured = measure_rounds(
+                {
+                    "sequential": functools.partial(mode.baseline, self.everyone),
+                    "concurrent": mode.concurrent,
+                },
+                reps,
+                settle=self._settle,
+                preroll=self.backend.preroll,
+                min_rounds=PROBE_ROUNDS,
+                stop=lambda samples, now: "probed",
+                deadline=deadline,
+            )
+            samples = measured.samples
+            if not samples.rounds:
+                self.probes[mode.name] = ModeProbe(mode.name, warmup=warmup)
+                continue
+            self.probes[mode.name] = ModeProbe(
+                mode.name,
+                speedup=stats.median(
+                    stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
+                ),
+                sequential=stats.median(samples.elapsed["sequential"]),
+                concurrent=stats.median(samples.elapsed["concurrent"]),
+                warmup=warmup,
+            )
+        return min(modes, key=lambda mode: self.probes[mode.name].concurrent or math.inf)
+
+    @property
+    def _settle(self) -> float:
+        return self.backend.default_settle if self.settings.settle is None else self.settings.settle
+
+    def _measure(self, mode: Mode, eager: Mode, reps: int, start: float, deadline: float) -> Measured:
+        variants: dict[str, Callable[[int], Run]] = {
+            f"alone:{index}": functools.partial(_alone, mode, index, f"alone run of lane {lane_name!r}")
+            for index, lane_name in enumerate(self.names)
+        }
+        variants["sequential"] = functools.partial(mode.baseline, self.everyone)
+        variants["concurrent"] = mode.concurrent
+        if mode.static_outputs:
+            variants["eager sequential"] = functools.partial(eager.baseline, self.everyone)
+        timed = [f"alone:{index}" for index in self.everyone] + ["concurrent"]
+        return measure_rounds(
+            variants,
+            reps,
+            settle=self._settle,
+            preroll=self.backend.preroll,
+            min_rounds=self.settings.min_rounds,
+            stop=StoppingRule(
+                self.bounds,
+                budget_deadline=start + self.settings.budget,
+                deadline=deadline,
+                figures=functools.partial(
+                    figures,
+                    lanes=len(self.lanes),
+                    best_time=self._best_time,
+                    slowdowns=[
+                        (bound.key, self.names.index(bound.lane or ""), bound.percentile)
+                        for bound in self.bounds
+                        if bound.metric == "slowdown"
+                    ],
+                ),
+            ),
+            deadline=deadline,
+            target_block=self._target_block,
+            check_start=lambda samples: slower_start(samples.elapsed, timed),
+        )
+
+    def _pipeline_latency(self, samples: Samples, mode_name: str) -> Latency | None:
+        """A pipeline's micro-batch latency end to end: back to back (``alone``), pipelined (``at_once``).
+
+        None in ``sequential`` mode: its stages each run over the whole batch, so no micro-batch is
+        handed over and nothing marks one's way through both stages.
+        """
+        if self.pipeline is None or mode_name == "sequential":
+            return None
+        serial, pipelined = micro_batch_latencies(
+            [round_[0] for round_ in samples.intervals.get("sequential", [])],
+            [round_[0] for round_ in samples.intervals.get("concurrent", [])],
+            [round_[1] for round_ in samples.intervals.get("concurrent", [])],
+            self.pipeline.micro_batches,
+        )
+        if not serial or not pipelined:
+            return None
+        return Latency(LatencyStats.from_latencies(serial), LatencyStats.from_latencies(pipelined))
+
+    def _best_time(self, alone: list[float]) -> float:
+        micro_batches = None if self.pipeline is None else self.pipeline.micro_batches
+        return best_possible_time(alone, micro_batches)
+
+    def _memory(self, mode: Mode, executor: Executor) -> MemoryStats | None:
+        if self.alone_peaks is None:
+            return None
+        if mode.static_outputs:  # graph pools are allocated once; the eager peak is the one that varies
+            mode = self._mode("streams", executor)
+        with self.backend.peak_memory() as sequential:
+            mode.baseline(self.everyone, 1)
+        with self.backend.peak_memory() as concurrent:
+            mode.concurrent(1)
+        return MemoryStats(
+            alone=tuple(self.alone_peaks[lane_name] for lane_name in self.names),
+            sequential=sequential[0],
+            concurrent=concurrent[0],
+        )
+
+    def _checked_outputs(self, mode: Mode) -> list[Any]:
+        calls = mode.calls
+        mode.calls = [copying(call) for call in calls]
+        try:
+            return mode.concurrent(1).outputs
+        finally:
+            mode.calls = calls
+
+    def _result(
+        self,
+        name: str,
+        mode_name: str,
+        measured: Measured,
+        lane_warmups: list[WarmUp],
+        memory: MemoryStats | None,
+        outputs: list[Any],
+        reference: list[Any],
+        timing: _Timing,
+    ) -> DualResult:
+        samples = measured.samples
+
+        def measurement(variant: str) -> Measurement:
+            return Measurement.from_samples(samples.elapsed[variant], samples.wall[variant])
+
+        lanes = [
+            LaneResult(
+                lane,
+                measurement(f"alone:{index}"),
+                lane_warmups[index],
+                _latency(samples, index),
+                "high" if self.high[index] else "normal",
+                in_training_mode(self.lanes[index].model),
+            )
+            for index, lane in enumerate(self.names)
+        ]
+        sequential, concurrent = measurement("sequential"), measurement("concurrent")
+        ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
+        alone = [lane.alone.median for lane in lanes]
+        efficiencies = per_round_efficiencies(samples, len(lanes), self._best_time)
+        comparison = compare_lanes(self.names, reference, outputs, self.settings.tolerance)
+        self.probes[mode_name] = ModeProbe(
+            mode_name,
+            speedup=stats.median(ratios),
+            sequential=sequential.median,
+            concurrent=concurrent.median,
+            chosen=True,
+            warmup=self.mode_warmups.get(mode_name),
+        )
+        self.warnings += measuring_notes(
+            measured,
+            (sequential, concurrent),
+            min_rounds=self.settings.min_rounds,
+            cap=self.settings.measuring_cap,
+            settle=self._settle,
+        )
+        return DualResult(
+            name=name,
+            device=str(self.backend.device),
+            device_name=device_name(self.backend.device),
+            mode=mode_name,
+            requested_mode=self.settings.mode,
+            lanes=lanes,
+            sequential=sequential,
+            concurrent=concurrent,
+            eager_sequential=measurement("eager sequential")
+            if "eager sequential" in samples.elapsed
+            else None,
+            speedup=stats.median(ratios),
+            speedup_ci=stats.median_ci(ratios),
+            ideal_speedup=sum(alone) / self._best_time(alone) if max(alone) > 0 else 1.0,
+            efficiency=stats.median(efficiencies) if efficiencies else None,
+            efficiency_ci=stats.median_ci(efficiencies) if efficiencies else None,
+            efficiency_rounds=len(efficiencies),
+            micro_batches=self.pipeline.micro_batches if self.pipeline is not None else None,
+            pipeline_latency=self._pipeline_latency(samples, mode_name),
+            overlap=stats.median(samples.overlaps["concurrent"]),
+            correct=comparison.correct and not self.input_writes,
+            max_abs_err=comparison.max_abs_err,
+            max_rel_err=comparison.max_rel_err,
+            mismatches=[*self.input_writes, *comparison.mismatches],
+            input_writes=self.input_writes,
+            uncomparable=comparison.uncomparable,
+            without_tensors=comparison.without_tensors,
+            memory=memory,
+            modes=[self.probes[mode] for mode in MODES if mode in self.probes],
+            warnings=self.warnings,
+            rounds=samples.rounds,
+            reps=measured.reps,
+            lock_wait=self.lock_wait,
+            stop=measured.stop,
+            warmup_seconds=timing.warmup,
+            measuring_seconds=timing.measuring,
+            dropped_rounds=measured.dropped,
+            timelines={
+                run: [
+                    LaneTimeline(self.names[index], tuple(intervals)).capped(TIMELINE_REPS)
+                    for index, intervals in zip(
+                        samples.last[run].lanes, samples.last[run].intervals, strict=True
+                    )
+                ]
+                for run in ("sequential", "concurrent")
+            },
+            outputs=outputs,
+            reference=reference,
+        )
+
+
+def _latency(samples: Samples, index: int) -> Latency | None:
+    """Lane ``index``'s per-call latency alone (its alone runs) and at once (its part of the concurrent
+    runs), over every measured round."""
+    alone = samples.lane_latencies(f"alone:{index}", 0)
+    at_once = samples.lane_latencies("concurrent", index)
+    if not alone or not at_once:
+        return None
+    return Latency(LatencyStats.from_latencies(alone), LatencyStats.from_latencies(at_once))
+
+
+def _kept(output: Any) -> Any:
+    """An output to keep past the lane's next call, so a copy: graph replays (``graphs`` mode, and models
+    compiled with ``mode="reduce-overhead"``, whose CUDA graph trees reuse their output memory on the
+    next run) would otherwise overwrite it."""
+    return map_tensors(output, torch.Tensor.clone)
+
+
+def _refuse_iterators(lane_name: str, output: Any) -> None:
+    """A generator or iterator output does its work only when someone iterates: nothing would be timed."""
+    for path, leaf in walk(output):
+        if kind(leaf) is Kind.ITERATOR:
+            raise DualGpuUsageError(
+                f"lane {lane_name!r} returned a {type(leaf).__name__} at {path}: its work runs only when "
+                "it is iterated, so dual_infer would time nothing; return the values (e.g. list(...) or "
+                "torch.stack(...)) from forward"
+            )
+
+
+def _alone(mode: Mode, index: int, label: str, reps: int) -> Run:
+    return mode.baseline([index], reps, label)
+
+
+def _per_call(mode: Mode, lanes: list[int], label: str, calls: int) -> float:
+    return mode.baseline(lanes, calls, label).elapsed
+
+
+def _concurrent_per_call(mode: Mode, calls: int) -> float:
+    return mode.concurrent(calls).elapsed
+
+
+@dataclass(frozen=True)
+class _Timing:
+    warmup: float
+    measuring: float
+
+
+def in_training_mode(model: Any) -> bool:
+    """A module with a part that behaves differently in training (dropout draws, batch statistics) and
+    is in training mode: its outputs differ from call to call, concurrency or not."""
+    if not isinstance(model, torch.nn.Module):
+        return False
+    stochastic = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+    return any(module.training and isinstance(module, stochastic) for module in model.modules())

@@ -1,0 +1,144 @@
+"""How one ``dual_infer`` call measures: every setting the API takes, checked before anything runs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pytest_dualgpu.bounds import Bound, parse_bounds
+from pytest_dualgpu.engine.compare import Tolerance
+from pytest_dualgpu.engine.sync import SyncSettings
+from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.modes import checked_mode
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_WARMUP = 3.0
+MAX_BUDGET_FACTOR = 5.0
+DEFAULT_LOCK_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """How a call measures. ``budget``: seconds of measured rounds (warm-up and probes come on top)."""
+
+    mode: str = "auto"
+    device: str | torch.device | None = None
+    budget: float = 1.0
+    max_budget: float | None = None  # None: MAX_BUDGET_FACTOR x budget
+    warmup: float = DEFAULT_WARMUP
+    bounds: tuple[Bound, ...] = ()
+    min_rounds: int = 7
+    timeout: float = 120.0
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    rtol: float | None = None
+    atol: float | None = None
+    equal_nan: bool = False
+    settle: float | None = None
+    race_trials: int = 0
+    race_seed: int | None = None
+    detect_syncs: bool = False
+    sanitizer: bool = False
+    profile: bool = False
+    priorities: Sequence[str] | Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        checked_mode(self.mode)
+        _require_positive("budget", self.budget, "seconds of measuring per call, e.g. budget=1.0")
+        if self.max_budget is not None:
+            _require_positive("max_budget", self.max_budget, "seconds of measuring to decide a bound")
+            if self.max_budget < self.budget:
+                raise DualGpuUsageError(
+                    f"max_budget ({self.max_budget:g} s) must be at least the budget ({self.budget:g} s): "
+                    "it is how far measuring may go past the budget to decide a bound"
+                )
+        if (
+            isinstance(self.warmup, bool)
+            or not isinstance(self.warmup, (int, float))
+            or not 0 <= self.warmup < math.inf
+        ):
+            raise DualGpuUsageError(
+                f"warmup must be a number of seconds >= 0 (the cap of the steady-state warm-up; 0 skips "
+                f"it), got {self.warmup!r}"
+            )
+        _require_positive("timeout", self.timeout, "seconds a lane may take per run")
+        _require_positive("lock_timeout", self.lock_timeout, "seconds to wait for the measuring lock")
+        object.__setattr__(self, "bounds", parse_bounds(self.bounds))
+        _check_priorities(self.priorities)
+        if isinstance(self.min_rounds, bool) or not isinstance(self.min_rounds, int) or self.min_rounds < 1:
+            raise DualGpuUsageError(f"min_rounds must be an integer >= 1, got {self.min_rounds!r}")
+        if self.settle is not None and (not isinstance(self.settle, (int, float)) or self.settle < 0):
+            raise DualGpuUsageError(f"settle must be a number of seconds >= 0, got {self.settle!r}")
+        if (
+            isinstance(self.race_trials, bool)
+            or not isinstance(self.race_trials, int)
+            or self.race_trials < 0
+        ):
+            raise DualGpuUsageError(f"race_trials must be an integer >= 0, got {self.race_trials!r}")
+        if self.race_seed is not None and (
+            isinstance(self.race_seed, bool) or not isinstance(self.race_seed, int)
+        ):
+            raise DualGpuUsageError(
+                f"race_seed must be an integer (to replay a failing trial), got {self.race_seed!r}"
+            )
+        for flag in ("detect_syncs", "sanitizer", "profile"):
+            if not isinstance(getattr(self, flag), bool):
+                raise DualGpuUsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+
+    @property
+    def measuring_cap(self) -> float:
+        return self.budget * MAX_BUDGET_FACTOR if self.max_budget is None else self.max_budget
+
+    @property
+    def sync(self) -> SyncSettings:
+        return SyncSettings(self.race_trials, self.race_seed, self.detect_syncs, self.sanitizer)
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return Tolerance(rtol=self.rtol, atol=self.atol, equal_nan=self.equal_nan)
+
+
+PRIORITIES = ("high", "normal")
+
+
+def _check_priorities(priorities: object) -> None:
+    if priorities is None:
+        return
+    values = priorities.values() if isinstance(priorities, Mapping) else priorities
+    if isinstance(priorities, str) or not isinstance(values, Iterable):
+        raise DualGpuUsageError(
+            f"priorities must be a list with one of {PRIORITIES} per lane, or a mapping from lane name to "
+            f"one, e.g. {{'Encoder': 'high'}}; got {priorities!r}"
+        )
+    wrong = [value for value in values if value not in PRIORITIES]
+    if wrong:
+        raise DualGpuUsageError(f"a priority is 'high' or 'normal', got {wrong[0]!r}")
+
+
+def high_priority(settings: CallSettings, names: Sequence[str]) -> list[bool]:
+    """Which lanes' streams get the device's highest priority; unknown lane names are a usage error."""
+    priorities = settings.priorities
+    if priorities is None:
+        return [False] * len(names)
+    if isinstance(priorities, Mapping):
+        unknown = sorted(set(priorities) - set(names))
+        if unknown:
+            raise DualGpuUsageError(
+                f"priorities names lane(s) {', '.join(map(repr, unknown))}, but the lanes are "
+                f"{', '.join(map(repr, names))}"
+            )
+        return [priorities.get(name) == "high" for name in names]
+    chosen = list(priorities)
+    if len(chosen) != len(names):
+        raise DualGpuUsageError(
+            f"priorities has {len(chosen)} entries for {len(names)} lanes; give one per lane"
+        )
+    return [value == "high" for value in chosen]
+
+
+def _require_positive(name: str, value: object, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+        raise DualGpuUsageError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}")
