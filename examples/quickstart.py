@@ -16,7 +16,7 @@ import torch
 from zoo import Encoder
 
 from pytest_dualgpu import dual_infer, place_model
-from pytest_dualgpu.reports.rows import format_results
+from pytest_dualgpu.reports import format_results
 
 
 def main() -> None:

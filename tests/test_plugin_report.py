@@ -217,7 +217,7 @@ def test_a_failing_lane_leaves_the_other_tests_and_the_report_intact(
 def test_hooks_see_every_result_and_can_change_the_columns(suite: pytest.Pytester) -> None:
     suite.makeconftest(
         """
-        from pytest_dualgpu.reports.rows import Column
+        from pytest_dualgpu.report import Column  # the name it had before reports/: still works
 
         seen = []
 
