@@ -9,9 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_dualgpu.engine.compare import Tolerance, compare_lanes, compare_outputs
+from pytest_dualgpu.engine.compare import compare_lanes, compare_outputs
 from pytest_dualgpu.engine.trees import iter_tensors, map_tensors
 from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.specs import Tolerance
 
 
 class Pair(NamedTuple):

@@ -62,13 +62,16 @@ def test_markers_are_registered_for_strict_markers_and_collect_only(suite: pytes
             "dualgpu_speedup: unknown argument 'minimum'; it takes min, min_efficiency, device",
         ),
         ("dualgpu_speedup()", "dualgpu_speedup: give min (a speedup such as 1.3) and/or min_efficiency*"),
-        ("dualgpu_speedup(min='fast')", "dualgpu_speedup: min must be a number, got 'fast'"),
+        ("dualgpu_speedup(min='fast')", "dualgpu_speedup: min must be a number > 0, got 'fast'"),
         (
             "dualgpu_speedup(min=1.2, device='tpu')",
             "dualgpu_speedup: device must be 'cuda', 'cpu' or a list*",
         ),
-        ("dualgpu_speedup(min_efficiency=1.5)", "dualgpu_speedup: min_efficiency must be <= 1, got 1.5"),
-        ("dualgpu_correct(rtol=0.1)", "dualgpu_correct: give rtol and atol together*"),
+        (
+            "dualgpu_speedup(min_efficiency=1.5)",
+            "dualgpu_speedup: min_efficiency must be a number <= 1, got 1.5",
+        ),
+        ("dualgpu_correct(rtol=0.1)", "dualgpu_correct: rtol=0.1 and atol=None: give both, or neither*"),
         (
             "dualgpu_correct(1, 2, 3, 4)",
             "dualgpu_correct: too many positional arguments; it takes rtol, atol, *",

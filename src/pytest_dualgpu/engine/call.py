@@ -28,7 +28,7 @@ from pytest_dualgpu import stats
 from pytest_dualgpu.bounds import final_status
 from pytest_dualgpu.engine.backends import Backend, drop_locals, make_backend
 from pytest_dualgpu.engine.callsettings import CallSettings, high_priority
-from pytest_dualgpu.engine.compare import Tolerance, compare_lanes, compare_outputs
+from pytest_dualgpu.engine.compare import compare_lanes, compare_outputs
 from pytest_dualgpu.engine.devices import device_name, lock_path, resolve_device
 from pytest_dualgpu.engine.diagnosis import no_overlap_hint
 from pytest_dualgpu.engine.executor import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run, copying
@@ -69,6 +69,7 @@ from pytest_dualgpu.results import (
     SyncStats,
     WarmUp,
 )
+from pytest_dualgpu.specs import Tolerance
 from pytest_dualgpu.timeline import LaneTimeline
 
 PROBE_ROUNDS = 3

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_dualgpu.bounds import Bound, parse_bounds
-from pytest_dualgpu.engine.compare import Tolerance
 from pytest_dualgpu.engine.sync import SyncSettings
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.modes import checked_mode
+from pytest_dualgpu.specs import Tolerance, check_bool, check_number
 
 if TYPE_CHECKING:
     import torch
@@ -47,46 +46,54 @@ class CallSettings:
 
     def __post_init__(self) -> None:
         checked_mode(self.mode)
-        _require_positive("budget", self.budget, "seconds of measuring per call, e.g. budget=1.0")
-        if self.max_budget is not None:
-            _require_positive("max_budget", self.max_budget, "seconds of measuring to decide a bound")
-            if self.max_budget < self.budget:
-                raise DualGpuUsageError(
-                    f"max_budget ({self.max_budget:g} s) must be at least the budget ({self.budget:g} s): "
-                    "it is how far measuring may go past the budget to decide a bound"
-                )
-        if (
-            isinstance(self.warmup, bool)
-            or not isinstance(self.warmup, (int, float))
-            or not 0 <= self.warmup < math.inf
-        ):
+        check_number(
+            "budget",
+            self.budget,
+            minimum=0,
+            strict=True,
+            unit="seconds",
+            meaning="of measuring per call, e.g. budget=1.0",
+        )
+        check_number(
+            "max_budget",
+            self.max_budget,
+            minimum=0,
+            strict=True,
+            unit="seconds",
+            meaning="of measuring to decide a bound",
+        )
+        if self.max_budget is not None and self.max_budget < self.budget:
             raise DualGpuUsageError(
-                f"warmup must be a number of seconds >= 0 (the cap of the steady-state warm-up; 0 skips "
-                f"it), got {self.warmup!r}"
+                f"max_budget ({self.max_budget:g} s) must be at least the budget ({self.budget:g} s): "
+                "it is how far measuring may go past the budget to decide a bound"
             )
-        _require_positive("timeout", self.timeout, "seconds a lane may take per run")
-        _require_positive("lock_timeout", self.lock_timeout, "seconds to wait for the measuring lock")
+        check_number(
+            "warmup",
+            self.warmup,
+            minimum=0,
+            unit="seconds",
+            meaning="the cap of the steady-state warm-up; 0 skips it",
+        )
+        check_number(
+            "timeout", self.timeout, minimum=0, strict=True, unit="seconds", meaning="a lane may take per run"
+        )
+        check_number(
+            "lock_timeout",
+            self.lock_timeout,
+            minimum=0,
+            strict=True,
+            unit="seconds",
+            meaning="to wait for the measuring lock",
+        )
         object.__setattr__(self, "bounds", parse_bounds(self.bounds))
         _check_priorities(self.priorities)
-        if isinstance(self.min_rounds, bool) or not isinstance(self.min_rounds, int) or self.min_rounds < 1:
-            raise DualGpuUsageError(f"min_rounds must be an integer >= 1, got {self.min_rounds!r}")
-        if self.settle is not None and (not isinstance(self.settle, (int, float)) or self.settle < 0):
-            raise DualGpuUsageError(f"settle must be a number of seconds >= 0, got {self.settle!r}")
-        if (
-            isinstance(self.race_trials, bool)
-            or not isinstance(self.race_trials, int)
-            or self.race_trials < 0
-        ):
-            raise DualGpuUsageError(f"race_trials must be an integer >= 0, got {self.race_trials!r}")
-        if self.race_seed is not None and (
-            isinstance(self.race_seed, bool) or not isinstance(self.race_seed, int)
-        ):
-            raise DualGpuUsageError(
-                f"race_seed must be an integer (to replay a failing trial), got {self.race_seed!r}"
-            )
+        check_number("min_rounds", self.min_rounds, minimum=1, integer=True)
+        check_number("settle", self.settle, minimum=0, unit="seconds")
+        check_number("race_trials", self.race_trials, minimum=0, integer=True)
+        check_number("race_seed", self.race_seed, integer=True, meaning="to replay a failing trial")
         for flag in ("detect_syncs", "sanitizer", "profile"):
-            if not isinstance(getattr(self, flag), bool):
-                raise DualGpuUsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+            check_bool(flag, getattr(self, flag))
+        Tolerance(self.rtol, self.atol, self.equal_nan)
 
     @property
     def measuring_cap(self) -> float:
@@ -137,8 +144,3 @@ def high_priority(settings: CallSettings, names: Sequence[str]) -> list[bool]:
             f"priorities has {len(chosen)} entries for {len(names)} lanes; give one per lane"
         )
     return [value == "high" for value in chosen]
-
-
-def _require_positive(name: str, value: object, meaning: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
-        raise DualGpuUsageError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pytest_dualgpu.engine.trees import Kind, children, is_array, kind
-from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.specs import Tolerance
 
 
 @dataclass
@@ -37,24 +37,6 @@ class Comparison:
         self.mismatches.extend(other.mismatches)
         self.uncomparable.extend(other.uncomparable)
         self.without_tensors.extend(other.without_tensors)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    rtol: float | None = None
-    atol: float | None = None
-    equal_nan: bool = False
-
-    def __post_init__(self) -> None:
-        if (self.rtol is None) != (self.atol is None):
-            raise DualGpuUsageError(
-                f"rtol={self.rtol} and atol={self.atol}: give both, or neither to get the defaults "
-                "torch.testing.assert_close picks for the dtype"
-            )
-        for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and value >= 0):
-                raise DualGpuUsageError(f"{name} must be a number >= 0, got {value!r}")
 
 
 def compare_lanes(

@@ -26,10 +26,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pytest_dualgpu.engine.backends import Backend, host_syncs_in_this_thread
-from pytest_dualgpu.engine.compare import Tolerance, compare_lanes
+from pytest_dualgpu.engine.compare import compare_lanes
 from pytest_dualgpu.engine.executor import Executor, Lane, copying
 from pytest_dualgpu.engine.trees import iter_tensors
 from pytest_dualgpu.results import SyncStats
+from pytest_dualgpu.specs import Tolerance
 
 START_DELAY_SECONDS = 0.005
 OPERATOR_DELAY_SECONDS = 0.002

@@ -9,7 +9,6 @@ about pytest or imports torch.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from pytest_dualgpu.bounds import Bound, figure, interval_text
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import PERCENTILES
 from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.specs import Tolerance, check_bool, check_number
 from pytest_dualgpu.units import parse_size, size_text
 
 PASS = stats.PASS
@@ -28,25 +28,6 @@ WARN = stats.WARN
 NO_TENSOR = stats.NO_TENSOR
 NOTICES = stats.NOTICES
 VERDICT_KINDS = stats.VERDICT_KINDS
-
-
-@dataclass(frozen=True)
-class CorrectSpec:
-    """``dualgpu_correct(rtol=None, atol=None, equal_nan=False)``."""
-
-    rtol: float | None = None
-    atol: float | None = None
-    equal_nan: bool = False
-
-    def __post_init__(self) -> None:
-        if (self.rtol is None) != (self.atol is None):
-            raise DualGpuUsageError(
-                "give rtol and atol together, or neither for the defaults torch.testing.assert_close "
-                "picks by dtype"
-            )
-        _check_number("rtol", self.rtol, minimum=0.0)
-        _check_number("atol", self.atol, minimum=0.0)
-        _check_bool("equal_nan", self.equal_nan)
 
 
 @dataclass(frozen=True)
@@ -65,7 +46,7 @@ class SyncSpec:
             raise DualGpuUsageError(f"seed must be an integer (a seed a failure reported), got {self.seed!r}")
         if self.implicit not in ("error", "warn", "ignore"):
             raise DualGpuUsageError(f"implicit must be 'error', 'warn' or 'ignore', got {self.implicit!r}")
-        _check_bool("sanitizer", self.sanitizer)
+        check_bool("sanitizer", self.sanitizer)
 
 
 @dataclass(frozen=True)
@@ -79,8 +60,8 @@ class SpeedupSpec:
     def __post_init__(self) -> None:
         if self.min is None and self.min_efficiency is None:
             raise DualGpuUsageError("give min (a speedup such as 1.3) and/or min_efficiency (such as 0.5)")
-        _check_number("min", self.min, minimum=0.0, strict=True)
-        _check_number("min_efficiency", self.min_efficiency, maximum=1.0)
+        check_number("min", self.min, minimum=0.0, strict=True)
+        check_number("min_efficiency", self.min_efficiency, maximum=1.0)
         _check_device_types(self.device)
 
     @property
@@ -108,7 +89,7 @@ class MemorySpec:
             )
         if self.max_bytes is not None:
             parse_size(self.max_bytes)
-        _check_number("max_ratio", self.max_ratio, minimum=0.0, strict=True)
+        check_number("max_ratio", self.max_ratio, minimum=0.0, strict=True)
 
     @property
     def byte_limit(self) -> int | None:
@@ -128,7 +109,7 @@ class InterferenceSpec:
     def __post_init__(self) -> None:
         if self.max_slowdown is None:
             raise DualGpuUsageError("give max_slowdown, such as 1.5 (at most 1.5 times slower at once)")
-        _check_number("max_slowdown", self.max_slowdown, minimum=0.0, strict=True)
+        check_number("max_slowdown", self.max_slowdown, minimum=0.0, strict=True)
         if isinstance(self.percentile, bool) or self.percentile not in PERCENTILES:
             raise DualGpuUsageError(
                 f"percentile must be one of {', '.join(map(str, PERCENTILES))}, got {self.percentile!r}"
@@ -163,7 +144,7 @@ class CudaSpec:
 
 MARKERS: dict[str, tuple[type, str]] = {
     "dualgpu_correct": (
-        CorrectSpec,
+        Tolerance,
         "dualgpu_correct(rtol=None, atol=None, equal_nan=False): every concurrent output of dual_infer "
         "equals each lane's output alone, within tolerance (by default as torch.testing.assert_close)",
     ),
@@ -241,7 +222,7 @@ def judge(result: DualResult, specs: Mapping[str, Any]) -> dict[str, Verdict]:
     }
 
 
-def _judge_correct(result: DualResult, _spec: CorrectSpec) -> Verdict:
+def _judge_correct(result: DualResult, _spec: Tolerance) -> Verdict:
     if result.correct:
         empty = result.without_tensors
         if empty and len(empty) == len(result.lanes):
@@ -512,32 +493,9 @@ def _maybe(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _check_number(
-    name: str,
-    value: object,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    strict: bool = False,
-) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise DualGpuUsageError(f"{name} must be a number, got {value!r}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise DualGpuUsageError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise DualGpuUsageError(f"{name} must be <= {maximum:g}, got {value!r}")
-
-
 def _check_device_types(device: object) -> None:
     types = (
         (device,) if isinstance(device, str) else tuple(device) if isinstance(device, (list, tuple)) else ()
     )
     if not types or not all(kind in ("cpu", "cuda") for kind in types):
         raise DualGpuUsageError(f"device must be 'cuda', 'cpu' or a list of them, got {device!r}")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise DualGpuUsageError(f"{name} must be True or False, got {value!r}")
