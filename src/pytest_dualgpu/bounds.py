@@ -17,6 +17,7 @@ from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import PERCENTILES
 from pytest_dualgpu.results import DualResult
 from pytest_dualgpu.timeline import Interval
+from pytest_dualgpu.units import ratio_text
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def figure(result: DualResult, metric: str) -> Figure | None:
 def interval_text(metric: str, figure: Figure) -> str:
     lo, hi = figure.interval
     if metric in ("speedup", "slowdown"):
-        return f"{figure.value:.2f}x [95% CI {lo:.2f}, {hi:.2f}]"
+        return ratio_text(figure.value, (lo, hi))
     if metric == "concurrent":
         return f"{figure.value * 1e3:.3g} ms [95% CI {lo * 1e3:.3g}, {hi * 1e3:.3g}]"
     return f"{figure.value:.2f} [95% CI {lo:.2f}, {hi:.2f}]"

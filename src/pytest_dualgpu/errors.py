@@ -52,21 +52,31 @@ class ConcurrentOutOfMemoryError(DualGpuError, MemoryError):
     def __init__(self, run: str, lane: str, alone_peaks: dict[str, int] | None, original: BaseException):
         self.run = run
         self.lane = lane
+        from pytest_dualgpu.units import size_text  # units' own errors come from here
+
         self.alone_peaks = alone_peaks
         if alone_peaks:
-            peaks = ", ".join(f"{name} {bytes_to_mib(peak)}" for name, peak in alone_peaks.items())
-            measured = f"peak memory measured alone: {peaks} (sum {bytes_to_mib(sum(alone_peaks.values()))})"
+            peaks = ", ".join(f"{name} {size_text(peak)}" for name, peak in alone_peaks.items())
+            measured = f"peak memory measured alone: {peaks} (sum {size_text(sum(alone_peaks.values()))})"
         else:
             measured = "no peak was measured alone yet"
         super().__init__(
             f"out of device memory in the {run} (lane {lane!r}); {measured}. "
             "Reduce the batch size, co-locate smaller models, or use mode='sequential'. "
-            f"Original error: {str(original).splitlines()[0] if str(original) else type(original).__name__}"
+            f"Original error: {first_line(original)}"
         )
 
 
-def bytes_to_mib(count: int) -> str:
-    return f"{count / 2**20:.1f} MiB"
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (a CUDA or compiler error can run to pages), or its type's
+    name when the message is empty."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def described(error: BaseException) -> str:
+    """``"RuntimeError: <its first line>"``, or only the type's name when the message is empty."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 class MeasuringLockTimeout(DualGpuError, TimeoutError):

@@ -32,3 +32,10 @@ def size_text(size: int) -> str:
     if size >= 10 * 1024 * MiB:
         return f"{size / (1024 * MiB):.1f} GiB"
     return f"{size / MiB:.1f} MiB"
+
+
+def ratio_text(value: float, interval: tuple[float, float], *, label: bool = True) -> str:
+    """A ratio with its interval: "1.23x [95% CI 1.10, 1.30]" in sentences, "1.23x [1.10, 1.30]" in table
+    cells (``label=False``)."""
+    lo, hi = interval
+    return f"{value:.2f}x [{'95% CI ' if label else ''}{lo:.2f}, {hi:.2f}]"

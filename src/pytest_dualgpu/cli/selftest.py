@@ -20,6 +20,7 @@ from torch import nn
 from pytest_dualgpu.cli.doctor import FAIL, PASS, SKIP, Check
 from pytest_dualgpu.engine.api import dual_infer
 from pytest_dualgpu.engine.backends import gpu_sleep, graphs_unsupported
+from pytest_dualgpu.errors import described
 from pytest_dualgpu.modes import CUDA_CONCURRENT
 from pytest_dualgpu.results import DualResult
 
@@ -89,8 +90,7 @@ def run_self_test(device: torch.device, budget_seconds: float = 60.0) -> list[Ch
         try:
             checks.append(test())
         except Exception as error:
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            checks.append(Check(name, FAIL, f"{type(error).__name__}: {first}", "see the error; report it"))
+            checks.append(Check(name, FAIL, described(error), "see the error; report it"))
     return checks
 
 

@@ -21,8 +21,10 @@ from tabulate import tabulate
 from pytest_dualgpu import stats
 from pytest_dualgpu.bounds import Bound
 from pytest_dualgpu.engine.api import dual_infer
+from pytest_dualgpu.errors import described
 from pytest_dualgpu.latency import Objective
 from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.units import ratio_text
 
 Models = Callable[[], tuple[torch.nn.Module, torch.nn.Module, Any, Any]]
 
@@ -67,7 +69,7 @@ class Task:
             # Outputs stay on the device; a matrix of many pairs must not hold every pair's.
             self.result = dataclasses.replace(result, outputs=None, reference=None)
         except Exception as error:  # a model that fails here is reported in its cells; the rest still runs
-            self.error = f"{type(error).__name__}: {_first_line(error)}"
+            self.error = described(error)
 
 
 def gains(result: DualResult) -> bool:
@@ -250,7 +252,7 @@ def sweep_rows(tasks: Sequence[Task], objectives: Sequence[Objective] = ()) -> l
             [
                 str(batch),
                 result.mode,
-                f"{result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"
+                ratio_text(result.speedup, (lo, hi), label=False)
                 + (" WRONG" if task.wrong else "")
                 + ("" if result.reliable else " UNRELIABLE"),
                 f"{result.ideal_speedup:.2f}x",
@@ -342,7 +344,7 @@ def sweep_verdict(tasks: Sequence[Task]) -> str:
         lo, hi = result.speedup_ci
         verdict = (
             f"concurrency pays at batch {_batches(paying)}; from batch {stop.key} on it does not "
-            f"({result.speedup:.2f}x [95% CI {lo:.2f}, {hi:.2f}] at {stop.key})"
+            f"({ratio_text(result.speedup, (lo, hi))} at {stop.key})"
         )
     return "; ".join([verdict, *said])
 
@@ -365,7 +367,3 @@ def _rate(items_per_second: float) -> str:
     if not math.isfinite(items_per_second):
         return "-"
     return f"{items_per_second:,.0f}" if items_per_second >= 100 else f"{items_per_second:.3g}"
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0]

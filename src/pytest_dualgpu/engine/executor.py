@@ -25,7 +25,7 @@ import torch
 from pytest_dualgpu.engine.backends import Backend, Stamps, own_graph_trees
 from pytest_dualgpu.engine.trees import map_tensors
 from pytest_dualgpu.engine.workers import Worker, abandon
-from pytest_dualgpu.errors import HandOffStopped, LaneError, LaneExit, LaneTimeoutError
+from pytest_dualgpu.errors import HandOffStopped, LaneError, LaneExit, LaneTimeoutError, described
 from pytest_dualgpu.timeline import Interval
 
 
@@ -418,8 +418,7 @@ class GraphCaptureError(Exception):
         # Ending a broken capture raises again; the first error in the chain is the one that explains it.
         while error.__context__ is not None:
             error = error.__context__
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        self.reason = f"graph capture of lane {lane!r} failed: {type(error).__name__}: {first_line}"
+        self.reason = f"graph capture of lane {lane!r} failed: {described(error)}"
         super().__init__(self.reason)
 
 

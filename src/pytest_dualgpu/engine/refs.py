@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from pytest_dualgpu.engine.trees import iter_tensors, map_tensors
-from pytest_dualgpu.errors import DualGpuError, DualGpuUsageError
+from pytest_dualgpu.errors import DualGpuError, DualGpuUsageError, described
 
 MODEL_FORMS = (
     "package.module:name or path/to/file.py:name, where name is an nn.Module instance, an nn.Module class "
@@ -58,7 +58,7 @@ def load_object(reference: str, what: str, forms: str) -> Any:
             ) from None
         except Exception as error:
             raise DualGpuUsageError(
-                f"{what} {reference!r}: importing {location!r} raised {_described(error)}"
+                f"{what} {reference!r}: importing {location!r} raised {described(error)}"
             ) from error
     try:
         return getattr(module, name)
@@ -98,7 +98,7 @@ def _module_from_file(path: Path, reference: str, what: str) -> Any:
     except Exception as error:
         del sys.modules[module_name]
         raise DualGpuUsageError(
-            f"{what} {reference!r}: importing {str(path)!r} raised {_described(error)}"
+            f"{what} {reference!r}: importing {str(path)!r} raised {described(error)}"
         ) from error
     return module
 
@@ -143,7 +143,7 @@ class ModelRef:
         try:
             made = found()
         except Exception as error:
-            raise ModelBuildError(f"model {self.text!r}: {self.name}() raised {_described(error)}") from error
+            raise ModelBuildError(f"model {self.text!r}: {self.name}() raised {described(error)}") from error
         if isinstance(made, torch.nn.Module):
             return made
         raise DualGpuUsageError(
@@ -210,7 +210,7 @@ def _referenced_inputs(reference: str, batch: int | None) -> Any:
     try:
         made = found(batch or EXAMPLE_BATCH) if takes_batch else found()
     except Exception as error:
-        raise ModelBuildError(f"input {reference!r} raised {_described(error)}") from error
+        raise ModelBuildError(f"input {reference!r} raised {described(error)}") from error
     if batch is not None:
         _check_batch(made, batch, f"input {reference!r}")
     return made
@@ -229,10 +229,6 @@ def _cast(inputs: Any, dtype: torch.dtype | None) -> Any:
     return map_tensors(inputs, lambda tensor: tensor.to(dtype) if tensor.is_floating_point() else tensor)
 
 
-def _described(error: BaseException) -> str:
-    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
-
-
 def inputs_for(
     model: torch.nn.Module, spec: InputSpec | None, batch: int | None = None, dtype: torch.dtype | None = None
 ) -> Any:
@@ -248,7 +244,7 @@ def inputs_for(
     try:
         made = example(batch or EXAMPLE_BATCH)
     except Exception as error:
-        raise ModelBuildError(f"{type(model).__name__}.example_inputs raised {_described(error)}") from error
+        raise ModelBuildError(f"{type(model).__name__}.example_inputs raised {described(error)}") from error
     if batch is not None:
         _check_batch(made, batch, f"{type(model).__name__}.example_inputs")
     return _cast(made, dtype)

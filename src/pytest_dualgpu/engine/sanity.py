@@ -15,6 +15,7 @@ from pytest_dualgpu import stats
 from pytest_dualgpu.bounds import Bound
 from pytest_dualgpu.gpustate import state_warnings
 from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.units import ratio_text
 
 #: How far the speedup may exceed the ideal before overhead no longer explains it: the ideal rests on the
 #: alone times, which are measured apart from the concurrent run they are compared with.
@@ -111,7 +112,7 @@ def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
             else "the back-to-back baseline was slowed by something the lanes at once escaped"
         )
         found.problems.append(
-            f"speedup {result.speedup:.2f}x [95% CI {lo:.2f}, {hi:.2f}] is above the ideal "
+            f"speedup {ratio_text(result.speedup, (lo, hi))} is above the ideal "
             f"{result.ideal_speedup:.2f}x that perfect overlap of these lanes allows (per round by "
             f"{stats.median(over_ideal) - 1:.0%}): {why}"
         )
@@ -133,7 +134,7 @@ def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
             total = sum(lane.alone.median for lane in result.lanes)
             found.problems.append(
                 f"the back-to-back time {_ms(result.sequential.median)} disagrees with the sum of the alone "
-                f"times {_ms(total)} (per round {stats.median(sums):.2f}x [95% CI {lo:.2f}, {hi:.2f}]): "
+                f"times {_ms(total)} (per round {ratio_text(stats.median(sums), (lo, hi))}): "
                 "the baseline is not what its parts take, so the speedup does not measure overlap"
             )
 
@@ -159,7 +160,7 @@ def _contradictions(result: DualResult, found: Assessment) -> None:
     elif against_one == stats.INCONCLUSIVE and per_round != 0 and per_round == -_leans(by_medians):
         lo, hi = result.speedup_ci
         found.warnings.append(
-            f"no gain or loss beyond noise: speedup {result.speedup:.2f}x [95% CI {lo:.2f}, {hi:.2f}] "
+            f"no gain or loss beyond noise: speedup {ratio_text(result.speedup, (lo, hi))} "
             f"includes 1, and the medians ({_ms(result.sequential.median)} back to back, "
             f"{_ms(result.concurrent.median)} at once) lean the other way"
         )

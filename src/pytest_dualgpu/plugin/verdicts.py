@@ -19,7 +19,7 @@ from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import PERCENTILES
 from pytest_dualgpu.results import DualResult
 from pytest_dualgpu.specs import Tolerance, check_bool, check_number
-from pytest_dualgpu.units import parse_size, size_text
+from pytest_dualgpu.units import parse_size, ratio_text, size_text
 
 PASS = stats.PASS
 FAIL = stats.FAIL
@@ -315,7 +315,7 @@ def _judge_speedup(result: DualResult, spec: SpeedupSpec) -> Verdict:
         return Verdict("speedup", f"not judged ({device_type})")
     lo, hi = result.speedup_ci
     measured = (
-        f"speedup {result.speedup:.2f}x [95% CI {lo:.2f}, {hi:.2f}] of an ideal {result.ideal_speedup:.2f}x, "
+        f"speedup {ratio_text(result.speedup, (lo, hi))} of an ideal {result.ideal_speedup:.2f}x, "
         f"efficiency {_maybe(result.efficiency)}, overlap {result.overlap:.2f}, "
         f"mode {result.mode!r} on {result.device}"
     )

@@ -23,6 +23,7 @@ from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.fieldtypes import FieldTypeError, check_fields
 from pytest_dualgpu.results import DualResult
 from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, VERDICT_KINDS, WARN
+from pytest_dualgpu.units import ratio_text
 
 JSON_VERSION = 4
 #: Versions ``load_report`` reads: 2 lacks the warm-up, reliability and decision fields, which read back
@@ -138,7 +139,9 @@ def _alone(row: ReportRow) -> str:
 
 def _speedup(row: ReportRow) -> str:
     lo, hi = row.result.speedup_ci
-    return f"{row.result.speedup:.2f}x [{lo:.2f}, {hi:.2f}]" + ("" if row.result.reliable else " UNRELIABLE")
+    return ratio_text(row.result.speedup, (lo, hi), label=False) + (
+        "" if row.result.reliable else " UNRELIABLE"
+    )
 
 
 def efficiency_note(results: Iterable[DualResult]) -> str | None:
