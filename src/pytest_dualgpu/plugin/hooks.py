@@ -47,6 +47,8 @@ collector_key = pytest.StashKey[ResultCollector]()
 calls_key = pytest.StashKey[list["Call"]]()
 baseline_key = pytest.StashKey["Baseline | None"]()
 marker_error_key = pytest.StashKey[str]()  # why a test's dualgpu markers cannot be used
+specs_key = pytest.StashKey[dict[str, Any]]()  # a test's markers, parsed once at collection
+device_key = pytest.StashKey["torch.device"]()  # the session's device, resolved once
 
 
 @dataclasses.dataclass
@@ -338,9 +340,12 @@ def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
             sanitizer=sync.sanitizer,
         )
 
+    def next_call() -> int:
+        return len(item.stash.get(calls_key, [])) + 1  # calls count from 1, the failed ones too
+
     def record_result(result: DualResult) -> None:
         stripped = dataclasses.replace(result, outputs=None, reference=None)
-        _record(item, ReportRow(item.nodeid, stripped, call=len(item.stash.get(calls_key, [])) + 1))
+        _record(item, ReportRow(item.nodeid, stripped, call=next_call()))
         item.ihook.pytest_dualgpu_result(result=result, item=item)
 
     def record_error(error: BaseException, label: str) -> None:
@@ -348,7 +353,7 @@ def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
         text = f"{type(error).__name__}: {error}"
         if not isinstance(error, DualGpuError):
             text = f"{type(error).__name__} while measuring {label}" + (f": {error}" if str(error) else "")
-        _record(item, CallError(item.nodeid, len(item.stash.get(calls_key, [])) + 1, text))
+        _record(item, CallError(item.nodeid, next_call(), text))
 
     device = _session_device(request.config)
     speedup = specs.get("dualgpu_speedup")
@@ -403,16 +408,19 @@ def _notice(config: pytest.Config, message: str) -> None:
 
 
 def marker_specs(item: pytest.Item) -> dict[str, Any]:
-    """The parsed arguments of the item's dualgpu markers, keyed by marker name.
+    """The parsed arguments of the item's dualgpu markers, keyed by marker name; parsed on first use (at
+    collection) and kept in the item's stash.
 
     As with pytest's own markers, the closest one wins: a function's marker replaces its class's.
     """
-    specs = {}
-    for name in MARKERS:
-        marker = item.get_closest_marker(name)
-        if marker is not None:
-            specs[name] = parse_marker(name, marker.args, marker.kwargs)
-    return specs
+    if specs_key not in item.stash:
+        specs = {}
+        for name in MARKERS:
+            marker = item.get_closest_marker(name)
+            if marker is not None:
+                specs[name] = parse_marker(name, marker.args, marker.kwargs)
+        item.stash[specs_key] = specs
+    return item.stash[specs_key]
 
 
 def _record(item: pytest.Item, entry: ReportRow | CallError) -> None:
@@ -475,7 +483,10 @@ def _warn(item: pytest.Item, message: str) -> None:
 
 
 def _session_device(config: pytest.Config) -> torch.device:
-    """The session's device; a GPU chosen by ``--dualgpu-devices`` that CUDA cannot see is an error."""
+    """The session's device, resolved once; a GPU chosen by ``--dualgpu-devices`` that CUDA cannot see is an
+    error."""
+    if device_key in config.stash:
+        return config.stash[device_key]
     from pytest_dualgpu.engine.devices import resolve_device
 
     device = resolve_device(config.stash[settings_key].device)
@@ -485,6 +496,7 @@ def _session_device(config: pytest.Config) -> torch.device:
             f"--dualgpu-devices set CUDA_VISIBLE_DEVICES={assigned} for this process, but CUDA sees no GPU "
             "there; compare the indices with nvidia-smi (and any CUDA_VISIBLE_DEVICES set before)"
         )
+    config.stash[device_key] = device
     return device
 
 
