@@ -326,7 +326,7 @@ class _Measuring:
             lane = self.lanes[index]
             before = map_tensors(lane.args, torch.Tensor.clone), map_tensors(lane.kwargs, torch.Tensor.clone)
             started = time.perf_counter()
-            first_output = eager.baseline([index], 1, label).outputs[0]
+            first_output = eager.back_to_back([index], 1, label).outputs[0]
             first = time.perf_counter() - started
             _refuse_iterators(lane_name, first_output)
             self._check_own_inputs(lane, before)
@@ -347,7 +347,7 @@ class _Measuring:
             else:
                 warmup = WarmUp(first, 1, False, None)
             with self.backend.peak_memory() as peak:
-                run = eager.baseline([index], 1, label)
+                run = eager.back_to_back([index], 1, label)
             reference.append(_kept(run.outputs[0]))
             warmups.append(
                 warmup if warmup.per_call is not None else dataclasses.replace(warmup, per_call=run.elapsed)
@@ -405,7 +405,7 @@ class _Measuring:
                     candidates.append("threads")
                     clock.add_stages(1)
                 continue
-            mode.baseline(self.everyone, 1)
+            mode.back_to_back(self.everyone, 1)
             mode.concurrent(1)
             if self.settings.warmup > 0:
                 warmup = warm_up(
@@ -427,7 +427,7 @@ class _Measuring:
             self.mode_warmups[mode.name].per_call or 0.0 for mode in modes if mode.name in self.mode_warmups
         ]
         if min(alone, default=0.0) <= 0 or not concurrent:
-            alone = [eager.baseline([index], 1).elapsed for index in self.everyone]
+            alone = [eager.back_to_back([index], 1).elapsed for index in self.everyone]
             concurrent = [modes[0].concurrent(1).elapsed]
         per_call = {f"alone:{index}": seconds for index, seconds in enumerate(alone)}
         per_call["sequential"] = sum(alone)
@@ -445,8 +445,8 @@ class _Measuring:
     def _choose(self, modes: list[Mode], reps: int, deadline: float) -> Mode:
         """The mode whose concurrent run is fastest in a few short rounds.
 
-        Fastest, not highest speedup: each mode's speedup is against a baseline in its own style, and
-        graph replays back to back are faster than eager calls, so a high speedup over a slow baseline
+        Fastest, not highest speedup: each mode's speedup is against a sequential run in its own style, and
+        graph replays back to back are faster than eager calls, so a high speedup over a slow sequential run
         could still be the slower way to serve.
         """
         if len(modes) == 1:
@@ -455,7 +455,7 @@ class _Measuring:
             warmup = self.mode_warmups.get(mode.name)
             measured = measure_rounds(
                 {
-                    "sequential": functools.partial(mode.baseline, self.everyone),
+                    "sequential": functools.partial(mode.back_to_back, self.everyone),
                     "concurrent": mode.concurrent,
                 },
                 reps,
@@ -489,10 +489,10 @@ class _Measuring:
             f"alone:{index}": functools.partial(_alone, mode, index, f"alone run of lane {lane_name!r}")
             for index, lane_name in enumerate(self.names)
         }
-        variants["sequential"] = functools.partial(mode.baseline, self.everyone)
+        variants["sequential"] = functools.partial(mode.back_to_back, self.everyone)
         variants["concurrent"] = mode.concurrent
         if mode.static_outputs:
-            variants["eager sequential"] = functools.partial(eager.baseline, self.everyone)
+            variants["eager sequential"] = functools.partial(eager.back_to_back, self.everyone)
         timed = [f"alone:{index}" for index in self.everyone] + ["concurrent"]
         return measure_rounds(
             variants,
@@ -548,7 +548,7 @@ class _Measuring:
         if mode.static_outputs:  # graph pools are allocated once; the eager peak is the one that varies
             mode = self._mode("streams", executor)
         with self.backend.peak_memory() as sequential:
-            mode.baseline(self.everyone, 1)
+            mode.back_to_back(self.everyone, 1)
         with self.backend.peak_memory() as concurrent:
             mode.concurrent(1)
         return MemoryStats(
@@ -693,11 +693,11 @@ def _refuse_iterators(lane_name: str, output: Any) -> None:
 
 
 def _alone(mode: Mode, index: int, label: str, reps: int) -> Run:
-    return mode.baseline([index], reps, label)
+    return mode.back_to_back([index], reps, label)
 
 
 def _per_call(mode: Mode, lanes: list[int], label: str, calls: int) -> float:
-    return mode.baseline(lanes, calls, label).elapsed
+    return mode.back_to_back(lanes, calls, label).elapsed
 
 
 def _concurrent_per_call(mode: Mode, calls: int) -> float:

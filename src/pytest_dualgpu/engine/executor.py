@@ -1,12 +1,12 @@
 """The execution modes: how a set of lanes is run back to back, and how it is run at once.
 
-Back-to-back runs (the baseline, each lane alone) and the ``streams`` and ``graphs`` modes issue from the
-caller's own thread, as the user's code would; only ``threads`` hands lanes to persistent worker threads.
-The one exception is a lane's first call: until a lane has returned once, its back-to-back runs go to a
-guard thread that the caller waits for at most ``timeout``, so a lane that hangs from the start raises
+Back-to-back runs (the sequential run, each lane alone) and the ``streams`` and ``graphs`` modes issue
+from the caller's own thread, as the user's code would; only ``threads`` hands lanes to persistent worker
+threads. The one exception is a lane's first call: until a lane has returned once, its back-to-back runs go
+to a guard thread that the caller waits for at most ``timeout``, so a lane that hangs from the start raises
 ``LaneTimeoutError`` instead of holding the caller forever.
 The caller's thread matters on CPU too: with libgomp, a second thread that opens an OpenMP team while the
-first still has one makes both throttle their spinning, which slowed a 2-core matmul baseline by ~11% on a
+first still has one makes both throttle their spinning, which slowed a 2-core matmul back to back by ~11% on a
 worker thread (torch 2.13). Each run is timed from the caller's clock, so hand-offs count where they occur.
 """
 
@@ -136,7 +136,7 @@ class Executor:
     def sequential(
         self, lanes: Sequence[int], reps: int, calls: Sequence[Callable[[], Any]], run: str
     ) -> Run:
-        """Lanes back to back on the caller's thread and stream: the baseline (and the alone runs).
+        """Lanes back to back on the caller's thread and stream: the sequential run (and the alone runs).
 
         Lanes that have not yet returned once run on the guard thread instead, under the timeout.
         """
@@ -347,11 +347,11 @@ class Mode:
         self.executor = executor
         self.calls: list[Callable[[], Any]] = list(executor.lanes)
 
-    def baseline(self, lanes: Sequence[int], reps: int, run: str = "sequential run") -> Run:
+    def back_to_back(self, lanes: Sequence[int], reps: int, run: str = "sequential run") -> Run:
         return self.executor.sequential(lanes, reps, self.calls, run)
 
     def concurrent(self, reps: int) -> Run:
-        return self.baseline(range(len(self.calls)), reps, f"concurrent run ({self.name})")
+        return self.back_to_back(range(len(self.calls)), reps, f"concurrent run ({self.name})")
 
     def close(self) -> None:
         self.calls.clear()
@@ -388,7 +388,7 @@ class ThreadsMode(Mode):
 
 
 class GraphsMode(StreamsMode):
-    """Each lane captured once as a CUDA graph; the baseline replays them back to back."""
+    """Each lane captured once as a CUDA graph; the sequential run replays them back to back."""
 
     name = "graphs"
     static_outputs = True

@@ -206,7 +206,7 @@ class PipelineCalls:
             return _consume(self.consumer, self.producer(*args, **kwargs))
 
     def back_to_back(self) -> Any:
-        """The baseline: each micro-batch through the producer, then the consumer, on one stream (each
+        """The sequential run: each micro-batch through the producer, then the consumer, on one stream (each
         stage's work marked, so a micro-batch's latency back to back can be read off)."""
         results = []
         for args, kwargs in self.parts:
@@ -279,13 +279,13 @@ class PipelineMode(Mode):
         self.pipeline = calls
         self.calls = [calls.producer_handing_over, calls.consumer_taking_over]
         self.alone: list[Callable[[], Any]] = [calls.producer_alone, calls.consumer_alone]
-        self.back_to_back: Callable[[], Any] = calls.back_to_back
+        self.both_stages: Callable[[], Any] = calls.back_to_back
 
-    def baseline(self, lanes: Sequence[int], reps: int, run: str = "sequential run") -> Run:
+    def back_to_back(self, lanes: Sequence[int], reps: int, run: str = "sequential run") -> Run:
         """Each stage alone, or both back to back (as one lane: there is nothing to hand over)."""
         if len(lanes) == 1:
             return self.executor.sequential(lanes, reps, self.alone, run)
-        return self.executor.sequential([0], reps, [self.back_to_back], run)
+        return self.executor.sequential([0], reps, [self.both_stages], run)
 
     def concurrent(self, reps: int) -> Run:
         """In ``sequential`` mode: each stage over every micro-batch, one after the other."""
@@ -357,7 +357,7 @@ class GraphsPipelineMode(StreamsPipelineMode):
         self.drained = torch.cuda.Event()
         self.calls = [self._produce, self._consume]
         self.alone = [self._produce_alone, self._consume_alone]
-        self.back_to_back = self._back_to_back
+        self.both_stages = self._back_to_back
 
     def _produce(self) -> list[Any]:
         """Each replay marked busy after its wait is issued: the mark's start event runs when the wait is

@@ -106,10 +106,10 @@ def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
         lo, hi = result.speedup_ci
         why = (
             "the lanes ran with fewer intra-op threads each than alone, so a model that is faster with "
-            "fewer threads (or a baseline whose threads lost their cores to other work) gains from the "
-            "split, not from overlap"
+            "fewer threads (or a back-to-back run whose threads lost their cores to other work) gains from "
+            "the split, not from overlap"
             if cpu
-            else "the back-to-back baseline was slowed by something the lanes at once escaped"
+            else "the back-to-back run was slowed by something the lanes at once escaped"
         )
         found.problems.append(
             f"speedup {ratio_text(result.speedup, (lo, hi))} is above the ideal "
@@ -135,7 +135,7 @@ def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
             found.problems.append(
                 f"the back-to-back time {_ms(result.sequential.median)} disagrees with the sum of the alone "
                 f"times {_ms(total)} (per round {ratio_text(stats.median(sums), (lo, hi))}): "
-                "the baseline is not what its parts take, so the speedup does not measure overlap"
+                "the back-to-back run is not what its parts take, so the speedup does not measure overlap"
             )
 
 

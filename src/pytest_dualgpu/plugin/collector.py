@@ -20,7 +20,7 @@ from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.plugin.options import TERMINAL_KINDS, ReportTarget, Settings
 from pytest_dualgpu.plugin.spool import CallSpool, WorkerSpool
 from pytest_dualgpu.plugin.verdicts import speedup_hint
-from pytest_dualgpu.reports.gate import Baseline, Comparison, compare
+from pytest_dualgpu.reports.gate import Baseline, GateReport, compare
 from pytest_dualgpu.reports.rows import (
     ERROR_PROPERTY,
     PROPERTY,
@@ -54,7 +54,7 @@ class ResultCollector:
         self.running: str | None = None  # the test between its setup and teardown reports
         self.written: list[str] = []  # "KIND: PATH" of every file written, for the summary
         self.baseline: Baseline | None = None
-        self.comparison: Comparison | None = None
+        self.comparison: GateReport | None = None
         self.spool: CallSpool | None = None  # the controller's, made when xdist starts workers
         workerinput = getattr(config, "workerinput", None)
         self.worker_spool = WorkerSpool.of(workerinput) if workerinput is not None else None
@@ -146,7 +146,7 @@ class ResultCollector:
     def _position(self, nodeid: str) -> int:
         return self.order.get(nodeid, len(self.order))
 
-    def compare_with_baseline(self) -> Comparison | None:
+    def compare_with_baseline(self) -> GateReport | None:
         """Compare every row with the baseline (once); the plugin fails the session on a regression."""
         if self.baseline is None or self.comparison is not None:
             return self.comparison
@@ -299,7 +299,7 @@ class ResultCollector:
             write(f"dualgpu: {written}")
 
 
-def _comparison_lines(comparison: Comparison, policy: str) -> list[tuple[str, str]]:
+def _comparison_lines(comparison: GateReport, policy: str) -> list[tuple[str, str]]:
     """The baseline's warnings, then the gate's outcome: what failed or stayed undecided, or that it
     checked something."""
     lines = [

@@ -191,7 +191,7 @@ class MetricChange:
 
 
 @dataclass(frozen=True)
-class RowComparison:
+class RowGate:
     """A row against its base row; ``changes`` is empty when the base has no such row."""
 
     base: ReportRow | None
@@ -226,18 +226,18 @@ class RowComparison:
 
 
 @dataclass
-class Comparison:
+class GateReport:
     """Every row of the session against the baseline; keyed like ``ReportRow`` (node id, call)."""
 
     baseline: Baseline
     thresholds: tuple[Threshold, ...]
-    rows: dict[tuple[str, int], RowComparison] = field(default_factory=dict)
+    rows: dict[tuple[str, int], RowGate] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     regressions: list[tuple[ReportRow, MetricChange]] = field(default_factory=list)
     inconclusive: list[tuple[ReportRow, MetricChange]] = field(default_factory=list)
     judged: int = 0  # metrics the thresholds judged: none means the gate checked nothing
 
-    def for_row(self, row: ReportRow) -> RowComparison | None:
+    def for_row(self, row: ReportRow) -> RowGate | None:
         return self.rows.get((row.nodeid, row.call))
 
     def regression_lines(self) -> list[str]:
@@ -268,16 +268,16 @@ def _listed(changes: Sequence[tuple[ReportRow, MetricChange]]) -> list[dict[str,
 
 def compare(
     rows: Sequence[ReportRow], baseline: Baseline, thresholds: Sequence[Threshold], torch_version: str | None
-) -> Comparison:
+) -> GateReport:
     """Match every row with its base row and judge the thresholds; mismatched machines become warnings."""
-    comparison = Comparison(baseline, tuple(thresholds))
+    comparison = GateReport(baseline, tuple(thresholds))
     shown = [threshold.metric for threshold in thresholds] or ["speedup", "concurrent"]
     devices: set[tuple[str, str]] = set()
     keys = row_keys(rows)
     for key, row in zip(keys, rows, strict=True):
         base = baseline.rows.get(key)
         if base is None:
-            comparison.rows[(row.nodeid, row.call)] = RowComparison(None)
+            comparison.rows[(row.nodeid, row.call)] = RowGate(None)
             continue
         changes = []
         for metric in shown:
@@ -287,7 +287,7 @@ def compare(
         other_device = base.result.device_name != row.result.device_name
         if other_device:
             devices.add((base.result.device_name, row.result.device_name))
-        judged = RowComparison(base, tuple(changes), other_device)
+        judged = RowGate(base, tuple(changes), other_device)
         comparison.rows[(row.nodeid, row.call)] = judged
         if judged.gated:
             comparison.regressions += [(row, change) for change in changes if change.regressed]
