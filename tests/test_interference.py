@@ -150,7 +150,7 @@ def test_the_engine_measures_until_the_slowdown_bound_is_decided() -> None:
     ("arguments", "message"),
     [
         ({}, "give max_slowdown"),
-        ({"max_slowdown": 0}, "max_slowdown must be > 0"),
+        ({"max_slowdown": 0}, "max_slowdown must be a number > 0"),
         ({"max_slowdown": 2, "percentile": 95}, "percentile must be one of 50, 90, 99"),
         ({"max_slowdown": 2, "lanes": [3]}, "lanes must be lane names"),
         ({"max_slowdown": 2, "device": "tpu"}, "device must be 'cuda', 'cpu' or a list"),

@@ -139,10 +139,14 @@ def test_a_failing_consumer_stops_the_producer_too() -> None:
 
 
 def test_a_missing_hand_off_wait_is_caught_by_the_injected_delays() -> None:
-    """The broken pipeline passes when nothing delays the producer; 8 delayed trials catch it."""
+    """The broken pipeline passes when nothing delays the producer; 8 delayed trials catch it.
+
+    Measured on the 2-core VM: 8 trials caught it in 38 and 39 calls of 40 (about 97%). At that rate 19 of
+    20, the bound this test had, fails one run in ten; 17 of 20 fails about one in a thousand.
+    """
     assert sum(broken(trials=0).correct for _ in range(10)) >= 5
     caught = sum(broken(trials=8).sync.race_failures > 0 for _ in range(20))
-    assert caught >= 19
+    assert caught >= 17
 
 
 def test_the_correct_pipeline_raises_no_false_alarm() -> None:
