@@ -57,6 +57,7 @@ from pytest_dualgpu.engine.trees import Kind, kind, map_tensors, walk
 from pytest_dualgpu.engine.warmup import WarmUpClock, unsettled_warning, warm_up
 from pytest_dualgpu.engine.workers import still_running
 from pytest_dualgpu.errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError, LaneTimeoutError
+from pytest_dualgpu.gpustate import GpuState
 from pytest_dualgpu.latency import Latency, LatencyStats
 from pytest_dualgpu.modes import MODES
 from pytest_dualgpu.results import (
@@ -235,14 +236,9 @@ class _Measuring:
                 for mode in modes:
                     mode.close()
         timing = _Timing(warmed - started, measuring_seconds)
-        result = self._result(name, chosen.name, measured, lane_warmups, memory, outputs, reference, timing)
         gpu_state = {"start": gpu_at_start, "end": gpu_at_end} if gpu_at_start and gpu_at_end else None
-        result = dataclasses.replace(result, sync=sync, gpu_state=gpu_state)
-        if profile is not None:
-            result.kernel_overlap = profile.kernel_overlap
-            result.timelines["kernels"] = profile.tracks
-            result.warnings.extend(profile.warnings)
-        return self._finished(result)
+        checks = _Checks(memory, outputs, reference, sync, profile, gpu_state)
+        return self._finished(self._result(name, chosen.name, measured, lane_warmups, checks, timing))
 
     def _finished(self, result: DualResult) -> DualResult:
         """The result with its sanity checked, its bounds decided and its no-overlap hint."""
@@ -571,12 +567,11 @@ class _Measuring:
         mode_name: str,
         measured: Measured,
         lane_warmups: list[WarmUp],
-        memory: MemoryStats | None,
-        outputs: list[Any],
-        reference: list[Any],
+        checks: _Checks,
         timing: _Timing,
     ) -> DualResult:
         samples = measured.samples
+        profile = checks.profile
 
         def measurement(variant: str) -> Measurement:
             return Measurement.from_samples(samples.elapsed[variant], samples.wall[variant])
@@ -596,7 +591,7 @@ class _Measuring:
         ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
         alone = [lane.alone.median for lane in lanes]
         efficiencies = per_round_efficiencies(samples, len(lanes), self._best_time)
-        comparison = compare_lanes(self.names, reference, outputs, self.settings.tolerance)
+        comparison = compare_lanes(self.names, checks.reference, checks.outputs, self.settings.tolerance)
         self.probes[mode_name] = ModeProbe(
             mode_name,
             speedup=stats.median(ratios),
@@ -640,9 +635,9 @@ class _Measuring:
             input_writes=self.input_writes,
             uncomparable=comparison.uncomparable,
             without_tensors=comparison.without_tensors,
-            memory=memory,
+            memory=checks.memory,
             modes=[self.probes[mode] for mode in MODES if mode in self.probes],
-            warnings=self.warnings,
+            warnings=[*self.warnings, *(profile.warnings if profile is not None else [])],
             rounds=samples.rounds,
             reps=measured.reps,
             lock_wait=self.lock_wait,
@@ -658,9 +653,13 @@ class _Measuring:
                     )
                 ]
                 for run in ("sequential", "concurrent")
-            },
-            outputs=outputs,
-            reference=reference,
+            }
+            | ({"kernels": profile.tracks} if profile is not None else {}),
+            kernel_overlap=profile.kernel_overlap if profile is not None else None,
+            sync=checks.sync,
+            gpu_state=checks.gpu_state,
+            outputs=checks.outputs,
+            reference=checks.reference,
         )
 
 
@@ -702,6 +701,18 @@ def _per_call(mode: Mode, lanes: list[int], label: str, calls: int) -> float:
 
 def _concurrent_per_call(mode: Mode, calls: int) -> float:
     return mode.concurrent(calls).elapsed
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """What the checks after the measured rounds found, for the result."""
+
+    memory: MemoryStats | None
+    outputs: list[Any]
+    reference: list[Any]
+    sync: SyncStats
+    profile: KernelProfile | None
+    gpu_state: dict[str, GpuState] | None
 
 
 @dataclass(frozen=True)
