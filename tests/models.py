@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from pytest_dualgpu.engine.backends import Backend
 from pytest_dualgpu.engine.executor import busy
+from pytest_dualgpu.engine.pipeline import HandOff
+from pytest_dualgpu.engine.trees import map_tensors
 
 
 class SleepLane(nn.Module):
@@ -164,3 +168,47 @@ def text_inputs(batch: int = 2, length: int = 12) -> dict[str, torch.Tensor]:
     mask = torch.ones(batch, length, dtype=torch.bool)
     mask[1, length // 2 :] = False
     return {"tokens": tokens, "mask": mask}
+
+
+class BrokenHandOff(HandOff):
+    """A pipeline with the consumer's wait for the hand-over removed: the classic "works on my machine" bug.
+
+    The consumer gives the producer a short grace instead of waiting (and on CUDA skips the event), then
+    takes what the slot holds; an empty slot gives it a poisoned stand-in (NaN, or -1 for integers) shaped
+    like that micro-batch's last real hand-over. Right whenever the producer is on time, wrong when
+    something delays it.
+    """
+
+    GRACE_SECONDS = 0.0015
+
+    def __init__(self, count: int, backend: Backend, timeout: float) -> None:
+        super().__init__(count, backend, timeout)
+        self.stand_ins: dict[int, object] = {}
+
+    def publish(self, run: int, index: int, value: object) -> None:
+        super().publish(run, index, value)
+        self.stand_ins[index] = map_tensors(value, _poisoned)
+
+    def _wait_for(self, condition: Callable[[], bool]) -> bool:
+        self.changed.wait_for(condition, self.GRACE_SECONDS)
+        return True  # go on regardless: the producer overwrites its slot, the consumer takes what is there
+
+    def missing(self, index: int) -> object:
+        if index in self.stand_ins:
+            return self.stand_ins[index]
+        # Nothing to stand in yet (this micro-batch's first hand-over): wait for it after all.
+        self.changed.wait_for(lambda: self.slots[index] is not None, self.timeout)
+        slot = self.slots[index]
+        assert slot is not None, f"micro-batch {index} never came"
+        self.slots[index] = None
+        self.changed.notify_all()
+        return slot[1]
+
+    def received(self, value: object, event: object) -> object:
+        return value  # no wait for the producer's event: the bug
+
+
+def _poisoned(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.is_floating_point() or tensor.is_complex():
+        return torch.full_like(tensor, float("nan"))
+    return torch.full_like(tensor, -1)

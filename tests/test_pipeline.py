@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from models import MLP, SleepLane, in_lane_thread
+from models import MLP, BrokenHandOff, SleepLane, in_lane_thread
 
 from pytest_dualgpu import DualGpuUsageError, LaneError, dual_infer
 from pytest_dualgpu.engine.call import run_pipeline
@@ -63,7 +63,7 @@ def broken(trials: int) -> Any:
     settings = CallSettings(budget=0.02, race_trials=trials)
     x = torch.randn(8, 16)
     return run_pipeline(
-        FastProducer(), SlowConsumer(), x, 4, names=None, name=None, settings=settings, hand_off_wait=False
+        FastProducer(), SlowConsumer(), x, 4, names=None, name=None, settings=settings, hand_off=BrokenHandOff
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from models import BrokenHandOff
 
 from pytest_dualgpu import dual_infer
 from pytest_dualgpu.engine.call import run_pipeline
@@ -60,7 +61,7 @@ def test_a_missing_event_wait_is_caught_by_race_amplification() -> None:
     x = torch.randn(64, 2048, device="cuda")
     settings = CallSettings(budget=0.2, race_trials=8, mode="threads")
     result = run_pipeline(
-        Project(), Project(), x, 4, names=None, name=None, settings=settings, hand_off_wait=False
+        Project(), Project(), x, 4, names=None, name=None, settings=settings, hand_off=BrokenHandOff
     )
     assert result.sync.race_failures > 0, result.sync
 

@@ -107,18 +107,17 @@ def run_pipeline(
     names: Sequence[str] | None,
     name: str | None,
     settings: CallSettings,
-    hand_off_wait: bool = True,
+    hand_off: type[HandOff] = HandOff,
     notify: Notify | None = None,
 ) -> DualResult:
-    """``hand_off_wait=False`` removes the consumer's wait: a broken pipeline, for the tests only."""
+    """``hand_off``: the hand-over between the stages (a subclass changes how the consumer waits)."""
     device = resolve_device(settings.device)
     lane_names = lane_names_for([producer, consumer], names)
     check_models([producer, consumer], [inputs, inputs], lane_names, device)
     inputs = to_device(inputs, device)
     parts = split_batch(inputs, micro_batches)
     backend = make_backend(device, 2, high_priority(settings, lane_names))
-    hand_off = HandOff(len(parts), backend, settings.timeout, wait=hand_off_wait)
-    calls = PipelineCalls(producer, consumer, parts, hand_off)
+    calls = PipelineCalls(producer, consumer, parts, hand_off(len(parts), backend, settings.timeout))
     lanes = [
         Lane(lane_names[0], calls.producer_handing_over),
         Lane(lane_names[1], calls.consumer_taking_over),

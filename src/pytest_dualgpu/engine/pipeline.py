@@ -72,27 +72,18 @@ def concat(outputs: Sequence[Any]) -> Any:
     return first
 
 
-#: The broken hand-off of the tests gives the producer this long instead of waiting for it: the classic
-#: "works on my machine" bug, right whenever the producer is on time, wrong when something delays it.
-BROKEN_GRACE_SECONDS = 0.0015
-
-
 class HandOff:
     """One slot per micro-batch between the producer's lane and the consumer's.
 
     Each slot is tagged with the run it belongs to (the producer's and the consumer's runs are counted
     separately and always advance together), so a late hand-over from an earlier run is never taken for
-    this run's. ``wait=False`` is the broken pipeline the tests need: the consumer gives the producer a short
-    grace instead of waiting (and on CUDA skips the event), then takes what the slot holds; an empty slot
-    gives it a poisoned stand-in (NaN, or -1 for integers) shaped like the real output.
+    this run's. On CUDA the consumer's stream waits for the event the producer recorded with its output.
     """
 
-    def __init__(self, count: int, backend: Backend, timeout: float, wait: bool = True) -> None:
+    def __init__(self, count: int, backend: Backend, timeout: float) -> None:
         self.backend = backend
         self.timeout = timeout
-        self.wait = wait
         self.slots: list[tuple[int, Any, Any] | None] = [None] * count
-        self.poison: list[Any] = [None] * count
         self.failed: BaseException | None = None
         self.changed = threading.Condition()
         self.drained_runs = 0
@@ -104,9 +95,7 @@ class HandOff:
             event = torch.cuda.Event()
             event.record()
         with self.changed:
-            free = self.changed.wait_for(
-                lambda: self.slots[index] is None or self.failed is not None or not self.wait, self.timeout
-            )
+            free = self._wait_for(lambda: self.slots[index] is None or self.failed is not None)
             self._raise_if_failed("the consumer")
             if not free:
                 raise TimeoutError(f"the consumer did not take micro-batch {index} within {self.timeout} s")
@@ -119,20 +108,31 @@ class HandOff:
             return (slot is not None and slot[0] == run) or self.failed is not None
 
         with self.changed, waiting_for_another_lane():
-            if not self.wait:
-                self.changed.wait_for(ready, BROKEN_GRACE_SECONDS)
-            elif not self.changed.wait_for(ready, self.timeout):
+            if not self._wait_for(ready):
                 raise TimeoutError(
                     f"the producer did not hand over micro-batch {index} within {self.timeout} s"
                 )
             self._raise_if_failed("the producer")
             slot = self.slots[index]
             if slot is None or slot[0] != run:
-                return self.poison[index]
+                return self.missing(index)
             self.slots[index] = None
             self.changed.notify_all()
         _, value, event = slot
-        if event is not None and self.wait:
+        return self.received(value, event)
+
+    def _wait_for(self, condition: Callable[[], bool]) -> bool:
+        """Wait (holding ``changed``) until ``condition`` holds; False when the timeout came first."""
+        return self.changed.wait_for(condition, self.timeout)
+
+    def missing(self, index: int) -> Any:
+        """What the consumer takes when micro-batch ``index`` is not there after the wait."""
+        raise RuntimeError(f"micro-batch {index} was not handed over although the wait for it ended")
+
+    def received(self, value: Any, event: Any) -> Any:
+        """The handed-over value, ordered after the producer's work on it (on CUDA: on the consumer's
+        stream, which waits for the producer's event and keeps the tensors alive for its use)."""
+        if event is not None:
             stream = torch.cuda.current_stream()
             stream.wait_event(event)
             for tensor in iter_tensors(value):
@@ -197,7 +197,6 @@ class PipelineCalls:
         """Run the producer once: the consumer's alone runs need its outputs, the hand-off their shapes."""
         with torch.no_grad():
             self.produced = self.producer_alone()
-        self.hand_off.poison = [map_tensors(output, _poisoned) for output in self.produced]
 
     def whole_batch(self, inputs: Any) -> Any:
         """The reference: the consumer on the producer's output for the whole batch at once."""
@@ -263,12 +262,6 @@ class PipelineCalls:
 def _consume(consumer: Callable[..., Any], produced: Any) -> Any:
     args, kwargs = arguments(produced)
     return consumer(*args, **kwargs)
-
-
-def _poisoned(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.is_floating_point() or tensor.is_complex():
-        return torch.full_like(tensor, float("nan"))
-    return torch.full_like(tensor, -1)
 
 
 class PipelineMode(Mode):
