@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,10 +27,11 @@ from pytest_dualgpu import stats
 from pytest_dualgpu.bounds import final_status
 from pytest_dualgpu.engine.backends import Backend, drop_locals, make_backend
 from pytest_dualgpu.engine.callsettings import CallSettings, high_priority
+from pytest_dualgpu.engine.checks import Checks, kernel_profile, outputs_at_once, peak_memory, sync_stats
 from pytest_dualgpu.engine.compare import compare_lanes, compare_outputs
 from pytest_dualgpu.engine.devices import device_name, lock_path, resolve_device
 from pytest_dualgpu.engine.diagnosis import no_overlap_hint
-from pytest_dualgpu.engine.executor import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run, copying
+from pytest_dualgpu.engine.executor import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run
 from pytest_dualgpu.engine.inputs import check_models, lane_names_for, make_lanes, to_device
 from pytest_dualgpu.engine.lock import MeasuringLock, Notify
 from pytest_dualgpu.engine.measure import (
@@ -49,15 +49,12 @@ from pytest_dualgpu.engine.pipeline import (
     micro_batch_latencies,
     split_batch,
 )
-from pytest_dualgpu.engine.profiling import KernelProfile, profile_pass
 from pytest_dualgpu.engine.sanity import assess, best_possible_time
 from pytest_dualgpu.engine.stopping import StoppingRule, figures, per_round_efficiencies
-from pytest_dualgpu.engine.sync import check as sync_checks
 from pytest_dualgpu.engine.trees import Kind, kind, map_tensors, walk
 from pytest_dualgpu.engine.warmup import WarmUpClock, unsettled_warning, warm_up
 from pytest_dualgpu.engine.workers import still_running
 from pytest_dualgpu.errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError, LaneTimeoutError
-from pytest_dualgpu.gpustate import GpuState
 from pytest_dualgpu.latency import Latency, LatencyStats
 from pytest_dualgpu.modes import MODES
 from pytest_dualgpu.results import (
@@ -65,9 +62,7 @@ from pytest_dualgpu.results import (
     DualResult,
     LaneResult,
     Measurement,
-    MemoryStats,
     ModeProbe,
-    SyncStats,
     WarmUp,
 )
 from pytest_dualgpu.specs import Tolerance
@@ -76,9 +71,6 @@ from pytest_dualgpu.timeline import LaneTimeline
 PROBE_ROUNDS = 3
 TIMELINE_REPS = 50  # intervals kept per lane: enough to draw, small enough to travel in every report
 LOCK_WAIT_WARNING_SECONDS = 1.0
-#: The shortest profiled pass, and its most calls (see ``_Measuring._profile``).
-PROFILED_SECONDS = 0.02
-PROFILED_MAX_REPS = 100
 #: How long the lock waits for lane threads abandoned after a timeout before handing itself on.
 ABANDONED_LINGER = 30.0
 
@@ -227,16 +219,26 @@ class _Measuring:
                 measured = self._measure(chosen, eager, reps, warmed, deadline)
                 gpu_at_end = self.backend.gpu_state()
                 measuring_seconds = time.perf_counter() - warmed
-                memory = self._memory(chosen, executor)
-                outputs = self._checked_outputs(chosen)
-                profile = self._profile(chosen, executor, measured) if self.settings.profile else None
-                sync = self._sync_checks(chosen, executor, reference)
+                memory = peak_memory(
+                    self.backend,
+                    chosen,
+                    functools.partial(self._mode, "streams", executor),
+                    self.alone_peaks,
+                    self.names,
+                )
+                outputs = outputs_at_once(chosen)
+                profile = (
+                    kernel_profile(self.backend, chosen, executor, self.names, measured)
+                    if self.settings.profile
+                    else None
+                )
+                sync = sync_stats(chosen, executor, reference, self.settings, self.warnings)
             finally:
                 for mode in modes:
                     mode.close()
         timing = _Timing(warmed - started, measuring_seconds)
         gpu_state = {"start": gpu_at_start, "end": gpu_at_end} if gpu_at_start and gpu_at_end else None
-        checks = _Checks(memory, outputs, reference, sync, profile, gpu_state)
+        checks = Checks(memory, outputs, reference, sync, profile, gpu_state)
         return self._finished(self._result(name, chosen.name, measured, lane_warmups, checks, timing))
 
     def _finished(self, result: DualResult) -> DualResult:
@@ -272,43 +274,6 @@ class _Measuring:
             raise
         except Exception as error:
             raise LaneError(self.names[0], run, error) from error
-
-    def _profile(self, mode: Mode, executor: Executor, measured: Measured) -> KernelProfile:
-        """One more concurrent pass under torch.profiler, outside the measured rounds (it slows them).
-
-        It lasts at least ``PROFILED_SECONDS``: the profiler slows each thread's first launches, and one
-        lane's late start is then a small part of the pass (two 1 ms sleep kernels per lane on an H200
-        showed a kernel overlap of 0.70 in two calls, against 0.97 from the lanes' own events).
-        """
-        per_call = stats.median(measured.samples.elapsed.get("concurrent") or [0.0])
-        reps = measured.reps
-        if per_call > 0:
-            reps = min(max(reps, math.ceil(PROFILED_SECONDS / per_call)), PROFILED_MAX_REPS)
-        threads = [
-            (worker.native_id, f"thread of {lane_name}")
-            for worker, lane_name in zip(executor.lane_workers, self.names, strict=True)
-        ]
-        threads.append((threading.get_native_id(), "caller's thread"))
-        return profile_pass(lambda: mode.concurrent(reps), self.backend.kind, threads)
-
-    def _sync_checks(self, mode: Mode, executor: Executor, reference: list[Any]) -> SyncStats:
-        """Host syncs, provoked races and the sanitizer, each with eager calls in the chosen style."""
-        if not self.settings.sync.wanted:
-            return SyncStats()
-
-        def concurrent(calls: Sequence[Callable[[], Any]], run: str) -> Run:
-            if mode.name == "streams":
-                return executor.streams(1, calls, run)
-            if mode.name == "sequential":
-                return executor.sequential(self.everyone, 1, calls, run)
-            return executor.threads(1, calls, run)  # threads, and graphs: replays take no delays
-
-        if self.settings.sanitizer and self.backend.kind == "cuda":
-            self.warnings.append(
-                "the CUDA sanitizer stays hooked into CUDA tracing for the rest of this process: later "
-                "timings carry its overhead; run sanitizer checks in a session of their own"
-            )
-        return sync_checks(executor, concurrent, reference, self.settings.tolerance, self.settings.sync)
 
     def _warm_up_lanes(self, eager: Mode, clock: WarmUpClock) -> tuple[list[Any], list[WarmUp]]:
         """Each lane alone until steady (lazy init, autotuning in isolation); its first call runs under
@@ -537,36 +502,13 @@ class _Measuring:
         micro_batches = None if self.pipeline is None else self.pipeline.micro_batches
         return best_possible_time(alone, micro_batches)
 
-    def _memory(self, mode: Mode, executor: Executor) -> MemoryStats | None:
-        if self.alone_peaks is None:
-            return None
-        if mode.static_outputs:  # graph pools are allocated once; the eager peak is the one that varies
-            mode = self._mode("streams", executor)
-        with self.backend.peak_memory() as sequential:
-            mode.back_to_back(self.everyone, 1)
-        with self.backend.peak_memory() as concurrent:
-            mode.concurrent(1)
-        return MemoryStats(
-            alone=tuple(self.alone_peaks[lane_name] for lane_name in self.names),
-            sequential=sequential[0],
-            concurrent=concurrent[0],
-        )
-
-    def _checked_outputs(self, mode: Mode) -> list[Any]:
-        calls = mode.calls
-        mode.calls = [copying(call) for call in calls]
-        try:
-            return mode.concurrent(1).outputs
-        finally:
-            mode.calls = calls
-
     def _result(
         self,
         name: str,
         mode_name: str,
         measured: Measured,
         lane_warmups: list[WarmUp],
-        checks: _Checks,
+        checks: Checks,
         timing: _Timing,
     ) -> DualResult:
         samples = measured.samples
@@ -700,18 +642,6 @@ def _per_call(mode: Mode, lanes: list[int], label: str, calls: int) -> float:
 
 def _concurrent_per_call(mode: Mode, calls: int) -> float:
     return mode.concurrent(calls).elapsed
-
-
-@dataclass(frozen=True)
-class _Checks:
-    """What the checks after the measured rounds found, for the result."""
-
-    memory: MemoryStats | None
-    outputs: list[Any]
-    reference: list[Any]
-    sync: SyncStats
-    profile: KernelProfile | None
-    gpu_state: dict[str, GpuState] | None
 
 
 @dataclass(frozen=True)
