@@ -120,9 +120,11 @@ def test_a_lane_that_speeds_up_over_its_first_seconds_is_measured_once_it_has_se
     assert lane.warmup is not None
     assert lane.warmup.converged
     assert result.warmup_seconds >= lane.warmup.seconds
-    # The warm-up saw the ramp through; or, where a loaded machine's noise hid it, the rounds still
-    # falling at first were left out.
-    assert lane.warmup.seconds > 1.5 or result.dropped_rounds > 0
+    # The warm-up saw the ramp through before measuring began: the lane's own stage, or, where the ramp
+    # was too gentle to see in its first 0.1 s (12.0 to 11.8 ms a call, inside the 5% that counts as
+    # steady; one run in three here), the concurrent run's stage after it, which the ramp keeps moving.
+    # Or, where a loaded machine's noise hid it, the rounds still falling at first were left out.
+    assert result.warmup_seconds > 1.5 or result.dropped_rounds > 0, (lane.warmup, result.warmup_seconds)
 
 
 def test_a_warm_up_cap_too_short_for_the_lane_is_said_and_named() -> None:

@@ -68,3 +68,20 @@ class Tolerance:
         check_number("rtol", self.rtol, minimum=0.0)
         check_number("atol", self.atol, minimum=0.0)
         check_bool("equal_nan", self.equal_nan)
+
+
+@dataclass(frozen=True)
+class SyncChecks:
+    """Which synchronization checks a call runs: ``trials`` concurrent runs with random delays injected
+    into the lanes (``seed`` replays them), host syncs inside the lanes (``detect_syncs``), and PyTorch's
+    CUDA sanitizer over one run. ``dual_infer`` takes them as ``race_trials=``, ``race_seed=``,
+    ``detect_syncs=`` and ``sanitizer=``; ``dualgpu_sync`` asks for them on a test's every call."""
+
+    trials: int = 0
+    seed: int | None = None
+    detect_syncs: bool = False
+    sanitizer: bool = False
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.trials or self.detect_syncs or self.sanitizer)

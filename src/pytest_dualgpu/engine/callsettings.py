@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_dualgpu.bounds import Bound, parse_bounds
-from pytest_dualgpu.engine.sync import SyncSettings
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.modes import checked_mode
-from pytest_dualgpu.specs import Tolerance, check_bool, check_number
+from pytest_dualgpu.specs import SyncChecks, Tolerance, check_bool, check_number
 
 if TYPE_CHECKING:
     import torch
@@ -100,8 +99,8 @@ class CallSettings:
         return self.budget * MAX_BUDGET_FACTOR if self.max_budget is None else self.max_budget
 
     @property
-    def sync(self) -> SyncSettings:
-        return SyncSettings(self.race_trials, self.race_seed, self.detect_syncs, self.sanitizer)
+    def sync(self) -> SyncChecks:
+        return SyncChecks(self.race_trials, self.race_seed, self.detect_syncs, self.sanitizer)
 
     @property
     def tolerance(self) -> Tolerance:

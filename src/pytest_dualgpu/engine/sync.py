@@ -18,7 +18,6 @@ import random
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -30,7 +29,7 @@ from pytest_dualgpu.engine.compare import compare_lanes
 from pytest_dualgpu.engine.executor import Executor, Lane, copying
 from pytest_dualgpu.engine.trees import iter_tensors
 from pytest_dualgpu.results import SyncStats
-from pytest_dualgpu.specs import Tolerance
+from pytest_dualgpu.specs import SyncChecks, Tolerance
 
 START_DELAY_SECONDS = 0.005
 OPERATOR_DELAY_SECONDS = 0.002
@@ -78,26 +77,12 @@ def _delayed(backend: Backend, call: Callable[[], Any], rng: random.Random) -> C
     return delayed
 
 
-@dataclass
-class SyncSettings:
-    """What to check, from ``dual_infer(..., race_trials=, race_seed=, detect_syncs=, sanitizer=)``."""
-
-    trials: int = 0
-    seed: int | None = None
-    detect_syncs: bool = False
-    sanitizer: bool = False
-
-    @property
-    def wanted(self) -> bool:
-        return bool(self.trials or self.detect_syncs or self.sanitizer)
-
-
 def check(
     executor: Executor,
     concurrent: Callable[[Sequence[Callable[[], Any]], str], Any],
     reference: Sequence[Any],
     tolerance: Tolerance,
-    settings: SyncSettings,
+    settings: SyncChecks,
 ) -> SyncStats:
     """Run the asked-for checks with ``concurrent(calls, run)``, which runs the lanes at once once."""
     backend = executor.backend

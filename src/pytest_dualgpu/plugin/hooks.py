@@ -333,11 +333,12 @@ def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
         defaults.update(rtol=correct.rtol, atol=correct.atol, equal_nan=correct.equal_nan)
     sync = specs.get("dualgpu_sync")
     if sync is not None:
+        checks = sync.checks
         defaults.update(
-            race_trials=sync.trials,
-            race_seed=sync.seed,
-            detect_syncs=True,  # "ignore" still reports them; only the verdict lets them pass
-            sanitizer=sync.sanitizer,
+            race_trials=checks.trials,
+            race_seed=checks.seed,
+            detect_syncs=checks.detect_syncs,
+            sanitizer=checks.sanitizer,
         )
 
     def next_call() -> int:

@@ -18,7 +18,7 @@ from pytest_dualgpu.bounds import Bound, figure, interval_text
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import PERCENTILES
 from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.specs import Tolerance, check_bool, check_number
+from pytest_dualgpu.specs import SyncChecks, Tolerance, check_bool, check_number
 from pytest_dualgpu.units import parse_size, ratio_text, size_text
 
 PASS = stats.PASS
@@ -40,13 +40,17 @@ class SyncSpec:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 0:
-            raise DualGpuUsageError(f"trials must be an integer >= 0, got {self.trials!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise DualGpuUsageError(f"seed must be an integer (a seed a failure reported), got {self.seed!r}")
+        check_number("trials", self.trials, minimum=0, integer=True)
+        check_number("seed", self.seed, integer=True, meaning="a seed a failure reported")
         if self.implicit not in ("error", "warn", "ignore"):
             raise DualGpuUsageError(f"implicit must be 'error', 'warn' or 'ignore', got {self.implicit!r}")
         check_bool("sanitizer", self.sanitizer)
+
+    @property
+    def checks(self) -> SyncChecks:
+        """What the test's calls check; host syncs are always looked for ("ignore" still reports them:
+        only the verdict lets them pass)."""
+        return SyncChecks(self.trials, self.seed, detect_syncs=True, sanitizer=self.sanitizer)
 
 
 @dataclass(frozen=True)
