@@ -31,7 +31,7 @@ from pytest_dualgpu.engine.checks import Checks, kernel_profile, outputs_at_once
 from pytest_dualgpu.engine.compare import compare_lanes, compare_outputs
 from pytest_dualgpu.engine.devices import device_name, lock_path, resolve_device
 from pytest_dualgpu.engine.diagnosis import no_overlap_hint
-from pytest_dualgpu.engine.executor import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run
+from pytest_dualgpu.engine.executor import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run, kept
 from pytest_dualgpu.engine.inputs import check_models, lane_names_for, make_lanes, to_device
 from pytest_dualgpu.engine.lock import MeasuringLock, Notify
 from pytest_dualgpu.engine.measure import (
@@ -51,7 +51,7 @@ from pytest_dualgpu.engine.pipeline import (
 )
 from pytest_dualgpu.engine.sanity import assess, best_possible_time
 from pytest_dualgpu.engine.stopping import StoppingRule, figures, per_round_efficiencies
-from pytest_dualgpu.engine.trees import Kind, kind, map_tensors, walk
+from pytest_dualgpu.engine.trees import Kind, kind, walk
 from pytest_dualgpu.engine.warmup import WarmUpClock, unsettled_warning, warm_up
 from pytest_dualgpu.engine.workers import still_running
 from pytest_dualgpu.errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError, LaneTimeoutError
@@ -208,7 +208,7 @@ class _Measuring:
                 self._prepare_pipeline(executor, self.pipeline)
             reference, lane_warmups = self._warm_up_lanes(eager, clock)
             if self.pipeline is not None:
-                reference[-1] = _kept(self.pipeline.calls.whole_batch(self.pipeline.inputs))
+                reference[-1] = kept(self.pipeline.calls.whole_batch(self.pipeline.inputs))
             modes = self._build_modes(executor, candidates, clock)
             warmed = time.perf_counter()
             try:
@@ -284,7 +284,7 @@ class _Measuring:
         for index, lane_name in enumerate(self.names):
             label = f"alone run of lane {lane_name!r}"
             lane = self.lanes[index]
-            before = map_tensors(lane.args, torch.Tensor.clone), map_tensors(lane.kwargs, torch.Tensor.clone)
+            before = kept(lane.args), kept(lane.kwargs)
             started = time.perf_counter()
             first_output = eager.back_to_back([index], 1, label).outputs[0]
             first = time.perf_counter() - started
@@ -308,7 +308,7 @@ class _Measuring:
                 warmup = WarmUp(first, 1, False, None)
             with self.backend.peak_memory() as peak:
                 run = eager.back_to_back([index], 1, label)
-            reference.append(_kept(run.outputs[0]))
+            reference.append(kept(run.outputs[0]))
             warmups.append(
                 warmup if warmup.per_call is not None else dataclasses.replace(warmup, per_call=run.elapsed)
             )
@@ -612,13 +612,6 @@ def _latency(samples: Samples, index: int) -> Latency | None:
     if not alone or not at_once:
         return None
     return Latency(LatencyStats.from_latencies(alone), LatencyStats.from_latencies(at_once))
-
-
-def _kept(output: Any) -> Any:
-    """An output to keep past the lane's next call, so a copy: graph replays (``graphs`` mode, and models
-    compiled with ``mode="reduce-overhead"``, whose CUDA graph trees reuse their output memory on the
-    next run) would otherwise overwrite it."""
-    return map_tensors(output, torch.Tensor.clone)
 
 
 def _refuse_iterators(lane_name: str, output: Any) -> None:

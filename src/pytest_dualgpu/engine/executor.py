@@ -430,16 +430,20 @@ def _after(first: Callable[[], None], call: Callable[[], Any]) -> Callable[[], A
     return both
 
 
-def copying(call: Callable[[], Any]) -> Callable[[], Any]:
-    """``call``, whose output is copied the moment it returns, on the lane's own stream.
+def kept(output: Any) -> Any:
+    """An output to keep past the next call, so a copy: a graph replay overwrites its outputs on its next
+    run, and so does a model compiled with ``mode="reduce-overhead"`` on the next run of any graph of its
+    thread's CUDA graph trees."""
+    return map_tensors(output, torch.Tensor.clone)
 
-    A graph replay overwrites its outputs on its next run, and so does a model compiled with
-    ``mode="reduce-overhead"`` on the next run of any graph of its thread's CUDA graph trees, which can be
-    the other lane's call: outputs read after a run of every lane must be taken as each lane returns them.
-    """
+
+def copying(call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call``, whose output is ``kept`` the moment it returns, on the lane's own stream: the next run of
+    a graph tree can be the other lane's call, so outputs read after a run of every lane must be taken
+    as each lane returns them."""
 
     def copied() -> Any:
-        return map_tensors(call(), torch.Tensor.clone)
+        return kept(call())
 
     return copied
 
