@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -123,6 +124,24 @@ class Raising(nn.Module):
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)
+
+
+#: How long a test's abandoned lane threads may take to return once the test is over.
+ABANDONED_GRACE = 5.0
+
+
+@pytest.fixture(autouse=True)
+def _no_abandoned_lanes() -> Iterator[None]:
+    """A test that times a lane out releases it before it ends: an abandoned lane keeps the measuring lock
+    for up to ``ABANDONED_LINGER`` seconds, so every later test would wait for it and time it."""
+    yield
+    from pytest_dualgpu.engine.workers import still_running
+
+    left = still_running()
+    for entry in left:
+        entry.thread.join(ABANDONED_GRACE)
+    stuck = [entry.lane for entry in left if entry.thread.is_alive()]
+    assert not stuck, f"lane(s) {stuck} still run after the test: release what they wait for at its end"
 
 
 @pytest.fixture(scope="session")

@@ -168,20 +168,25 @@ def test_one_micro_batch_cannot_overlap_and_says_so() -> None:
 
 
 class HangsWhenHandingOver(torch.nn.Module):
-    """Returns alone and back to back; on a lane thread (the pipeline at once) it hangs."""
+    """Returns alone and back to back; on a lane thread (the pipeline at once) it hangs until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if in_lane_thread():
-            threading.Event().wait(30)
+            self.release.wait(30)
         return x * 2
 
 
 def test_a_hung_producer_is_named_not_the_consumer_waiting_for_it() -> None:
     from pytest_dualgpu import LaneTimeoutError
 
+    hangs = HangsWhenHandingOver()
     with pytest.raises(LaneTimeoutError) as caught:
         dual_infer.pipeline(
-            HangsWhenHandingOver(), SleepLane(0.001), torch.ones(8, 4), micro_batches=2, mode="threads",
-            timeout=2, **FAST,
-        )  # fmt: skip
+            hangs, SleepLane(0.001), torch.ones(8, 4), micro_batches=2, mode="threads", timeout=2, **FAST
+        )
+    hangs.release.set()
     assert caught.value.lanes == ["HangsWhenHandingOver"]
