@@ -36,6 +36,8 @@ collect_ignore = sorted(
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from examplesuite import ExampleRun, copy_examples, run_workflow  # noqa: E402
+
 INNER_MODELS = '''
 """Models for the inner test sessions: timing controls and deliberately broken lanes."""
 import threading
@@ -142,6 +144,15 @@ def _no_abandoned_lanes() -> Iterator[None]:
         entry.thread.join(ABANDONED_GRACE)
     stuck = [entry.lane for entry in left if entry.thread.is_alive()]
     assert not stuck, f"lane(s) {stuck} still run after the test: release what they wait for at its end"
+
+
+@pytest.fixture(scope="session")
+def example_run(tmp_path_factory: pytest.TempPathFactory) -> ExampleRun:
+    """The example suite run once, by the GitHub workflow's command (the README's command with xdist and
+    every file CI keeps: the table, JSON, markdown summary, traces, JUnit XML)."""
+    folder = tmp_path_factory.mktemp("workflow")
+    copy_examples(folder)
+    return ExampleRun(folder, run_workflow("github", folder, {}))
 
 
 @pytest.fixture(scope="session")

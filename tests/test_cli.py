@@ -163,7 +163,11 @@ def dualgpu(*args: str, cwd: Path | None = None) -> Ran:
     try:
         if cwd is not None:
             os.chdir(cwd)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
             warnings.simplefilter("ignore")
             code = in_process(*args)
     finally:

@@ -1,4 +1,5 @@
-"""The examples, run as a newcomer runs them: the example suite with the report, and the quickstart script."""
+"""The examples, run as a newcomer runs them: the example suite with the report (run once for the whole
+session, by conftest's ``example_run``), and the quickstart script."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from examplesuite import ExampleRun
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,15 +17,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_the_example_suite_passes_on_cpu_and_reports_every_call(tmp_path: Path) -> None:
-    report = tmp_path / "examples.json"
-    completed = run(
-        sys.executable, "-m", "pytest", "examples", "-p", "no:cacheprovider", "--dualgpu-budget=0.1",
-        "--dualgpu-report", f"--dualgpu-report=json:{report}",
-    )  # fmt: skip
+def test_the_example_suite_passes_on_cpu_and_reports_every_call(example_run: ExampleRun) -> None:
+    completed = example_run.completed
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "6 passed, 1 skipped" in completed.stdout
-    rows = {row["nodeid"].split("::")[1]: row for row in json.loads(report.read_text())["results"]}
+    saved = json.loads((example_run.folder / "dualgpu.json").read_text())
+    rows = {row["nodeid"].split("::")[1]: row for row in saved["results"]}
     assert set(rows) == {
         "test_on_the_default_stream_they_run_one_after_the_other",
         "test_dual_infer_runs_them_at_once",

@@ -8,7 +8,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from examplesuite import ExampleRun, copy_examples, run_workflow, workflow_commands
 
 from pytest_dualgpu.engine.profiling import all_threads_config
 from pytest_dualgpu.plugin.options import parse_thresholds
@@ -159,18 +159,6 @@ def test_png_without_matplotlib_is_a_usage_error_before_anything_runs(suite: pyt
     assert not (suite.path / "plots").exists()
 
 
-def workflow_commands() -> dict[str, tuple[str, str | None]]:
-    """The pytest command of each example workflow, and the shell that sets up its baseline comparison."""
-    github = yaml.safe_load((ROOT / "examples" / "ci" / "github-actions.yml").read_text())
-    steps = github["jobs"]["concurrency"]["steps"]
-    [pytest_step] = [step["run"] for step in steps if "pytest examples" in step.get("run", "")]
-    [compare_step] = [step["run"] for step in steps if "DUALGPU_COMPARE" in step.get("run", "")]
-    gitlab = yaml.safe_load((ROOT / "examples" / "ci" / "gitlab-ci.yml").read_text())["dualgpu"]
-    [gitlab_pytest] = [line for line in gitlab["script"] if "pytest examples" in line]
-    [gitlab_compare] = [line for line in gitlab["before_script"] if "DUALGPU_COMPARE" in line]
-    return {"github": (pytest_step, compare_step), "gitlab": (gitlab_pytest, gitlab_compare)}
-
-
 def test_the_workflows_are_wellformed_and_upload_what_they_make() -> None:
     github = yaml.safe_load((ROOT / "examples" / "ci" / "github-actions.yml").read_text())
     assert set(github[True]) == {"push", "pull_request"}  # YAML 1.1 reads the key `on` as True
@@ -188,52 +176,45 @@ def test_the_workflows_are_wellformed_and_upload_what_they_make() -> None:
         assert "--dualgpu-save=dualgpu.json" in words
 
 
-def test_the_workflow_commands_run_on_cpu_and_the_second_compares_with_the_first(tmp_path: Path) -> None:
-    """GitHub's command on the default branch saves the baseline; GitLab's on a feature branch compares
-    with it. Between them both commands, both baseline steps and the comparison run, the example suite
-    twice instead of four times."""
-    commands = workflow_commands()
-    shutil.copytree(
-        ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("ci", "__pycache__")
-    )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DUALGPU_")}
-    env.update(DUALGPU_BUDGET="0.1", GITHUB_STEP_SUMMARY=str(tmp_path / "summary.md"))
+def test_the_workflow_commands_run_on_cpu_and_the_second_compares_with_the_first(
+    example_run: ExampleRun, tmp_path: Path
+) -> None:
+    """GitHub's command on the default branch saved the baseline (the session's one run of the example
+    suite); GitLab's on a feature branch compares with it, here over the tests of one example file. Both
+    baseline steps run as the workflows have them."""
 
-    def run(ci: str, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        words = [word for word in shlex.split(commands[ci][0]) if word != "--dualgpu-require-cuda"]
-        assert words[:3] == ["python", "-m", "pytest"]
-        return subprocess.run(
-            [sys.executable, *words[1:], "-p", "no:cacheprovider"], cwd=tmp_path, env={**env, **extra_env},
-            capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
-
-    def check_outputs(completed: subprocess.CompletedProcess[str], summary: Path) -> dict[str, Any]:
+    def check_outputs(
+        folder: Path, completed: subprocess.CompletedProcess[str], rows: int, summary: str
+    ) -> dict[str, Any]:
         assert completed.returncode == 0, completed.stdout + completed.stderr
-        assert "6 passed, 1 skipped" in completed.stdout
-        saved: dict[str, Any] = json.loads((tmp_path / "dualgpu.json").read_text())
-        assert len(saved["results"]) == 6
-        assert len(list((tmp_path / "dualgpu-traces").iterdir())) == 6
-        assert "| test" in summary.read_text()
-        assert [p.get("name") for p in ET.parse(tmp_path / "junit.xml").iter("property")].count(
+        saved: dict[str, Any] = json.loads((folder / "dualgpu.json").read_text())
+        assert len(saved["results"]) == rows
+        assert len(list((folder / "dualgpu-traces").iterdir())) == rows
+        assert "| test" in (folder / summary).read_text()
+        assert [p.get("name") for p in ET.parse(folder / "junit.xml").iter("property")].count(
             "dualgpu"
-        ) == 6
+        ) == rows
         return saved
 
-    check_outputs(run("github", {}), tmp_path / "summary.md")
+    assert "6 passed, 1 skipped" in example_run.completed.stdout
+    check_outputs(example_run.folder, example_run.completed, rows=6, summary="summary.md")
+    copy_examples(tmp_path)
     (tmp_path / "baseline").mkdir()
-    shutil.move(tmp_path / "dualgpu.json", tmp_path / "baseline" / "dualgpu.json")
+    shutil.copy(example_run.folder / "dualgpu.json", tmp_path / "baseline" / "dualgpu.json")
+    commands = workflow_commands()
     for ci, (_, compare_shell) in commands.items():
         compare_env = _environment_after(compare_shell, tmp_path, ci)
         assert compare_env["DUALGPU_COMPARE"] == "baseline/dualgpu.json"
         thresholds = parse_thresholds(compare_env["DUALGPU_COMPARE_FAIL"])  # the workflow's own, as shipped
         assert [threshold.metric for threshold in thresholds] == ["speedup", "efficiency"]
-    shutil.rmtree(tmp_path / "dualgpu-traces")
     # The workflow's own thresholds are meant for a quiet GPU; on a shared CPU the gate is only exercised.
-    compared = check_outputs(
-        run("gitlab", {**compare_env, "DUALGPU_COMPARE_FAIL": "speedup:95%"}), tmp_path / "dualgpu.md"
+    compared = run_workflow(
+        "gitlab", tmp_path, {**compare_env, "DUALGPU_COMPARE_FAIL": "speedup:95%"}, ("-k", "two_linear")
     )
-    assert compared["comparison"]["path"] == "baseline/dualgpu.json"
-    assert all(row["baseline"]["found"] for row in compared["results"])
+    assert "2 passed" in compared.stdout
+    saved = check_outputs(tmp_path, compared, rows=2, summary="dualgpu.md")
+    assert saved["comparison"]["path"] == "baseline/dualgpu.json"
+    assert all(row["baseline"]["found"] for row in saved["results"])
 
 
 def _environment_after(shell: str, cwd: Path, ci: str) -> dict[str, str]:
