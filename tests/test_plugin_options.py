@@ -152,6 +152,15 @@ def test_cli_beats_environment_beats_ini(
             "seconds > 0*",
         ),
         (
+            ["--dualgpu-min-rounds=0"],
+            "ERROR: dualgpu: --dualgpu-min-rounds='0': min_rounds must be a whole number of rounds >= 1*",
+        ),
+        ("dualgpu_min_rounds = many", "ERROR: dualgpu: dualgpu_min_rounds (ini)='many': min_rounds must be*"),
+        (
+            {"DUALGPU_SETTLE": "-0.1"},
+            "ERROR: dualgpu: DUALGPU_SETTLE='-0.1': the settling pause must be a number of seconds >= 0*",
+        ),
+        (
             ["--dualgpu-require-cuda", "--dualgpu-device=cpu"],
             "ERROR: dualgpu: require_cuda is set but the device is cpu (from --dualgpu-*, DUALGPU_* or *",
         ),
@@ -175,6 +184,29 @@ def test_bad_values_are_usage_errors_naming_the_source(
     result = suite.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+ROUNDS_SUITE = """
+import torch
+from inner_models import Sleep
+
+def test_pair(dual_infer):
+    dual_infer(Sleep(0.002), Sleep(0.002), torch.ones(2), mode="threads", budget=0.01, max_budget=0.01)
+"""
+
+
+def test_min_rounds_and_settle_reach_every_call(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget too short for the fewest rounds says how many it needed and what the pauses took."""
+    suite.makepyfile(ROUNDS_SUITE)
+    suite.makeini("[pytest]\ndualgpu_min_rounds = 9\n")
+    saying = suite.runpytest("--dualgpu-report=term-wide")
+    saying.stdout.fnmatch_lines(["*(min_rounds 9)*10 ms of it settling pauses per variant*"])
+    monkeypatch.setenv("DUALGPU_SETTLE", "0")
+    quiet = suite.runpytest("--dualgpu-report=term-wide", "--dualgpu-min-rounds=4")
+    quiet.stdout.fnmatch_lines(["*(min_rounds 4)*"])
+    assert "settling pauses" not in quiet.stdout.str()
 
 
 def test_require_cuda_is_an_error_at_session_start_without_a_gpu(

@@ -102,8 +102,9 @@ def run_command(arguments: argparse.Namespace) -> int:
                 "give at least the budget"
             )
         settings["max_budget"] = arguments.max_budget
-    if arguments.warmup is not None:
-        settings["warmup"] = arguments.warmup
+    for name in ("warmup", "min_rounds", "settle"):
+        if getattr(arguments, name) is not None:
+            settings[name] = getattr(arguments, name)
     progress = sys.stderr.isatty() if arguments.progress is None else arguments.progress
     command = arguments.command
     if command == "demo":

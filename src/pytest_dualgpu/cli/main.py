@@ -175,6 +175,17 @@ def _add_measuring(parser: argparse.ArgumentParser, modes: bool = False, budget:
         help="Cap in seconds of each call's steady-state warm-up (default 3; 0 skips it)",
     )
     parser.add_argument(
+        "--min-rounds",
+        type=_at_least_one,
+        help="Fewest measured rounds per call (default 7): fewer for a quick look, more for steadier figures",
+    )
+    parser.add_argument(
+        "--settle",
+        type=_not_negative,
+        help="Pause in seconds before each measured sample on CPU, for OpenMP workers to go idle "
+        "(default 0.01; 0 for none)",
+    )
+    parser.add_argument(
         "--dtype", choices=("float32", "float16", "bfloat16"), help="Cast models and float inputs"
     )
     parser.add_argument(
@@ -212,8 +223,14 @@ def _not_negative(text: str) -> float:
     except ValueError:
         value = -1.0
     if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds >= 0, e.g. 3 (0 skips the warm-up)")
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds >= 0, e.g. 3 (0: none)")
     return value
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1, e.g. 7")
+    return int(text)
 
 
 def _positive(text: str) -> float:

@@ -364,7 +364,7 @@ def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
         if spec is not None and device.type in spec.device_types
         for bound in spec.bounds
     )
-    for name in ("max_budget", "warmup", "lock_timeout"):
+    for name in ("max_budget", "warmup", "min_rounds", "settle", "lock_timeout"):
         if getattr(settings, name) is not None:
             defaults[name] = getattr(settings, name)
     bound = unbound.bind(

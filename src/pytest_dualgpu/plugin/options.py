@@ -82,6 +82,19 @@ OPTIONS = (
         "float",
     ),
     Option(
+        "min_rounds",
+        "Fewest measured rounds of a dual_infer call (default 7): fewer to check the plumbing quickly, "
+        "more for steadier figures",
+        "string",
+        "N",
+    ),
+    Option(
+        "settle",
+        "Pause in seconds before each measured sample on CPU, for the previous one's OpenMP workers to go "
+        "idle (default 0.01; 0 for none)",
+        "float",
+    ),
+    Option(
         "inconclusive",
         "What an inconclusive verdict does to its test: warn (default: passes with a warning), fail or skip",
         "string",
@@ -127,6 +140,8 @@ class Settings:
     budget: float = DEFAULT_BUDGET
     max_budget: float | None = None
     warmup: float | None = None
+    min_rounds: int | None = None
+    settle: float | None = None
     inconclusive: str = "warn"
     lock_timeout: float | None = None
     devices: tuple[int, ...] | Literal["auto"] | None = None
@@ -165,6 +180,8 @@ class Settings:
             budget=values.get("budget", DEFAULT_BUDGET),
             max_budget=values.get("max_budget"),
             warmup=values.get("warmup"),
+            min_rounds=values.get("min_rounds"),
+            settle=values.get("settle"),
             inconclusive=values.get("inconclusive", "warn"),
             lock_timeout=values.get("lock_timeout"),
             devices=values.get("devices"),
@@ -256,6 +273,17 @@ def parse_warmup(raw: object) -> float:
     return _seconds(raw, "the warm-up cap", "3 (0 skips the warm-up)", allow_zero=True)
 
 
+def parse_min_rounds(raw: object) -> int:
+    text = str(raw).strip()
+    if isinstance(raw, bool) or not text.isdigit() or int(text) < 1:
+        raise DualGpuUsageError("min_rounds must be a whole number of rounds >= 1, e.g. 7")
+    return int(text)
+
+
+def parse_settle(raw: object) -> float:
+    return _seconds(raw, "the settling pause", "0.01 (0 for none)", allow_zero=True)
+
+
 def parse_lock_timeout(raw: object) -> float:
     return _seconds(raw, "the lock timeout", "600")
 
@@ -318,6 +346,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "budget": parse_budget,
     "max_budget": parse_max_budget,
     "warmup": parse_warmup,
+    "min_rounds": parse_min_rounds,
+    "settle": parse_settle,
     "inconclusive": parse_inconclusive,
     "lock_timeout": parse_lock_timeout,
     "devices": parse_devices,
