@@ -20,15 +20,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from quick import QUICK_CLI
 
 from pytest_dualgpu.cli.main import COMMAND_EXAMPLES, build_parser, main
 
 DUALGPU = str(Path(sys.executable).with_name("dualgpu"))
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report-schema.json").read_text())
 FAST = ["--budget", "0.1", "--max-budget", "3"]
-#: For what the command does with its models, inputs and files, whatever the figures: a short warm-up, few
-#: rounds and no settling pauses.
-PLUMBING = ["--budget", "0.05", "--max-budget", "1", "--warmup", "0.3", "--min-rounds", "3", "--settle", "0"]
 DEMO = "pytest_dualgpu.demo"
 
 ZOO = """
@@ -141,7 +139,7 @@ def zoo(tmp_path: Path) -> Path:
 def profiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real report of one profiled pair."""
     report = tmp_path_factory.mktemp("profiled") / "good.json"
-    assert dualgpu("profile", f"{DEMO}:MLP", f"{DEMO}:MLP", *PLUMBING, "--json", str(report)).returncode == 0
+    assert dualgpu("profile", f"{DEMO}:MLP", f"{DEMO}:MLP", *QUICK_CLI, "--json", str(report)).returncode == 0
     return report
 
 
@@ -225,7 +223,7 @@ def table(text: str) -> list[list[str]]:
 def test_profile_takes_module_and_file_references_and_writes_a_json_report(zoo: Path, tmp_path: Path) -> None:
     report = tmp_path / "profile.json"
     done = dualgpu(
-        "profile", f"{zoo}:small", f"{zoo}:make_small", "--inputs", "8x16", *PLUMBING, "--json", str(report)
+        "profile", f"{zoo}:small", f"{zoo}:make_small", "--inputs", "8x16", *QUICK_CLI, "--json", str(report)
     )
     assert done.returncode == 0, done.stderr
     [header, row] = table(done.stdout)
@@ -248,7 +246,7 @@ def test_transformers_factories_and_keyword_input_references(tmp_path: Path) -> 
     report = tmp_path / "real.json"
     done = dualgpu(
         "profile", f"{models}:text_encoder", f"{models}:image_encoder",
-        "--inputs", f"{models}:text_inputs", f"{models}:image_inputs", *PLUMBING, "--json", str(report),
+        "--inputs", f"{models}:text_inputs", f"{models}:image_inputs", *QUICK_CLI, "--json", str(report),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "verdict: threads mode: " in done.stdout
@@ -258,11 +256,11 @@ def test_transformers_factories_and_keyword_input_references(tmp_path: Path) -> 
 
 
 def test_input_references_and_dtypes(zoo: Path) -> None:
-    by_function = dualgpu("profile", f"{zoo}:Small", f"{zoo}:Small", "--inputs", f"{zoo}:inputs", *PLUMBING)
+    by_function = dualgpu("profile", f"{zoo}:Small", f"{zoo}:Small", "--inputs", f"{zoo}:inputs", *QUICK_CLI)
     assert by_function.returncode == 0, by_function.stderr
     assert "Small + Small-2" in by_function.stdout
     by_value = dualgpu(
-        "profile", f"{zoo}:Small", f"{DEMO}:MLP", "--inputs", f"{zoo}:fixed", "64x512", *PLUMBING
+        "profile", f"{zoo}:Small", f"{DEMO}:MLP", "--inputs", f"{zoo}:fixed", "64x512", *QUICK_CLI
     )
     assert by_value.returncode == 0, by_value.stderr
     typed = dualgpu(
@@ -274,10 +272,10 @@ def test_input_references_and_dtypes(zoo: Path) -> None:
         "2x512",
         "--dtype",
         "bfloat16",
-        *PLUMBING,
+        *QUICK_CLI,
     )
     assert typed.returncode == 0, typed.stderr
-    own = dualgpu("profile", f"{DEMO}:SmallCNN", f"{DEMO}:TinyTransformer", *PLUMBING)  # example_inputs
+    own = dualgpu("profile", f"{DEMO}:SmallCNN", f"{DEMO}:TinyTransformer", *QUICK_CLI)  # example_inputs
     assert own.returncode == 0, own.stderr
 
 
@@ -362,7 +360,7 @@ def test_the_slowdown_matrix_and_latency_objectives_per_batch_size(zoo: Path) ->
 
 
 def test_a_failing_model_fills_its_cells_and_the_rest_of_the_matrix_still_runs(zoo: Path) -> None:
-    done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Broken", "--inputs", "4x16", *PLUMBING)
+    done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Broken", "--inputs", "4x16", *QUICK_CLI)
     assert done.returncode == 1
     _, small, broken = table(done.stdout)
     assert measured(small[1]), f"Small beside Small was measured: {small[1]!r}"
@@ -374,8 +372,8 @@ def test_a_failing_model_fills_its_cells_and_the_rest_of_the_matrix_still_runs(z
 def test_the_sweep_has_a_row_per_batch_size_and_says_where_it_stops_paying(zoo: Path, tmp_path: Path) -> None:
     report = tmp_path / "sweep.json"
     png = tmp_path / "sweep.png"
-    done = dualgpu("sweep", f"{zoo}:Small", f"{zoo}:Sleepy", "--batch", "4,1,2", "--inputs", "1x16", *PLUMBING,
-                   "--json", str(report), "--png", str(png))  # fmt: skip
+    done = dualgpu("sweep", f"{zoo}:Small", f"{zoo}:Sleepy", "--batch", "4,1,2", "--inputs", "1x16",
+                   *QUICK_CLI, "--json", str(report), "--png", str(png))  # fmt: skip
     assert done.returncode == 0, done.stderr
     header, *rows = table(done.stdout)
     assert header[:3] == ["batch", "mode", "speedup [95% CI]"]
@@ -396,7 +394,7 @@ def test_the_sweep_has_a_row_per_batch_size_and_says_where_it_stops_paying(zoo: 
 
 def test_report_merges_shards_and_keeps_rows_of_several_machines_apart(tmp_path: Path) -> None:
     first = tmp_path / "a.json"
-    assert dualgpu("profile", f"{DEMO}:MLP", f"{DEMO}:MLP", *PLUMBING, "--json", str(first)).returncode == 0
+    assert dualgpu("profile", f"{DEMO}:MLP", f"{DEMO}:MLP", *QUICK_CLI, "--json", str(first)).returncode == 0
     document = json.loads(first.read_text())
     document["machine"]["hostname"] = "other-runner"
     second = tmp_path / "b.json"
@@ -476,7 +474,7 @@ def test_a_wrongly_typed_field_is_refused_naming_it_and_the_file(
 
 def test_demo_runs_on_built_in_models_and_draws(tmp_path: Path) -> None:
     png = tmp_path / "demo.png"
-    done = dualgpu("demo", *PLUMBING, "--png", str(png))
+    done = dualgpu("demo", *QUICK_CLI, "--png", str(png))
     assert done.returncode == 0, done.stderr
     assert "== matrix of the built-in models (MLP, SmallCNN, TinyTransformer) ==" in done.stdout
     assert "== profile of the best pair" in done.stdout
@@ -619,7 +617,7 @@ def test_profile_under_auto_or_one_mode_gives_its_numbers(zoo: Path) -> None:
 
 
 def test_wrong_outputs_are_named_and_never_the_best_pairing(zoo: Path) -> None:
-    done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Racy", "--inputs", "4x16", *PLUMBING)
+    done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Racy", "--inputs", "4x16", *QUICK_CLI)
     assert done.returncode == 1, done.stdout + done.stderr
     _, small, racy = table(done.stdout)
     assert not small[1].endswith("WRONG")
@@ -628,13 +626,13 @@ def test_wrong_outputs_are_named_and_never_the_best_pairing(zoo: Path) -> None:
     assert "Small + Racy gave wrong outputs: max abs error 1" in done.stdout
     best = done.stdout.split("verdict: ")[1].split(";")[0]
     assert "Racy" not in best
-    profile = dualgpu("profile", f"{zoo}:Racy", f"{zoo}:Small", "--inputs", "4x16", *PLUMBING)
+    profile = dualgpu("profile", f"{zoo}:Racy", f"{zoo}:Small", "--inputs", "4x16", *QUICK_CLI)
     assert profile.returncode == 1
     assert "threads mode gave wrong outputs" in profile.stdout
 
 
 def test_a_model_that_fails_to_build_fails_its_cells_not_the_matrix(zoo: Path) -> None:
-    done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Boom", "--inputs", "4x16", *PLUMBING)
+    done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Boom", "--inputs", "4x16", *QUICK_CLI)
     assert done.returncode == 1, done.stdout + done.stderr
     _, small, boom = table(done.stdout)
     assert measured(small[1]), small[1]
@@ -643,7 +641,7 @@ def test_a_model_that_fails_to_build_fails_its_cells_not_the_matrix(zoo: Path) -
 
 
 def test_dtype_casts_models_and_inputs(zoo: Path) -> None:
-    args = ["profile", f"{zoo}:NeedsBfloat16", f"{zoo}:Small", "--inputs", "4x16", *PLUMBING]
+    args = ["profile", f"{zoo}:NeedsBfloat16", f"{zoo}:Small", "--inputs", "4x16", *QUICK_CLI]
     assert dualgpu(*args, "--dtype", "bfloat16").returncode == 0
     uncast = dualgpu(*args)
     assert uncast.returncode == 1
@@ -651,13 +649,13 @@ def test_dtype_casts_models_and_inputs(zoo: Path) -> None:
 
 
 def test_a_file_reference_can_import_its_neighbours(zoo: Path) -> None:
-    done = dualgpu("profile", f"{zoo}:with_helper", f"{zoo}:Small", "--inputs", "4x16", *PLUMBING)
+    done = dualgpu("profile", f"{zoo}:with_helper", f"{zoo}:Small", "--inputs", "4x16", *QUICK_CLI)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Doubler + Small" in done.stdout
 
 
 def test_a_module_reference_is_found_in_the_current_directory(zoo: Path) -> None:
-    done = dualgpu("profile", "zoo:Small", "zoo:small", "--inputs", "4x16", *PLUMBING, cwd=zoo.parent)
+    done = dualgpu("profile", "zoo:Small", "zoo:small", "--inputs", "4x16", *QUICK_CLI, cwd=zoo.parent)
     assert done.returncode == 0, done.stderr
 
 

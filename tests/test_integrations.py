@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 import yaml
 from examplesuite import ExampleRun, copy_examples, run_workflow, workflow_commands
+from quick import QUICK_ARGS
 
 from pytest_dualgpu.engine.profiling import all_threads_config
 from pytest_dualgpu.plugin.options import parse_thresholds
@@ -23,7 +24,6 @@ from pytest_dualgpu.timeline import result_file_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "report-schema.json").read_text())
-FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 
 EVERYTHING = """
 import pytest
@@ -60,9 +60,9 @@ def test_the_schema_is_valid_json_schema() -> None:
 @pytest.mark.skipif(all_threads_config() is None, reason="this torch's profiler cannot see lane threads")
 def test_real_reports_follow_the_schema_and_broken_ones_do_not(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_all=EVERYTHING)
-    suite.runpytest(*FAST, "--dualgpu-save=base.json").assert_outcomes(passed=2, failed=2)
+    suite.runpytest(*QUICK_ARGS, "--dualgpu-save=base.json").assert_outcomes(passed=2, failed=2)
     compared = suite.runpytest(
-        *FAST, "--dualgpu-compare=base.json", "--dualgpu-compare-fail=speedup:50%",
+        *QUICK_ARGS, "--dualgpu-compare=base.json", "--dualgpu-compare-fail=speedup:50%",
         "--dualgpu-compare-fail=memory:10%", "--dualgpu-report=json:new.json",
     )  # fmt: skip
     compared.assert_outcomes(passed=2, failed=2)
@@ -92,7 +92,7 @@ def test_real_reports_follow_the_schema_and_broken_ones_do_not(suite: pytest.Pyt
 
 def test_junit_properties_are_result_rows_of_the_schema(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_all=EVERYTHING)
-    suite.runpytest(*FAST, "--junitxml=junit.xml", "-k", "pipeline or raises")
+    suite.runpytest(*QUICK_ARGS, "--junitxml=junit.xml", "-k", "pipeline or raises")
     cases = {case.get("name"): case for case in ET.parse(suite.path / "junit.xml").iter("testcase")}
     [row] = [json.loads(p.get("value", "")) for p in cases["test_pipeline"].iter("property")]
     assert list(validator("result").iter_errors(row)) == []
@@ -116,7 +116,7 @@ def test_pytest_html_shows_each_tests_rows_and_links_its_traces(suite: pytest.Py
         """
     )
     result = suite.runpytest_subprocess(
-        *FAST, "-n", workers, "--html=html/report.html", "--dualgpu-report=trace:traces"
+        *QUICK_ARGS, "-n", workers, "--html=html/report.html", "--dualgpu-report=trace:traces"
     )
     result.assert_outcomes(passed=2)
     page = (suite.path / "html" / "report.html").read_text()
@@ -131,7 +131,7 @@ def test_png_plots_per_result_and_for_the_session(suite: pytest.Pytester) -> Non
     from PIL import Image
 
     suite.makepyfile(test_all=EVERYTHING)
-    suite.runpytest(*FAST, "--dualgpu-report=png:plots", "-k", "not raises").assert_outcomes(
+    suite.runpytest(*QUICK_ARGS, "--dualgpu-report=png:plots", "-k", "not raises").assert_outcomes(
         passed=2, failed=1
     )
     names = sorted(path.name for path in (suite.path / "plots").iterdir())
@@ -150,7 +150,7 @@ def test_png_plots_per_result_and_for_the_session(suite: pytest.Pytester) -> Non
 def test_png_without_matplotlib_is_a_usage_error_before_anything_runs(suite: pytest.Pytester) -> None:
     suite.makeconftest("import sys\nsys.modules['matplotlib'] = None  # as if it were not installed\n")
     suite.makepyfile(test_all=EVERYTHING)
-    result = suite.runpytest_subprocess(*FAST, "--dualgpu-report=png:plots", "-k", "pipeline")
+    result = suite.runpytest_subprocess(*QUICK_ARGS, "--dualgpu-report=png:plots", "-k", "pipeline")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "passed" not in result.stdout.str()
     result.stderr.fnmatch_lines(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=2", "--dualgpu-warmup=0.3")
+from quick import QUICK_ARGS
 
 INTERRUPTED = """
 import os
@@ -16,6 +15,7 @@ import time
 
 import torch
 from inner_models import Sleep
+
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also when run in background
 
@@ -47,7 +47,7 @@ def test_never_started(dual_infer):
 
 def test_ctrl_c_keeps_the_finished_calls_and_records_the_interrupted_one(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_interrupt=INTERRUPTED)
-    result = suite.runpytest_subprocess(*FAST, "-p", "no:randomly", "--dualgpu-report=json:out.json")
+    result = suite.runpytest_subprocess(*QUICK_ARGS, "-p", "no:randomly", "--dualgpu-report=json:out.json")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     document = json.loads((suite.path / "out.json").read_text())
     assert [(row["nodeid"], row["call"], row["name"]) for row in document["results"]] == [
@@ -84,7 +84,7 @@ def test_after(dual_infer):
 
 def test_a_test_failed_inside_a_call_keeps_its_calls_on_record(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_timeout=TIMED_OUT)
-    result = suite.runpytest(*FAST, "--dualgpu-report=json:out.json")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report=json:out.json")
     result.assert_outcomes(passed=1, failed=1)
     document = json.loads((suite.path / "out.json").read_text())
     assert [row["name"] for row in document["results"]] == ["before", "after"]
@@ -125,7 +125,7 @@ def test_stuck(dual_infer):
 
 def test_after_ctrl_c_stuck_lanes_do_not_hold_the_process(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_stuck=STUCK)
-    result = suite.runpytest_subprocess(*FAST, "--dualgpu-report=json:out.json")
+    result = suite.runpytest_subprocess(*QUICK_ARGS, "--dualgpu-report=json:out.json")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     # Joining each stuck lane thread for its 5 s grace would take 10 s more.
     assert result.duration < 8, result.duration
@@ -161,7 +161,7 @@ def test_a_crashed_xdist_worker_keeps_the_finished_calls_of_its_test_and_names_t
     temporary = suite.mkdir("temporary")
     monkeypatch.setenv("TMPDIR", str(temporary))
     result = suite.runpytest_subprocess(
-        *FAST, "-n", "1", "-p", "no:randomly", "--dualgpu-report=json:out.json"
+        *QUICK_ARGS, "-n", "1", "-p", "no:randomly", "--dualgpu-report=json:out.json"
     )
     result.assert_outcomes(passed=2, failed=1)
     document = json.loads((suite.path / "out.json").read_text())

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from models import SleepLane
+from quick import QUICK_ARGS
 
 from pytest_dualgpu import dual_infer
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.plugin.verdicts import MemorySpec, SpeedupSpec, judge, parse_marker
 from pytest_dualgpu.results import DualResult, MemoryStats
 from pytest_dualgpu.units import parse_size
-
-FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 
 
 def rows(path: Path) -> list[dict[str, object]]:
@@ -127,7 +126,7 @@ def test_every_verdict_passes_on_sleeping_lanes_and_the_report_says_so(suite: py
             assert result.correct
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-report", "--dualgpu-report=json:out.json")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report", "--dualgpu-report=json:out.json")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*test_pair*correct pass, sync pass, speedup pass, memory not judged (cpu)"])
     (row,) = rows(suite.path / "out.json")
@@ -152,7 +151,7 @@ def test_speedup_is_not_judged_on_devices_it_does_not_name(suite: pytest.Pyteste
             dual_infer(Gil(), Gil(), torch.ones(4))
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-report=md:table.md")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report=md:table.md")
     result.assert_outcomes(passed=1)
     assert "speedup not judged (cpu)" in (suite.path / "table.md").read_text()
 
@@ -177,7 +176,7 @@ def test_speedup_failure_gives_value_bound_interval_and_hint(suite: pytest.Pytes
             dual_infer(Sleep(), Sleep(), torch.ones(4), mode="sequential")
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-report")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report")
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(
         [
@@ -205,7 +204,7 @@ def test_correct_and_sync_fail_when_concurrent_outputs_differ(suite: pytest.Pyte
             dual_infer(Drifting(), Sleep(), torch.zeros(3))
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-report=json:out.json")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report=json:out.json")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -241,7 +240,7 @@ def test_sync_trials_catch_a_lane_writing_a_shared_input_and_give_the_seed(
             dual_infer(Sleep(), Sleep(), torch.zeros(3))
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-report=json:out.json")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report=json:out.json")
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -276,7 +275,7 @@ def test_correct_marker_tolerance_is_the_default_of_each_call(suite: pytest.Pyte
             assert not dual_infer(Drifting(), Sleep(), torch.zeros(3), rtol=0.0, atol=0.0).correct
         """
     )
-    result = suite.runpytest(*FAST)
+    result = suite.runpytest(*QUICK_ARGS)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*dualgpu_correct failed for 'Drifting+Sleep'*"])
 
@@ -294,7 +293,7 @@ def test_every_call_of_a_test_is_judged(suite: pytest.Pytester) -> None:
             dual_infer(Drifting(), Sleep(), torch.ones(2), name="bad")
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-report=json:out.json")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report=json:out.json")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*dualgpu_correct failed for 'bad' (call 2 of 2)*"])
     assert "failed for 'good'" not in result.stdout.str()
@@ -325,7 +324,7 @@ def test_a_marked_test_that_never_calls_dual_infer_fails_saying_so(suite: pytest
             assert False, "the body's own failure"
         """
     )
-    result = suite.runpytest(*FAST)
+    result = suite.runpytest(*QUICK_ARGS)
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(
         [
@@ -414,7 +413,7 @@ def test_a_correct_verdict_that_compared_no_tensor_does_not_say_pass(suite: pyte
             dual_infer(Sleep(), Nothing(), torch.ones(2))
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-report=json:out.json")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report=json:out.json")
     result.assert_outcomes(passed=2, warnings=2)
     result.stdout.fnmatch_lines(
         [

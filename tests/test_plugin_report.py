@@ -13,10 +13,9 @@ import pytest
 import torch
 from lockholder import lock_held_here
 from mdtables import first_table
+from quick import QUICK, QUICK_ARGS
 
 from pytest_dualgpu.results import DualResult
-
-FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 
 THREE_TESTS = """
 import pytest
@@ -64,7 +63,7 @@ def test_one_row_per_call_in_collection_order_with_or_without_xdist(
 ) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
     result = suite.runpytest_subprocess(
-        "-n", workers, *FAST, "--dualgpu-report", "--dualgpu-report=json:r.json"
+        "-n", workers, *QUICK_ARGS, "--dualgpu-report", "--dualgpu-report=json:r.json"
     )
     result.assert_outcomes(passed=4, failed=1)
     document = report(suite.path / "r.json")
@@ -98,7 +97,7 @@ def test_two_calls_of_one_test_are_told_apart_and_numbered_alike_everywhere(suit
         """
     )
     result = suite.runpytest(
-        *FAST, "--dualgpu-report", "--dualgpu-report=json:r.json", "--dualgpu-report=trace:t"
+        *QUICK_ARGS, "--dualgpu-report", "--dualgpu-report=json:r.json", "--dualgpu-report=trace:t"
     )
     result.assert_outcomes(passed=1)
     labels = [line.split("  ")[0] for line in result.outlines if "Sleep + Sleep-2" in line]
@@ -116,7 +115,7 @@ def _verdicts(**given: str) -> dict[str, str | None]:
 
 def test_json_rows_are_complete_results(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
-    suite.runpytest(*FAST, "--dualgpu-report=json:r.json", "-k", "two_calls")
+    suite.runpytest(*QUICK_ARGS, "--dualgpu-report=json:r.json", "-k", "two_calls")
     document = report(suite.path / "r.json")
     assert document["version"] == 4
     assert document["machine"]["torch"] == torch.__version__
@@ -127,7 +126,7 @@ def test_json_rows_are_complete_results(suite: pytest.Pytester) -> None:
     assert result.name == "first"
     assert result.device == "cpu"
     assert result.correct
-    assert result.rounds >= 7
+    assert result.rounds >= QUICK["min_rounds"]  # the session's setting reached the call
     assert result.speedup_ci[0] <= result.speedup <= result.speedup_ci[1]
     assert set(first["timelines"]) == {"sequential", "concurrent"}
     assert "outputs" not in first
@@ -140,7 +139,9 @@ def test_markdown_goes_to_a_file_or_the_github_step_summary(
     summary = suite.path / "summary.md"
     summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    suite.runpytest(*FAST, "--dualgpu-report=md", "--dualgpu-report=md:out/table.md", "-k", "parametrized")
+    suite.runpytest(
+        *QUICK_ARGS, "--dualgpu-report=md", "--dualgpu-report=md:out/table.md", "-k", "parametrized"
+    )
     written = (suite.path / "out" / "table.md").read_text()
     assert summary.read_text() == "earlier step\n" + written
     header, separator, *body = first_table(written)
@@ -153,7 +154,7 @@ def test_markdown_goes_to_a_file_or_the_github_step_summary(
         "test_three.py::test_parametrized[0.002]",
     ]
     monkeypatch.delenv("GITHUB_STEP_SUMMARY")
-    missing = suite.runpytest(*FAST, "--dualgpu-report=md", "-k", "parametrized")
+    missing = suite.runpytest(*QUICK_ARGS, "--dualgpu-report=md", "-k", "parametrized")
     assert missing.ret == pytest.ExitCode.USAGE_ERROR  # known at start-up: nothing was measured for nothing
     missing.stderr.fnmatch_lines(
         ["*dualgpu: --dualgpu-report=md: $GITHUB_STEP_SUMMARY is not set*use md:PATH*"]
@@ -163,7 +164,7 @@ def test_markdown_goes_to_a_file_or_the_github_step_summary(
 
 def test_junit_xml_carries_each_result_as_a_json_property(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
-    suite.runpytest(*FAST, "--junitxml=junit.xml", "-k", "two_calls or no_dualgpu")
+    suite.runpytest(*QUICK_ARGS, "--junitxml=junit.xml", "-k", "two_calls or no_dualgpu")
     cases = {case.get("name"): case for case in ET.parse(suite.path / "junit.xml").iter("testcase")}
     properties = [
         json.loads(prop.get("value", ""))
@@ -198,7 +199,7 @@ def test_a_failing_lane_leaves_the_other_tests_and_the_report_intact(
         """
     )
     result = suite.runpytest_subprocess(
-        "-n", workers, "-p", "no:randomly", *FAST, "--dualgpu-report", "--dualgpu-report=json:r.json"
+        "-n", workers, "-p", "no:randomly", *QUICK_ARGS, "--dualgpu-report", "--dualgpu-report=json:r.json"
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
@@ -234,7 +235,9 @@ def test_hooks_see_every_result_and_can_change_the_columns(suite: pytest.Pyteste
         """
     )
     suite.makepyfile(test_three=THREE_TESTS)
-    result = suite.runpytest(*FAST, "-s", "--dualgpu-report", "--dualgpu-report=md:t.md", "-k", "two_calls")
+    result = suite.runpytest(
+        *QUICK_ARGS, "-s", "--dualgpu-report", "--dualgpu-report=md:t.md", "-k", "two_calls"
+    )
     result.stdout.fnmatch_lines(
         ["*seen: [[]('test_two_calls', 'first'), ('test_two_calls', 'three lanes')[]]"]
     )
@@ -246,7 +249,7 @@ def test_hooks_see_every_result_and_can_change_the_columns(suite: pytest.Pyteste
 
 def test_failed_verdicts_stand_out_in_colour(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
-    result = suite.runpytest(*FAST, "--color=yes", "--dualgpu-report", "-k", "turns or parametrized")
+    result = suite.runpytest(*QUICK_ARGS, "--color=yes", "--dualgpu-report", "-k", "turns or parametrized")
     table = [line for line in result.outlines if "test_three.py::test_" in line and "x [" in line]
     turns = next(line for line in table if "Turns +" in line)
     assert "\x1b[31m" in turns
@@ -278,7 +281,7 @@ def test_a_long_wait_for_the_measuring_lock_is_reported(suite: pytest.Pytester) 
     holder = threading.Thread(target=hold)
     holder.start()
     assert held.wait(timeout=120)
-    result = suite.runpytest(*FAST, "--dualgpu-report", "-k", "parametrized", plugins=[started])
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report", "-k", "parametrized", plugins=[started])
     holder.join()
     result.stdout.fnmatch_lines(
         [
@@ -318,7 +321,7 @@ def test_a_rerun_replaces_the_rows_of_the_attempt_before(suite: pytest.Pytester)
             dual_infer(first, Sleep(), torch.ones(2))
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-report=json:r.json", "--junitxml=j.xml")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report=json:r.json", "--junitxml=j.xml")
     result.assert_outcomes(failed=1, passed=1)
     (row,) = report(suite.path / "r.json")["results"]
     assert (row["name"], row["call"], row["verdicts"]["correct"]) == ("Sleep+Sleep-2", 1, "pass")
@@ -360,7 +363,7 @@ def test_a_target_that_cannot_be_a_file_is_a_usage_error_before_anything_runs(
     suite.makepyfile(test_three=THREE_TESTS)
     (suite.path / "taken").mkdir()
     (suite.path / "table.md").write_text("a file\n")
-    result = suite.runpytest(*FAST, f"--dualgpu-report={target}")
+    result = suite.runpytest(*QUICK_ARGS, f"--dualgpu-report={target}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*dualgpu: {message}"])
     assert "passed" not in result.stdout.str()
@@ -372,7 +375,11 @@ def test_a_target_that_fails_at_the_end_costs_no_other_target(suite: pytest.Pyte
         test_takes_the_path="def test_takes_the_path():\n    import os\n    os.mkdir('taken')\n",
     )
     result = suite.runpytest(
-        *FAST, "-k", "parametrized or takes", "--dualgpu-report=json:taken", "--dualgpu-report=md:table.md"
+        *QUICK_ARGS,
+        "-k",
+        "parametrized or takes",
+        "--dualgpu-report=json:taken",
+        "--dualgpu-report=md:table.md",
     )
     result.assert_outcomes(passed=3)
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
@@ -395,7 +402,7 @@ def test_an_efficiency_that_could_not_be_measured_is_explained_under_the_table(
             dual_infer(Sleep(0.0001), Sleep(0.01), torch.ones(2))
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-report", "--dualgpu-report=md:summary.md")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report", "--dualgpu-report=md:summary.md")
     result.assert_outcomes(passed=1)
     header = next(line for line in result.outlines if line.startswith("test "))
     row = next(line for line in result.outlines if line.startswith("test_uneven.py::"))

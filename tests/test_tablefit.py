@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from models import SleepLane
+from quick import QUICK_ARGS
 
 from pytest_dualgpu import dual_infer
 from pytest_dualgpu.reports.rows import ALWAYS, ReportRow, default_columns, dumps, format_table, json_document
 from pytest_dualgpu.reports.tablefit import NARROWEST, fit_columns
 
-FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 EVERY_HEADER = ["test", "lanes", "device", "mode", "alone ms", "seq ms", "conc ms", "speedup [95% CI]"]
 LONG_NAMES = """
 import pytest
@@ -71,7 +71,7 @@ def test_the_session_table_fits_columns_and_says_how_to_see_it_whole(
 ) -> None:
     suite.makepyfile(test_long=LONG_NAMES)
     monkeypatch.setenv("COLUMNS", "100")
-    narrow = suite.runpytest(*FAST, "--dualgpu-report")
+    narrow = suite.runpytest(*QUICK_ARGS, "--dualgpu-report")
     narrow.assert_outcomes(passed=1)
     start = next(index for index, line in enumerate(narrow.outlines) if line.startswith("test "))
     table = narrow.outlines[start : start + 4]
@@ -82,7 +82,7 @@ def test_the_session_table_fits_columns_and_says_how_to_see_it_whole(
     narrow.stdout.fnmatch_lines(
         ["table fitted to 100 columns: left out device*", "*--dualgpu-report=term-wide*"]
     )
-    wide = suite.runpytest(*FAST, "--dualgpu-report=term-wide")
+    wide = suite.runpytest(*QUICK_ARGS, "--dualgpu-report=term-wide")
     header = next(line for line in wide.outlines if line.startswith("test "))
     assert all(name in header for name in EVERY_HEADER)
     assert "fitted" not in wide.stdout.str()

@@ -8,12 +8,11 @@ from typing import Any
 import pytest
 import torch
 from models import MLP, GilLane, SleepLane
+from quick import QUICK_ARGS
 
 from pytest_dualgpu import dual_infer
 from pytest_dualgpu.engine.profiling import all_threads_config
 from pytest_dualgpu.timeline import LaneTimeline, chrome_trace, overlap, result_file_stem
-
-FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
 
 TWO_TESTS = """
 import torch
@@ -47,7 +46,7 @@ def by_run(trace: dict[str, Any], run: str) -> list[list[tuple[float, float]]]:
 
 def test_a_trace_per_result_with_a_track_per_lane_in_each_run(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_two=TWO_TESTS)
-    suite.runpytest(*FAST, "--dualgpu-report=trace:traces").assert_outcomes(passed=2)
+    suite.runpytest(*QUICK_ARGS, "--dualgpu-report=trace:traces").assert_outcomes(passed=2)
     files = sorted(path.name for path in (suite.path / "traces").iterdir())
     assert files == sorted(
         f"{result_file_stem(nodeid, 1)}.trace.json"
@@ -177,7 +176,7 @@ def test_profile_option_adds_kernel_tracks_to_the_trace_and_a_column_to_the_tabl
             dual_infer(a, b, torch.randn(2, 8), profile=False)
         """
     )
-    result = suite.runpytest(*FAST, "--dualgpu-profile", "--dualgpu-report", "--dualgpu-report=trace:t")
+    result = suite.runpytest(*QUICK_ARGS, "--dualgpu-profile", "--dualgpu-report", "--dualgpu-report=trace:t")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*overlap*kernel overlap*", "*test_pair*", "*test_unprofiled*"])
     header = next(line for line in result.outlines if "kernel overlap" in line)
