@@ -184,12 +184,13 @@ import os
 import torch
 from inner_models import Sleep, Turns
 
+# Sleeping lanes need no settling pauses (those are for OpenMP workers); 21 rounds narrow the interval.
 def test_pair(dual_infer):
     lane = Turns if os.environ.get("LANES") == "turns" else Sleep
-    dual_infer(lane(0.008), lane(0.008), torch.ones(2), name="pair", min_rounds=21)
+    dual_infer(lane(0.004), lane(0.004), torch.ones(2), name="pair", min_rounds=21, settle=0)
 
 def test_steady(dual_infer):
-    dual_infer(Sleep(0.008), Sleep(0.008), torch.ones(2), name="steady", min_rounds=21)
+    dual_infer(Sleep(0.004), Sleep(0.004), torch.ones(2), name="steady", min_rounds=21, settle=0)
 """
 
 
