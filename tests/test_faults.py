@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 import torch
 from models import MLP, BlockingLane, ConcurrentRaiser, RaisingLane, SleepLane, in_lane_thread
+from quick import QUICK
 
 from pytest_dualgpu import DualGpuUsageError, LaneError, LaneTimeoutError, dual_infer
-
-FAST = {"budget": 0.1, "max_budget": 3}
 
 
 class CallCounter(torch.nn.Module):
@@ -28,7 +27,7 @@ class CallCounter(torch.nn.Module):
 
 def assert_healthy_afterwards(threads_before: int) -> None:
     """The next call measures normally and the process is as it was."""
-    result = dual_infer(SleepLane(0.005), SleepLane(0.005), torch.ones(2), mode="threads", **FAST)
+    result = dual_infer(SleepLane(0.005), SleepLane(0.005), torch.ones(2), mode="threads", **QUICK)
     assert result.correct
     assert result.speedup > 1.4
     deadline = time.monotonic() + 5
@@ -39,7 +38,7 @@ def assert_healthy_afterwards(threads_before: int) -> None:
 
 def test_a_lane_that_raises_alone_is_named_with_its_cause() -> None:
     with pytest.raises(LaneError, match=r"lane 'RaisingLane' raised ValueError in the alone run") as info:
-        dual_infer(MLP(), RaisingLane(), torch.randn(2, 64), **FAST)
+        dual_infer(MLP(), RaisingLane(), torch.randn(2, 64), **QUICK)
     assert isinstance(info.value.__cause__, ValueError)
     assert info.value.lane == "RaisingLane"
 
@@ -59,7 +58,7 @@ def test_a_lane_that_raises_concurrently_lets_the_others_finish() -> None:
     with pytest.raises(
         LaneError, match=r"lane 'ConcurrentRaiser' raised RuntimeError in the concurrent run"
     ) as info:
-        dual_infer(ConcurrentRaiser(), Recorder(), torch.ones(2), mode="threads", **FAST)
+        dual_infer(ConcurrentRaiser(), Recorder(), torch.ones(2), mode="threads", **QUICK)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert finished == ["concurrent"]
     assert sys.getswitchinterval() == switch_interval
@@ -75,7 +74,7 @@ def test_a_lane_that_never_returns_times_out_naming_it() -> None:
         with pytest.raises(
             LaneTimeoutError, match=r"lane 'BlockingLane' did not return within 0.5 s"
         ) as info:
-            dual_infer(MLP(width=4), blocking, torch.ones(1, 4), mode="threads", timeout=0.5, **FAST)
+            dual_infer(MLP(width=4), blocking, torch.ones(1, 4), mode="threads", timeout=0.5, **QUICK)
         assert info.value.lanes == ["BlockingLane"]
         assert time.perf_counter() - started < 5
         assert torch.get_num_threads() >= 1
@@ -182,7 +181,7 @@ def test_an_exit_raised_inside_a_model_fails_its_lane_not_the_session(
     with pytest.raises(
         LaneError, match=f"lane 'Exits' raised {raised.__name__} in the .*the model's own code"
     ):
-        dual_infer(model, SleepLane(0.001), torch.ones(2), names=["Exits", "Fine"], mode="threads", **FAST)
+        dual_infer(model, SleepLane(0.001), torch.ones(2), names=["Exits", "Fine"], mode="threads", **QUICK)
     assert_healthy_afterwards(threads_before)
 
 
@@ -205,13 +204,13 @@ def test_a_model_left_in_training_mode_is_named_as_the_cause_of_wrong_outputs() 
         )  # training mode: the default
 
     x = torch.randn(4, 16)
-    result = dual_infer(with_dropout(), with_dropout(), x, names=["Drops", "Drops too"], **FAST)
+    result = dual_infer(with_dropout(), with_dropout(), x, names=["Drops", "Drops too"], **QUICK)
     assert not result.correct
     assert [lane.training for lane in result.lanes] == [True, True]
     verdict = judge(result, {"dualgpu_correct": Tolerance()})["correct"]
     assert verdict.status == "fail"
     assert "lane 'Drops' is in training mode (dropout or batch norm active)" in verdict.message
     assert "model.eval()" in verdict.message
-    evaluated = dual_infer(with_dropout().eval(), with_dropout().eval(), x, **FAST)
+    evaluated = dual_infer(with_dropout().eval(), with_dropout().eval(), x, **QUICK)
     assert evaluated.correct
     assert [lane.training for lane in evaluated.lanes] == [False, False]

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 from models import MLP, SmallCNN
+from quick import QUICK
 
 from pytest_dualgpu import dual_infer
 
-FAST = {"budget": 0.1, "max_budget": 3, "warmup": 0.5}
 MODES = ["sequential", "threads"]
 
 
@@ -68,7 +68,7 @@ FORMS: dict[str, tuple[Callable[[], Any], Callable[[], torch.Tensor], str]] = {
 @pytest.mark.parametrize("form", list(FORMS))
 def test_every_form_is_correct_in_every_cpu_mode_and_named_after_its_model(form: str, mode: str) -> None:
     make, inputs, name = FORMS[form]
-    result = dual_infer(make(), make(), inputs(), mode=mode, **FAST)
+    result = dual_infer(make(), make(), inputs(), mode=mode, **QUICK)
     assert result.mode == mode
     assert result.correct, result.mismatches
     assert result.lane_names == [name, f"{name}-2"]
@@ -77,7 +77,7 @@ def test_every_form_is_correct_in_every_cpu_mode_and_named_after_its_model(form:
 @pytest.mark.parametrize("mode", MODES)
 def test_modules_under_autocast_run_in_bfloat16_on_every_lane(mode: str) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        result = dual_infer(MLP().eval(), MLP().eval(), rows(), mode=mode, **FAST)
+        result = dual_infer(MLP().eval(), MLP().eval(), rows(), mode=mode, **QUICK)
     assert result.correct, result.mismatches
     assert result.outputs is not None
     assert result.reference is not None

@@ -15,14 +15,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import MLP
+from quick import QUICK
 
 from pytest_dualgpu import DualGpuUsageError, dual_infer
 from pytest_dualgpu.engine.compare import compare_lanes, compare_outputs
 from pytest_dualgpu.engine.trees import iter_tensors, map_tensors, walk
 from pytest_dualgpu.plugin.verdicts import judge
 from pytest_dualgpu.specs import Tolerance
-
-FAST = {"budget": 0.1, "max_budget": 3, "warmup": 0.3}
 
 
 class Layer:
@@ -152,24 +151,24 @@ def test_a_generator_output_is_a_usage_error_naming_the_lane() -> None:
     with pytest.raises(
         DualGpuUsageError, match=r"lane 'Gen' returned a generator at output: its work runs only"
     ):
-        dual_infer(Gen(), MLP(), torch.ones(2, 64), **FAST)
+        dual_infer(Gen(), MLP(), torch.ones(2, 64), **QUICK)
 
 
 def test_numpy_and_sparse_outputs_measure_and_compare_end_to_end() -> None:
-    numpy_result = dual_infer(NumpyOut(), NumpyOut(), torch.ones(3, 4), **FAST)
+    numpy_result = dual_infer(NumpyOut(), NumpyOut(), torch.ones(3, 4), **QUICK)
     assert numpy_result.correct, numpy_result.mismatches
-    sparse_result = dual_infer(SparseOut(), SparseOut(), torch.ones(3, 4), **FAST)
+    sparse_result = dual_infer(SparseOut(), SparseOut(), torch.ones(3, 4), **QUICK)
     assert sparse_result.correct, sparse_result.mismatches
 
 
 def test_a_lane_that_changes_its_own_input_is_named_with_a_hint_to_match() -> None:
-    result = dual_infer(WritesItsInput(), MLP(4), torch.ones(3, 4), torch.ones(3, 4), **FAST)
+    result = dual_infer(WritesItsInput(), MLP(4), torch.ones(3, 4), torch.ones(3, 4), **QUICK)
     assert not result.correct
     assert result.input_writes == ["lane 'WritesItsInput' changes its own input in place (args[0][0, 0])"]
     assert result.mismatches[0] == result.input_writes[0]
     verdict = judge(result, {"dualgpu_correct": Tolerance()})["correct"]
     assert "a lane changes its own input in place" in verdict.message
-    clean = dual_infer(MLP(4), MLP(4), torch.ones(3, 4), **FAST)
+    clean = dual_infer(MLP(4), MLP(4), torch.ones(3, 4), **QUICK)
     assert clean.input_writes == []
 
 

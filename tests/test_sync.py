@@ -7,12 +7,11 @@ import random
 import pytest
 import torch
 from models import MLP, SleepLane
+from quick import QUICK
 
 from pytest_dualgpu import DualGpuUsageError, dual_infer
 from pytest_dualgpu.engine.backends import Backend
 from pytest_dualgpu.engine.sync import DelayInjector
-
-FAST = {"budget": 0.1, "max_budget": 3}
 
 
 class ManyOps(torch.nn.Module):
@@ -45,16 +44,16 @@ def test_delays_are_injected_before_operators_and_a_seed_replays_them() -> None:
 
 
 def test_a_correct_pair_passes_every_trial_and_keeps_the_seed() -> None:
-    result = dual_infer(MLP(), MLP(), torch.randn(8, 64), race_trials=8, **FAST)
+    result = dual_infer(MLP(), MLP(), torch.randn(8, 64), race_trials=8, **QUICK)
     assert (result.sync.race_trials, result.sync.race_failures) == (8, 0)
     assert isinstance(result.sync.seed, int)
     assert result.sync.first_failure is None
-    again = dual_infer(MLP(), MLP(), torch.randn(8, 64), race_trials=2, race_seed=result.sync.seed, **FAST)
+    again = dual_infer(MLP(), MLP(), torch.randn(8, 64), race_trials=2, race_seed=result.sync.seed, **QUICK)
     assert again.sync.seed == result.sync.seed
 
 
 def test_a_lane_writing_its_shared_input_is_caught_by_the_trials_and_by_the_comparison() -> None:
-    result = dual_infer(WritesItsInput(), SleepLane(0.001), torch.zeros(4), race_trials=4, **FAST)
+    result = dual_infer(WritesItsInput(), SleepLane(0.001), torch.zeros(4), race_trials=4, **QUICK)
     assert not result.correct
     assert result.sync.race_failures == 4
     assert result.sync.first_failure == (
@@ -65,7 +64,7 @@ def test_a_lane_writing_its_shared_input_is_caught_by_the_trials_and_by_the_comp
 
 def test_own_inputs_written_in_place_still_fail_the_trials_through_their_outputs() -> None:
     result = dual_infer(
-        WritesItsInput(), SleepLane(0.001), torch.zeros(4), torch.zeros(4), race_trials=3, **FAST
+        WritesItsInput(), SleepLane(0.001), torch.zeros(4), torch.zeros(4), race_trials=3, **QUICK
     )
     assert result.sync.race_failures == 3
     assert result.sync.first_failure is not None
@@ -73,7 +72,7 @@ def test_own_inputs_written_in_place_still_fail_the_trials_through_their_outputs
 
 
 def test_host_sync_detection_and_the_sanitizer_are_cuda_only() -> None:
-    result = dual_infer(MLP(), MLP(), torch.randn(2, 64), detect_syncs=True, sanitizer=True, **FAST)
+    result = dual_infer(MLP(), MLP(), torch.randn(2, 64), detect_syncs=True, sanitizer=True, **QUICK)
     assert result.sync.implicit_syncs == []
     assert result.sync.sanitizer == []
     assert result.sync.race_trials == 0
@@ -90,14 +89,14 @@ def test_host_sync_detection_and_the_sanitizer_are_cuda_only() -> None:
 )
 def test_bad_sync_settings_are_refused(setting: dict[str, object], message: str) -> None:
     with pytest.raises(DualGpuUsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        dual_infer(MLP(), MLP(), torch.randn(2, 64), **setting, **FAST)
+        dual_infer(MLP(), MLP(), torch.randn(2, 64), **setting, **QUICK)
 
 
 def test_implicit_syncs_fail_warn_or_pass_as_the_marker_says() -> None:
     from pytest_dualgpu import DualResult
     from pytest_dualgpu.plugin.verdicts import SyncSpec, judge
 
-    measured = dual_infer(MLP(), MLP(), torch.randn(2, 64), **FAST)
+    measured = dual_infer(MLP(), MLP(), torch.randn(2, 64), **QUICK)
     found = {"lane": "MLP", "where": "model.py:7", "call": "scale = x.max().item()"}
     # Host syncs are found on CUDA only: a result that says it was measured there.
     on_gpu = {**measured.to_dict(), "device": "cuda:0"}
@@ -115,13 +114,13 @@ def test_implicit_syncs_fail_warn_or_pass_as_the_marker_says() -> None:
     assert judge(DualResult.from_dict(on_gpu), {"dualgpu_sync": SyncSpec()})["sync"].status == "pass"
     nothing_checked = judge(measured, {"dualgpu_sync": SyncSpec(trials=0)})["sync"]
     assert nothing_checked.status == "not judged (cpu)"  # no race trials, and no host syncs on CPU
-    raced = dual_infer(MLP(), MLP(), torch.randn(2, 64), race_trials=2, **FAST)
+    raced = dual_infer(MLP(), MLP(), torch.randn(2, 64), race_trials=2, **QUICK)
     assert judge(raced, {"dualgpu_sync": SyncSpec(trials=2)})["sync"].status == "pass"
 
 
 def test_writes_to_a_view_of_a_buffer_another_lane_reads_are_caught() -> None:
     buffer = torch.zeros(8)
-    result = dual_infer(WritesItsInput(), SleepLane(0.001), buffer[:4], buffer[4:], race_trials=2, **FAST)
+    result = dual_infer(WritesItsInput(), SleepLane(0.001), buffer[:4], buffer[4:], race_trials=2, **QUICK)
     assert result.sync.race_failures == 2
     assert "an input shared by lanes WritesItsInput and SleepLane was changed in place" in (
         result.sync.first_failure or ""

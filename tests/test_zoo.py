@@ -8,19 +8,18 @@ import json
 
 import pytest
 import torch
+from quick import QUICK, QUICK_ARGS
 from realmodels import ZOO, CacheCorruptedEachCall, gpt2
 
 from pytest_dualgpu import dual_infer
 from pytest_dualgpu.engine.trees import walk
-
-FAST = {"budget": 0.1, "max_budget": 3, "warmup": 0.5}
 
 
 @pytest.mark.parametrize("mode", ["sequential", "threads"])
 @pytest.mark.parametrize("model", list(ZOO))
 def test_each_real_model_beside_another_is_correct_in_every_cpu_mode(model: str, mode: str) -> None:
     (first, first_inputs), (second, second_inputs) = ZOO[model](), ZOO[model]()
-    result = dual_infer(first, second, first_inputs, second_inputs, mode=mode, **FAST)
+    result = dual_infer(first, second, first_inputs, second_inputs, mode=mode, **QUICK)
     assert result.correct, result.mismatches
     assert result.uncomparable == []
     assert result.reliable or result.problems  # measured, whatever this VM made of the timing
@@ -29,7 +28,7 @@ def test_each_real_model_beside_another_is_correct_in_every_cpu_mode(model: str,
 def test_a_value_broken_deep_inside_a_cache_is_caught_with_its_path() -> None:
     broken = CacheCorruptedEachCall()
     decoder, inputs = gpt2()
-    result = dual_infer(broken, decoder, inputs["input_ids"], inputs, **FAST)
+    result = dual_infer(broken, decoder, inputs["input_ids"], inputs, **QUICK)
     assert not result.correct
     with torch.no_grad():
         output = decoder(**inputs)
@@ -64,7 +63,7 @@ def test_real_models_pass_the_correct_and_sync_markers_in_an_inner_session(
 ) -> None:
     suite.makepyfile(realmodels=(request.path.parent / "realmodels.py").read_text(), test_real=INNER)
     result = suite.runpytest_subprocess(
-        "--dualgpu-budget=0.1", "--dualgpu-warmup=0.5", "-p", "no:randomly", "--dualgpu-report=json:out.json",
+        *QUICK_ARGS, "-p", "no:randomly", "--dualgpu-report=json:out.json",
         f"--rootdir={suite.path}", "-W", "ignore::DeprecationWarning",
     )  # fmt: skip
     result.assert_outcomes(passed=len(ZOO))
