@@ -91,7 +91,15 @@ def test_a_p99_from_few_calls(dual_infer):
     dual_infer(Sleep(), Sleep(), torch.ones(2), budget=0.1, max_budget=0.3)
 """
 
-OPTIONS = ("--dualgpu-budget=2", "--dualgpu-max-budget=4", "--dualgpu-warmup=0.5", "-p", "no:randomly")
+# Sleeping and turn-taking lanes: no OpenMP workers to settle.
+OPTIONS = (
+    "--dualgpu-budget=2",
+    "--dualgpu-max-budget=4",
+    "--dualgpu-warmup=0.3",
+    "--dualgpu-settle=0",
+    "-p",
+    "no:randomly",
+)
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
