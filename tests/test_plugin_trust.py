@@ -48,9 +48,11 @@ def test_below(dual_infer):
     dual_infer(Turns(), Turns(), torch.ones(2))
 
 
+# Taking turns costs a thread's wake-up per hand-over: 2-3% of 3 ms turns (0.97x measured here, decided
+# below 1.0 with the 2% margin one run in a few), under 1% of 10 ms ones, well inside the margin.
 @pytest.mark.dualgpu_speedup(min=1.0, device="cpu")
 def test_at(dual_infer):
-    dual_infer(Turns(), Turns(), torch.ones(2))
+    dual_infer(Turns(0.01), Turns(0.01), torch.ones(2))
 
 
 @pytest.mark.dualgpu_speedup(min=1.5, device="cpu")
