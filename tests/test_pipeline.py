@@ -13,7 +13,8 @@ from models import MLP, BrokenHandOff, SleepLane, in_lane_thread
 from pytest_dualgpu import DualGpuUsageError, LaneError, dual_infer
 from pytest_dualgpu.engine.call import run_pipeline
 from pytest_dualgpu.engine.callsettings import CallSettings
-from pytest_dualgpu.engine.pipeline import concat, pipeline_ideal, split_batch
+from pytest_dualgpu.engine.pipeline import concat, split_batch
+from pytest_dualgpu.engine.sanity import best_possible_time
 
 FAST = {"budget": 0.1, "max_budget": 3}
 
@@ -111,7 +112,9 @@ def test_splitting_and_joining_micro_batches() -> None:
     assert concat([{"a": (torch.ones(2), torch.zeros(1))}, {"a": (torch.ones(1), torch.zeros(2))}])["a"][
         0
     ].shape == (3,)
-    assert pipeline_ideal([1.0, 1.0], 1) == pytest.approx(1.0)
+    # One micro-batch: the consumer waits for the whole batch, so nothing can overlap.
+    assert best_possible_time([1.0, 1.0], 1) == pytest.approx(2.0)
+    assert best_possible_time([1.0, 1.0], 4) == pytest.approx(1.25)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ take the measuring lock -> place inputs -> warm up to steady state (each lane al
 the timeout, then each candidate mode; ``warmup.py``) -> calibrate -> probe modes (auto) -> measured
 rounds until the figures are precise or every bound is decided (``measure.py``) -> memory peaks (CUDA)
 -> one checked concurrent run -> compare with the reference -> sync checks when asked -> the result,
-checked for what cannot be true (``sanity.py``). A pipeline is two lanes whose calls hand micro-batches
-over (``pipeline.py``). Nothing here knows about pytest.
+checked for what cannot be true (``sanity.py``). What differs between models side by side and a pipeline
+(two lanes whose calls hand micro-batches over) is the call's arrangement (``arrangement.py``). Nothing
+here knows about pytest.
 
 Time: the warm-up takes at most ``warmup`` seconds, probes and rounds at most ``max_budget``; the checks
 after them (memory, outputs, sync trials, profile) are a few runs more.
@@ -25,13 +26,14 @@ import torch
 
 from pytest_dualgpu import stats
 from pytest_dualgpu.bounds import final_status
+from pytest_dualgpu.engine.arrangement import Arrangement, SideBySide
 from pytest_dualgpu.engine.backends import Backend, drop_locals, make_backend
 from pytest_dualgpu.engine.callsettings import CallSettings, high_priority
 from pytest_dualgpu.engine.checks import Checks, kernel_profile, outputs_at_once, peak_memory, sync_stats
 from pytest_dualgpu.engine.compare import compare_lanes, compare_outputs
 from pytest_dualgpu.engine.devices import device_name, lock_path, resolve_device
 from pytest_dualgpu.engine.diagnosis import no_overlap_hint
-from pytest_dualgpu.engine.executor import MODE_CLASSES, Executor, GraphCaptureError, Lane, Mode, Run, kept
+from pytest_dualgpu.engine.executor import Executor, GraphCaptureError, Lane, Mode, Run, kept
 from pytest_dualgpu.engine.inputs import check_models, lane_names_for, make_lanes, to_device
 from pytest_dualgpu.engine.lock import MeasuringLock, Notify
 from pytest_dualgpu.engine.measure import (
@@ -42,19 +44,13 @@ from pytest_dualgpu.engine.measure import (
     reps_for,
     slower_start,
 )
-from pytest_dualgpu.engine.pipeline import (
-    PIPELINE_MODES,
-    HandOff,
-    PipelineCalls,
-    micro_batch_latencies,
-    split_batch,
-)
-from pytest_dualgpu.engine.sanity import assess, best_possible_time
+from pytest_dualgpu.engine.pipeline import HandOff, Pipeline, PipelineCalls, split_batch
+from pytest_dualgpu.engine.sanity import assess
 from pytest_dualgpu.engine.stopping import StoppingRule, figures, per_round_efficiencies
 from pytest_dualgpu.engine.trees import Kind, kind, walk
 from pytest_dualgpu.engine.warmup import WarmUpClock, unsettled_warning, warm_up
 from pytest_dualgpu.engine.workers import still_running
-from pytest_dualgpu.errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError, LaneTimeoutError
+from pytest_dualgpu.errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError
 from pytest_dualgpu.latency import Latency, LatencyStats
 from pytest_dualgpu.modes import MODES
 from pytest_dualgpu.results import (
@@ -87,7 +83,8 @@ def run_call(
     device = resolve_device(settings.device)
     lanes = make_lanes(models, inputs, names, device)
     high = high_priority(settings, [lane.name for lane in lanes])
-    return _measured(make_backend(device, len(lanes), high), lanes, settings, name, notify=notify)
+    backend = make_backend(device, len(lanes), high)
+    return _measured(backend, lanes, settings, name, SideBySide(), notify)
 
 
 def run_pipeline(
@@ -114,15 +111,8 @@ def run_pipeline(
         Lane(lane_names[0], calls.producer_handing_over),
         Lane(lane_names[1], calls.consumer_taking_over),
     ]
-    plan = PipelinePlan(calls, inputs, micro_batches)
-    return _measured(backend, lanes, settings, name or " -> ".join(lane_names), plan, notify)
-
-
-@dataclass
-class PipelinePlan:
-    calls: PipelineCalls
-    inputs: Any
-    micro_batches: int
+    pipeline = Pipeline(calls, inputs, micro_batches)
+    return _measured(backend, lanes, settings, name or " -> ".join(lane_names), pipeline, notify)
 
 
 def _measured(
@@ -130,7 +120,7 @@ def _measured(
     lanes: list[Lane],
     settings: CallSettings,
     name: str | None,
-    plan: PipelinePlan | None = None,
+    arrangement: Arrangement,
     notify: Notify | None = None,
 ) -> DualResult:
     device = backend.device
@@ -139,7 +129,7 @@ def _measured(
     abandoned_before = {id(entry.thread) for entry in still_running()}
     measurement: _Measuring | None = None
     try:
-        measurement = _Measuring(backend, lanes, settings, lock_wait=waited, pipeline=plan)
+        measurement = _Measuring(backend, lanes, settings, arrangement, lock_wait=waited)
         if waited > LOCK_WAIT_WARNING_SECONDS:
             measurement.warnings.append(f"waited {waited:.1f} s for the {device.type} measuring lock")
         measurement.warnings += [
@@ -174,12 +164,12 @@ class _Measuring:
         backend: Backend,
         lanes: list[Lane],
         settings: CallSettings,
+        arrangement: Arrangement,
         lock_wait: float = 0.0,
-        pipeline: PipelinePlan | None = None,
     ) -> None:
         self.backend = backend
         self.lock_wait = lock_wait
-        self.pipeline = pipeline
+        self.arrangement = arrangement
         self.lanes = lanes
         self.settings = settings
         self.names = [lane.name for lane in lanes]
@@ -203,12 +193,10 @@ class _Measuring:
         candidates = self._candidate_modes()
         clock = WarmUpClock(self.settings.warmup, len(self.lanes) + len(candidates))
         with Executor(self.backend, self.lanes, self.settings.timeout) as executor:
-            eager = self._mode("sequential", executor)
-            if self.pipeline is not None:
-                self._prepare_pipeline(executor, self.pipeline)
-            reference, lane_warmups = self._warm_up_lanes(eager, clock)
-            if self.pipeline is not None:
-                reference[-1] = kept(self.pipeline.calls.whole_batch(self.pipeline.inputs))
+            eager = self.arrangement.mode("sequential", executor)
+            self.arrangement.prepare(executor, self.names)
+            alone, lane_warmups = self._warm_up_lanes(eager, clock)
+            reference = self.arrangement.reference(alone)
             modes = self._build_modes(executor, candidates, clock)
             warmed = time.perf_counter()
             try:
@@ -222,7 +210,7 @@ class _Measuring:
                 memory = peak_memory(
                     self.backend,
                     chosen,
-                    functools.partial(self._mode, "streams", executor),
+                    functools.partial(self.arrangement.mode, "streams", executor),
                     self.alone_peaks,
                     self.names,
                 )
@@ -265,15 +253,6 @@ class _Measuring:
         checked.decisions = decisions
         checked.hint = no_overlap_hint(checked)
         return checked
-
-    def _prepare_pipeline(self, executor: Executor, plan: PipelinePlan) -> None:
-        run = f"first run of lane {self.names[0]!r}"
-        try:
-            executor.guarded_call(plan.calls.prepare, 0, run)
-        except LaneTimeoutError:
-            raise
-        except Exception as error:
-            raise LaneError(self.names[0], run, error) from error
 
     def _warm_up_lanes(self, eager: Mode, clock: WarmUpClock) -> tuple[list[Any], list[WarmUp]]:
         """Each lane alone until steady (lazy init, autotuning in isolation); its first call runs under
@@ -346,18 +325,13 @@ class _Measuring:
         )
         return [available[0]]
 
-    def _mode(self, mode_name: str, executor: Executor) -> Mode:
-        if self.pipeline is None:
-            return MODE_CLASSES[mode_name](executor)
-        return PIPELINE_MODES[mode_name](executor, self.pipeline.calls)
-
     def _build_modes(self, executor: Executor, candidates: list[str], clock: WarmUpClock) -> list[Mode]:
         """Each candidate mode, its concurrent run warmed up to steady state like the lanes were."""
         modes: list[Mode] = []
         candidates = list(candidates)
         for mode_name in candidates:  # grows when a graphs-only request falls back to threads
             try:
-                mode = self._mode(mode_name, executor)
+                mode = self.arrangement.mode(mode_name, executor)
             except GraphCaptureError as error:
                 self.probes[mode_name] = ModeProbe(mode_name, error=error.reason)
                 if candidates == [mode_name]:
@@ -467,7 +441,7 @@ class _Measuring:
                 figures=functools.partial(
                     figures,
                     lanes=len(self.lanes),
-                    best_time=self._best_time,
+                    best_time=self.arrangement.best_time,
                     slowdowns=[
                         (bound.key, self.names.index(bound.lane or ""), bound.percentile)
                         for bound in self.bounds
@@ -479,28 +453,6 @@ class _Measuring:
             target_block=self._target_block,
             check_start=lambda samples: slower_start(samples.elapsed, timed),
         )
-
-    def _pipeline_latency(self, samples: Samples, mode_name: str) -> Latency | None:
-        """A pipeline's micro-batch latency end to end: back to back (``alone``), pipelined (``at_once``).
-
-        None in ``sequential`` mode: its stages each run over the whole batch, so no micro-batch is
-        handed over and nothing marks one's way through both stages.
-        """
-        if self.pipeline is None or mode_name == "sequential":
-            return None
-        serial, pipelined = micro_batch_latencies(
-            [round_[0] for round_ in samples.intervals.get("sequential", [])],
-            [round_[0] for round_ in samples.intervals.get("concurrent", [])],
-            [round_[1] for round_ in samples.intervals.get("concurrent", [])],
-            self.pipeline.micro_batches,
-        )
-        if not serial or not pipelined:
-            return None
-        return Latency(LatencyStats.from_latencies(serial), LatencyStats.from_latencies(pipelined))
-
-    def _best_time(self, alone: list[float]) -> float:
-        micro_batches = None if self.pipeline is None else self.pipeline.micro_batches
-        return best_possible_time(alone, micro_batches)
 
     def _result(
         self,
@@ -531,7 +483,7 @@ class _Measuring:
         sequential, concurrent = measurement("sequential"), measurement("concurrent")
         ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
         alone = [lane.alone.median for lane in lanes]
-        efficiencies = per_round_efficiencies(samples, len(lanes), self._best_time)
+        efficiencies = per_round_efficiencies(samples, len(lanes), self.arrangement.best_time)
         comparison = compare_lanes(self.names, checks.reference, checks.outputs, self.settings.tolerance)
         self.probes[mode_name] = ModeProbe(
             mode_name,
@@ -562,12 +514,12 @@ class _Measuring:
             else None,
             speedup=stats.median(ratios),
             speedup_ci=stats.median_ci(ratios),
-            ideal_speedup=sum(alone) / self._best_time(alone) if max(alone) > 0 else 1.0,
+            ideal_speedup=sum(alone) / self.arrangement.best_time(alone) if max(alone) > 0 else 1.0,
             efficiency=stats.median(efficiencies) if efficiencies else None,
             efficiency_ci=stats.median_ci(efficiencies) if efficiencies else None,
             efficiency_rounds=len(efficiencies),
-            micro_batches=self.pipeline.micro_batches if self.pipeline is not None else None,
-            pipeline_latency=self._pipeline_latency(samples, mode_name),
+            micro_batches=self.arrangement.micro_batches,
+            pipeline_latency=self.arrangement.latency(samples, mode_name),
             overlap=stats.median(samples.overlaps["concurrent"]),
             correct=comparison.correct and not self.input_writes,
             max_abs_err=comparison.max_abs_err,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,12 +24,18 @@ from pytest_dualgpu.engine.executor import (
     Mode,
     Run,
     busy,
+    kept,
     waiting_for_another_lane,
 )
 from pytest_dualgpu.engine.inputs import arguments
+from pytest_dualgpu.engine.sanity import best_possible_time
 from pytest_dualgpu.engine.trees import iter_tensors, map_tensors
-from pytest_dualgpu.errors import DualGpuUsageError, HandOffStopped
+from pytest_dualgpu.errors import DualGpuUsageError, HandOffStopped, LaneError, LaneTimeoutError
+from pytest_dualgpu.latency import Latency, LatencyStats
 from pytest_dualgpu.timeline import Interval
+
+if TYPE_CHECKING:
+    from pytest_dualgpu.engine.measure import Samples
 
 
 def split_batch(inputs: Any, micro_batches: int) -> list[Any]:
@@ -410,15 +416,6 @@ PIPELINE_MODES: dict[str, type[PipelineMode]] = {
 }
 
 
-def pipeline_ideal(alone: Sequence[float], micro_batches: int) -> float:
-    """(Tp + Tc) / (max + min / k): the consumer can start only after the producer's first micro-batch."""
-    return sum(alone) / best_time(alone, micro_batches) if max(alone) > 0 else 1.0
-
-
-def best_time(alone: Sequence[float], micro_batches: int) -> float:
-    return max(alone) + min(alone) / micro_batches
-
-
 def micro_batch_latencies(
     back_to_back: list[list[Interval]],
     producer: list[list[Interval]],
@@ -441,3 +438,50 @@ def micro_batch_latencies(
             consumed = consumed_marks[run * (count + 1) : run * (count + 1) + count]
             pipelined += [done[1] - started[0] for started, done in zip(produced, consumed, strict=True)]
     return serial, pipelined
+
+
+class Pipeline:
+    """The arrangement (``arrangement.py``) of a producer handing micro-batches to a consumer."""
+
+    def __init__(self, calls: PipelineCalls, inputs: Any, micro_batches: int) -> None:
+        self.calls = calls
+        self.inputs = inputs
+        self.micro_batches = micro_batches
+
+    def mode(self, name: str, executor: Executor) -> Mode:
+        return PIPELINE_MODES[name](executor, self.calls)
+
+    def prepare(self, executor: Executor, names: Sequence[str]) -> None:
+        """The producer once before anything else: the consumer's alone runs take what it made."""
+        run = f"first run of lane {names[0]!r}"
+        try:
+            executor.guarded_call(self.calls.prepare, 0, run)
+        except LaneTimeoutError:
+            raise
+        except Exception as error:
+            raise LaneError(names[0], run, error) from error
+
+    def reference(self, alone: list[Any]) -> list[Any]:
+        """The producer's micro-batches alone, and the consumer over the whole batch at once."""
+        return [*alone[:-1], kept(self.calls.whole_batch(self.inputs))]
+
+    def best_time(self, alone: Sequence[float]) -> float:
+        return best_possible_time(alone, self.micro_batches)
+
+    def latency(self, samples: Samples, mode_name: str) -> Latency | None:
+        """A micro-batch's latency end to end: back to back (``alone``), pipelined (``at_once``).
+
+        None in ``sequential`` mode: its stages each run over the whole batch, so no micro-batch is
+        handed over and nothing marks one's way through both stages.
+        """
+        if mode_name == "sequential":
+            return None
+        serial, pipelined = micro_batch_latencies(
+            [round_[0] for round_ in samples.intervals.get("sequential", [])],
+            [round_[0] for round_ in samples.intervals.get("concurrent", [])],
+            [round_[1] for round_ in samples.intervals.get("concurrent", [])],
+            self.micro_batches,
+        )
+        if not serial or not pipelined:
+            return None
+        return Latency(LatencyStats.from_latencies(serial), LatencyStats.from_latencies(pipelined))
