@@ -1,7 +1,7 @@
 """The flow of one ``dual_infer`` call (``api.py``), from the user's models to a ``DualResult``.
 
 take the measuring lock -> place inputs -> warm up to steady state (each lane alone, its first call under
-the timeout, then each candidate mode; ``warmup.py``) -> calibrate -> probe modes (auto) -> measured
+the timeout, then each candidate mode; ``steadystate.py``) -> calibrate -> probe modes (auto) -> measured
 rounds until the figures are precise or every bound is decided (``measure.py``) -> memory peaks (CUDA)
 -> one checked concurrent run -> compare with the reference -> sync checks when asked -> the result,
 checked for what cannot be true (``sanity.py``). What differs between models side by side and a pipeline
@@ -30,10 +30,10 @@ from pytest_dualgpu.engine.arrangement import Arrangement, SideBySide
 from pytest_dualgpu.engine.backends import Backend, drop_locals, make_backend
 from pytest_dualgpu.engine.callsettings import CallSettings, high_priority
 from pytest_dualgpu.engine.checks import Checks, kernel_profile, outputs_at_once, peak_memory, sync_stats
-from pytest_dualgpu.engine.compare import compare_lanes, compare_outputs
+from pytest_dualgpu.engine.compare import compare_lanes
 from pytest_dualgpu.engine.devices import device_name, lock_path, resolve_device
 from pytest_dualgpu.engine.diagnosis import no_overlap_hint
-from pytest_dualgpu.engine.executor import Executor, GraphCaptureError, Lane, Mode, Run, kept
+from pytest_dualgpu.engine.executor import Executor, Lane, Mode, Run
 from pytest_dualgpu.engine.inputs import check_models, lane_names_for, make_lanes, to_device
 from pytest_dualgpu.engine.lock import MeasuringLock, Notify
 from pytest_dualgpu.engine.measure import (
@@ -46,11 +46,10 @@ from pytest_dualgpu.engine.measure import (
 )
 from pytest_dualgpu.engine.pipeline import HandOff, Pipeline, PipelineCalls, split_batch
 from pytest_dualgpu.engine.sanity import assess
+from pytest_dualgpu.engine.steadystate import CallWarmUp
 from pytest_dualgpu.engine.stopping import StoppingRule, figures, per_round_efficiencies
-from pytest_dualgpu.engine.trees import Kind, kind, walk
-from pytest_dualgpu.engine.warmup import WarmUpClock, unsettled_warning, warm_up
 from pytest_dualgpu.engine.workers import still_running
-from pytest_dualgpu.errors import ConcurrentOutOfMemoryError, DualGpuUsageError, LaneError
+from pytest_dualgpu.errors import ConcurrentOutOfMemoryError, LaneError
 from pytest_dualgpu.latency import Latency, LatencyStats
 from pytest_dualgpu.modes import MODES
 from pytest_dualgpu.results import (
@@ -61,7 +60,6 @@ from pytest_dualgpu.results import (
     ModeProbe,
     WarmUp,
 )
-from pytest_dualgpu.specs import Tolerance
 from pytest_dualgpu.timeline import LaneTimeline
 
 PROBE_ROUNDS = 3
@@ -147,7 +145,7 @@ def _measured(
             drop_locals(oom)
         backend.release()
         if oom is not None and oom.__cause__ is not None:
-            peaks = measurement.alone_peaks if measurement is not None else None
+            peaks = measurement.warming.alone_peaks if measurement is not None else None
             raise ConcurrentOutOfMemoryError(oom.run, oom.lane, peaks, oom.__cause__) from oom.__cause__
         raise
     finally:
@@ -184,20 +182,16 @@ class _Measuring:
                 "it changed nothing"
             )
         self.probes: dict[str, ModeProbe] = {}
-        self.mode_warmups: dict[str, WarmUp] = {}
-        self.alone_peaks: dict[str, int] | None = None
-        self.input_writes: list[str] = []
+        self.warming = CallWarmUp(backend, lanes, settings, arrangement, self.warnings, self.probes)
 
     def run(self, name: str) -> DualResult:
         started = time.perf_counter()
-        candidates = self._candidate_modes()
-        clock = WarmUpClock(self.settings.warmup, len(self.lanes) + len(candidates))
         with Executor(self.backend, self.lanes, self.settings.timeout) as executor:
             eager = self.arrangement.mode("sequential", executor)
             self.arrangement.prepare(executor, self.names)
-            alone, lane_warmups = self._warm_up_lanes(eager, clock)
+            alone, lane_warmups = self.warming.warm_lanes(eager)
             reference = self.arrangement.reference(alone)
-            modes = self._build_modes(executor, candidates, clock)
+            modes = self.warming.warm_modes(executor)
             warmed = time.perf_counter()
             try:
                 deadline = warmed + self.settings.measuring_cap
@@ -211,7 +205,7 @@ class _Measuring:
                     self.backend,
                     chosen,
                     functools.partial(self.arrangement.mode, "streams", executor),
-                    self.alone_peaks,
+                    self.warming.alone_peaks,
                     self.names,
                 )
                 outputs = outputs_at_once(chosen)
@@ -254,111 +248,13 @@ class _Measuring:
         checked.hint = no_overlap_hint(checked)
         return checked
 
-    def _warm_up_lanes(self, eager: Mode, clock: WarmUpClock) -> tuple[list[Any], list[WarmUp]]:
-        """Each lane alone until steady (lazy init, autotuning in isolation); its first call runs under
-        the timeout. Then one more call gives the reference output and the lane's peak memory."""
-        reference = []
-        warmups = []
-        peaks = {}
-        for index, lane_name in enumerate(self.names):
-            label = f"alone run of lane {lane_name!r}"
-            lane = self.lanes[index]
-            before = kept(lane.args), kept(lane.kwargs)
-            started = time.perf_counter()
-            first_output = eager.back_to_back([index], 1, label).outputs[0]
-            first = time.perf_counter() - started
-            _refuse_iterators(lane_name, first_output)
-            self._check_own_inputs(lane, before)
-            # A first call that compiles or loads is bounded by the timeout, and checking what it did by
-            # nothing that measures: neither takes from the warm-up cap.
-            clock.pause(time.perf_counter() - started)
-            if self.settings.warmup > 0:
-                steady = warm_up(
-                    functools.partial(_per_call, eager, [index], label),
-                    deadline=clock.next_deadline(),
-                    min_seconds=self.backend.min_warmup,
-                )
-                warmup = WarmUp(steady.seconds + first, steady.calls + 1, steady.converged, steady.per_call)
-                if not steady.converged:
-                    self.warnings.append(
-                        unsettled_warning(f"lane {lane_name!r}", warmup, self.settings.warmup)
-                    )
-            else:
-                warmup = WarmUp(first, 1, False, None)
-            with self.backend.peak_memory() as peak:
-                run = eager.back_to_back([index], 1, label)
-            reference.append(kept(run.outputs[0]))
-            warmups.append(
-                warmup if warmup.per_call is not None else dataclasses.replace(warmup, per_call=run.elapsed)
-            )
-            if peak:
-                peaks[lane_name] = peak[0]
-        if self.settings.warmup == 0:
-            self.warnings.append(
-                "warm-up skipped (warmup=0): the figures may include first-call effects (lazy "
-                "initialisation, caches, clocks)"
-            )
-        self.alone_peaks = peaks or None
-        return reference, warmups
-
-    def _check_own_inputs(self, lane: Lane, before: tuple[Any, Any]) -> None:
-        """Whether the lane's first call, alone, changed its own inputs: then every call sees what the one
-        before left, and any lane sharing them is wrong too; that is this lane's doing, and is named."""
-        exact = Tolerance(rtol=0.0, atol=0.0, equal_nan=True)
-        args, kwargs = before
-        for was, now, root in ((args, lane.args, "args"), (kwargs, lane.kwargs, "kwargs")):
-            changed = compare_outputs(was, now, tolerance=exact, root=root)
-            if not changed.correct:
-                where = changed.mismatches[0].partition(":")[0]
-                self.input_writes.append(f"lane {lane.name!r} changes its own input in place ({where})")
-                return
-
-    def _candidate_modes(self) -> list[str]:
-        requested = self.settings.mode
-        available = self.backend.concurrent_modes
-        if requested == "auto":
-            return list(available)
-        if requested == "sequential" or requested in available:
-            return [requested]
-        self.warnings.append(
-            f"mode {requested!r} needs CUDA; ran {available[0]!r} on {self.backend.kind} instead"
-        )
-        return [available[0]]
-
-    def _build_modes(self, executor: Executor, candidates: list[str], clock: WarmUpClock) -> list[Mode]:
-        """Each candidate mode, its concurrent run warmed up to steady state like the lanes were."""
-        modes: list[Mode] = []
-        candidates = list(candidates)
-        for mode_name in candidates:  # grows when a graphs-only request falls back to threads
-            try:
-                mode = self.arrangement.mode(mode_name, executor)
-            except GraphCaptureError as error:
-                self.probes[mode_name] = ModeProbe(mode_name, error=error.reason)
-                if candidates == [mode_name]:
-                    self.warnings.append(f"{error.reason}; ran 'threads' instead")
-                    candidates.append("threads")
-                    clock.add_stages(1)
-                continue
-            mode.back_to_back(self.everyone, 1)
-            mode.concurrent(1)
-            if self.settings.warmup > 0:
-                warmup = warm_up(
-                    functools.partial(_concurrent_per_call, mode),
-                    deadline=clock.next_deadline(),
-                    min_seconds=self.backend.min_warmup,
-                )
-                self.mode_warmups[mode.name] = warmup
-                if not warmup.converged:
-                    label = f"the concurrent run of mode {mode.name!r}"
-                    self.warnings.append(unsettled_warning(label, warmup, self.settings.warmup))
-            modes.append(mode)
-        return modes
-
     def _calibrate(self, lane_warmups: list[WarmUp], modes: list[Mode], eager: Mode) -> int:
         """Repetitions per sample, from the steady times the warm-up ended with."""
         alone = [warmup.per_call or 0.0 for warmup in lane_warmups]
         concurrent = [
-            self.mode_warmups[mode.name].per_call or 0.0 for mode in modes if mode.name in self.mode_warmups
+            self.warming.mode_warmups[mode.name].per_call or 0.0
+            for mode in modes
+            if mode.name in self.warming.mode_warmups
         ]
         if min(alone, default=0.0) <= 0 or not concurrent:
             alone = [eager.back_to_back([index], 1).elapsed for index in self.everyone]
@@ -386,7 +282,7 @@ class _Measuring:
         if len(modes) == 1:
             return modes[0]
         for mode in modes:
-            warmup = self.mode_warmups.get(mode.name)
+            warmup = self.warming.mode_warmups.get(mode.name)
             measured = measure_rounds(
                 {
                     "sequential": functools.partial(mode.back_to_back, self.everyone),
@@ -491,7 +387,7 @@ class _Measuring:
             sequential=sequential.median,
             concurrent=concurrent.median,
             chosen=True,
-            warmup=self.mode_warmups.get(mode_name),
+            warmup=self.warming.mode_warmups.get(mode_name),
         )
         self.warnings += measuring_notes(
             measured,
@@ -521,11 +417,11 @@ class _Measuring:
             micro_batches=self.arrangement.micro_batches,
             pipeline_latency=self.arrangement.latency(samples, mode_name),
             overlap=stats.median(samples.overlaps["concurrent"]),
-            correct=comparison.correct and not self.input_writes,
+            correct=comparison.correct and not self.warming.input_writes,
             max_abs_err=comparison.max_abs_err,
             max_rel_err=comparison.max_rel_err,
-            mismatches=[*self.input_writes, *comparison.mismatches],
-            input_writes=self.input_writes,
+            mismatches=[*self.warming.input_writes, *comparison.mismatches],
+            input_writes=self.warming.input_writes,
             uncomparable=comparison.uncomparable,
             without_tensors=comparison.without_tensors,
             memory=checks.memory,
@@ -566,27 +462,8 @@ def _latency(samples: Samples, index: int) -> Latency | None:
     return Latency(LatencyStats.from_latencies(alone), LatencyStats.from_latencies(at_once))
 
 
-def _refuse_iterators(lane_name: str, output: Any) -> None:
-    """A generator or iterator output does its work only when someone iterates: nothing would be timed."""
-    for path, leaf in walk(output):
-        if kind(leaf) is Kind.ITERATOR:
-            raise DualGpuUsageError(
-                f"lane {lane_name!r} returned a {type(leaf).__name__} at {path}: its work runs only when "
-                "it is iterated, so dual_infer would time nothing; return the values (e.g. list(...) or "
-                "torch.stack(...)) from forward"
-            )
-
-
 def _alone(mode: Mode, index: int, label: str, reps: int) -> Run:
     return mode.back_to_back([index], reps, label)
-
-
-def _per_call(mode: Mode, lanes: list[int], label: str, calls: int) -> float:
-    return mode.back_to_back(lanes, calls, label).elapsed
-
-
-def _concurrent_per_call(mode: Mode, calls: int) -> float:
-    return mode.concurrent(calls).elapsed
 
 
 @dataclass(frozen=True)
