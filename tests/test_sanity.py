@@ -86,8 +86,9 @@ def test_an_impossible_typical_round_is_a_problem_though_one_honest_round_widens
     [problem, *_] = assess(mostly_impossible).problems
     assert "is above the ideal 2.00x" in problem
     assert "the typical round, though noise lets the interval [0.95, 4.00] reach possible ones" in problem
-    # Near the ideal, noise pushes a few rounds past it; the typical round is possible.
-    mostly_possible = result_of(alone, [8e-3] * 7, [4.1e-3] * 4 + [3.6e-3] * 3)
+    # Near the ideal, noise pushes rounds past it, the median too by a few percent: possible, undecided.
+    mostly_possible = result_of(alone, [8e-3] * 7, [4.1e-3] * 3 + [3.7e-3] * 4)
+    assert mostly_possible.speedup > 1.05 * mostly_possible.ideal_speedup
     assert assess(mostly_possible).problems == []
 
 

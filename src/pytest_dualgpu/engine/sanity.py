@@ -20,6 +20,10 @@ from pytest_dualgpu.units import ratio_text
 #: How far the speedup may exceed the ideal before overhead no longer explains it: the ideal rests on the
 #: alone times, which are measured apart from the concurrent run they are compared with.
 IDEAL_EXCESS = 0.05
+#: How far the typical round (the median) may be beyond the ideal, or below the slowest lane, where the
+#: interval does not decide it: at 7 rounds a pair whose ideal is about 1.0 measured medians up to 7%
+#: above it (short budgets, the 2-core VM), and none of the pairs measured came near a quarter.
+TYPICAL_EXCESS = 0.25
 #: How far the back-to-back time may stray from the sum of the alone times (both back to back on one
 #: thread and stream, so only caches and the previous lane's leftovers tell them apart).
 SEQUENTIAL_DISAGREEMENT = 0.10
@@ -98,14 +102,16 @@ class _Rounds:
 
 
 def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
-    """The speedup and the concurrent time are impossible when the typical round (their median) is beyond
-    what physics allows: a verdict passed on them would rest on rounds that cannot be true, even where noise
-    lets the interval reach back."""
+    """The speedup and the concurrent time are impossible when the whole interval of their median round is
+    beyond what physics allows, or when the typical round (the median) is far beyond it: a verdict passed
+    there would rest on rounds that cannot be true, however far one ordinary round widens the interval."""
     over_ideal = rounds.ratios("speedup/ideal")
     floor = rounds.ratios("concurrent/slowest")
     sums = rounds.ratios("sequential/sum")
     cpu = result.device.startswith("cpu")
-    if over_ideal and stats.median(over_ideal) > 1 + IDEAL_EXCESS:
+    if over_ideal and (
+        stats.median_ci(over_ideal)[0] > 1 + IDEAL_EXCESS or stats.median(over_ideal) > 1 + TYPICAL_EXCESS
+    ):
         lo, hi = result.speedup_ci
         why = (
             "the lanes ran with fewer intra-op threads each than alone, so a model that is faster with "
@@ -119,7 +125,9 @@ def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
             f"{result.ideal_speedup:.2f}x that perfect overlap of these lanes allows (per round by "
             f"{stats.median(over_ideal) - 1:.0%}{_how_surely(over_ideal, 1 + IDEAL_EXCESS)}): {why}"
         )
-    if floor and stats.median(floor) < 1 - CONCURRENT_FLOOR:
+    if floor and (
+        stats.median_ci(floor)[1] < 1 - CONCURRENT_FLOOR or stats.median(floor) < 1 - TYPICAL_EXCESS
+    ):
         slowest = max(result.lanes, key=lambda lane: lane.alone.median)
         surely = _how_surely(floor, 1 - CONCURRENT_FLOOR)
         found.problems.append(
