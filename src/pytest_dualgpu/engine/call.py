@@ -3,8 +3,8 @@
 take the measuring lock -> place inputs -> warm up to steady state (each lane alone, its first call under
 the timeout, then each candidate mode; ``steadystate.py``) -> calibrate -> probe modes (auto) -> measured
 rounds until the figures are precise or every bound is decided (``measure.py``) -> memory peaks (CUDA)
--> one checked concurrent run -> compare with the reference -> sync checks when asked -> the result,
-checked for what cannot be true (``sanity.py``). What differs between models side by side and a pipeline
+-> one checked concurrent run -> sync checks when asked (``checks.py``) -> the result, built once from
+what the phases found and judged (``assemble.py``). What differs between models side by side and a pipeline
 (two lanes whose calls hand micro-batches over) is the call's arrangement (``arrangement.py``). Nothing
 here knows about pytest.
 
@@ -14,56 +14,41 @@ after them (memory, outputs, sync trials, profile) are a few runs more.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from pytest_dualgpu import stats
-from pytest_dualgpu.bounds import final_status
 from pytest_dualgpu.engine.arrangement import Arrangement, SideBySide
+from pytest_dualgpu.engine.assemble import Findings, build_result, judged
 from pytest_dualgpu.engine.backends import Backend, drop_locals, make_backend
 from pytest_dualgpu.engine.callsettings import CallSettings, high_priority
 from pytest_dualgpu.engine.checks import Checks, kernel_profile, outputs_at_once, peak_memory, sync_stats
-from pytest_dualgpu.engine.compare import compare_lanes
-from pytest_dualgpu.engine.devices import device_name, lock_path, resolve_device
-from pytest_dualgpu.engine.diagnosis import no_overlap_hint
+from pytest_dualgpu.engine.devices import lock_path, resolve_device
 from pytest_dualgpu.engine.executor import Executor, Lane, Mode, Run
 from pytest_dualgpu.engine.inputs import check_models, lane_names_for, make_lanes, to_device
 from pytest_dualgpu.engine.lock import MeasuringLock, Notify
 from pytest_dualgpu.engine.measure import (
     Measured,
-    Samples,
     measure_rounds,
-    measuring_notes,
     reps_for,
     slower_start,
 )
+from pytest_dualgpu.engine.parts import CallParts
 from pytest_dualgpu.engine.pipeline import HandOff, Pipeline, PipelineCalls, split_batch
-from pytest_dualgpu.engine.sanity import assess
 from pytest_dualgpu.engine.steadystate import CallWarmUp
-from pytest_dualgpu.engine.stopping import StoppingRule, figures, per_round_efficiencies
+from pytest_dualgpu.engine.stopping import StoppingRule, figures
 from pytest_dualgpu.engine.workers import still_running
 from pytest_dualgpu.errors import ConcurrentOutOfMemoryError, LaneError
-from pytest_dualgpu.latency import Latency, LatencyStats
-from pytest_dualgpu.modes import MODES
 from pytest_dualgpu.results import (
-    Decision,
     DualResult,
-    LaneResult,
-    Measurement,
     ModeProbe,
     WarmUp,
 )
-from pytest_dualgpu.timeline import LaneTimeline
 
 PROBE_ROUNDS = 3
-TIMELINE_REPS = 50  # intervals kept per lane: enough to draw, small enough to travel in every report
 LOCK_WAIT_WARNING_SECONDS = 1.0
 #: How long the lock waits for lane threads abandoned after a timeout before handing itself on.
 ABANDONED_LINGER = 30.0
@@ -127,7 +112,7 @@ def _measured(
     abandoned_before = {id(entry.thread) for entry in still_running()}
     measurement: _Measuring | None = None
     try:
-        measurement = _Measuring(backend, lanes, settings, arrangement, lock_wait=waited)
+        measurement = _Measuring(CallParts(backend, lanes, settings, arrangement), lock_wait=waited)
         if waited > LOCK_WAIT_WARNING_SECONDS:
             measurement.warnings.append(f"waited {waited:.1f} s for the {device.type} measuring lock")
         measurement.warnings += [
@@ -155,38 +140,30 @@ def _measured(
 
 
 class _Measuring:
-    """The state of one call while it measures."""
+    """The state of one call while it measures; each phase's own state lives with the phase."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        lanes: list[Lane],
-        settings: CallSettings,
-        arrangement: Arrangement,
-        lock_wait: float = 0.0,
-    ) -> None:
-        self.backend = backend
+    def __init__(self, parts: CallParts, lock_wait: float = 0.0) -> None:
+        self.parts = parts
+        self.backend = parts.backend
+        self.settings = parts.settings
+        self.arrangement = parts.arrangement
         self.lock_wait = lock_wait
-        self.arrangement = arrangement
-        self.lanes = lanes
-        self.settings = settings
-        self.names = [lane.name for lane in lanes]
-        self.everyone = list(range(len(lanes)))
+        self.names = parts.names
+        self.everyone = parts.everyone
         # A slowdown bound on every lane is one per lane, checked against the lane names before anything runs.
-        self.bounds = tuple(each for bound in settings.bounds for each in bound.for_lanes(self.names))
-        self.high = high_priority(settings, self.names)
+        self.bounds = tuple(each for bound in self.settings.bounds for each in bound.for_lanes(self.names))
         self.warnings: list[str] = []
-        if any(self.high) and backend.kind != "cuda":
+        if any(parts.high) and self.backend.kind != "cuda":
             self.warnings.append(
-                f"priorities= asks for CUDA stream priorities; on {backend.kind} there are no streams, so "
-                "it changed nothing"
+                f"priorities= asks for CUDA stream priorities; on {self.backend.kind} there are no streams, "
+                "so it changed nothing"
             )
         self.probes: dict[str, ModeProbe] = {}
-        self.warming = CallWarmUp(backend, lanes, settings, arrangement, self.warnings, self.probes)
+        self.warming = CallWarmUp(parts, self.warnings, self.probes)
 
     def run(self, name: str) -> DualResult:
         started = time.perf_counter()
-        with Executor(self.backend, self.lanes, self.settings.timeout) as executor:
+        with Executor(self.backend, self.parts.lanes, self.settings.timeout) as executor:
             eager = self.arrangement.mode("sequential", executor)
             self.arrangement.prepare(executor, self.names)
             alone, lane_warmups = self.warming.warm_lanes(eager)
@@ -218,35 +195,22 @@ class _Measuring:
             finally:
                 for mode in modes:
                     mode.close()
-        timing = _Timing(warmed - started, measuring_seconds)
         gpu_state = {"start": gpu_at_start, "end": gpu_at_end} if gpu_at_start and gpu_at_end else None
-        checks = Checks(memory, outputs, reference, sync, profile, gpu_state)
-        return self._finished(self._result(name, chosen.name, measured, lane_warmups, checks, timing))
-
-    def _finished(self, result: DualResult) -> DualResult:
-        """The result with its sanity checked, its bounds decided and its no-overlap hint."""
-        found = assess(result)
-        reliable = not found.problems
-        checked = dataclasses.replace(
-            result, reliable=reliable, problems=found.problems, warnings=[*result.warnings, *found.warnings]
+        found = Findings(
+            name=name,
+            mode=chosen.name,
+            measured=measured,
+            lane_warmups=lane_warmups,
+            mode_warmups=self.warming.mode_warmups,
+            probes=self.probes,
+            input_writes=self.warming.input_writes,
+            checks=Checks(memory, outputs, reference, sync, profile, gpu_state),
+            warnings=self.warnings,
+            lock_wait=self.lock_wait,
+            warmup_seconds=warmed - started,
+            measuring_seconds=measuring_seconds,
         )
-        decisions = []
-        for bound in self.bounds:
-            status, figure = final_status(bound, checked)
-            slowdown = bound.metric == "slowdown"
-            decisions.append(
-                Decision(
-                    bound.metric,
-                    bound.value,
-                    status,
-                    None if figure is None else figure.interval,
-                    bound.lane if slowdown else None,
-                    bound.percentile if slowdown else None,
-                )
-            )
-        checked.decisions = decisions
-        checked.hint = no_overlap_hint(checked)
-        return checked
+        return judged(build_result(self.parts, found), self.bounds)
 
     def _calibrate(self, lane_warmups: list[WarmUp], modes: list[Mode], eager: Mode) -> int:
         """Repetitions per sample, from the steady times the warm-up ended with."""
@@ -269,7 +233,7 @@ class _Measuring:
         """A sample long enough that ``min_rounds`` rounds of samples take about a third of the budget: a
         quiet pair that is precise after them stops early, and a noisy one gets many more rounds than the
         minimum in its budget, which is what narrows its interval."""
-        variants = len(self.lanes) + 2
+        variants = len(self.names) + 2
         return self.settings.budget / (3 * self.settings.min_rounds * variants)
 
     def _choose(self, modes: list[Mode], reps: int, deadline: float) -> Mode:
@@ -289,7 +253,7 @@ class _Measuring:
                     "concurrent": mode.concurrent,
                 },
                 reps,
-                settle=self._settle,
+                settle=self.parts.settle,
                 preroll=self.backend.preroll,
                 min_rounds=PROBE_ROUNDS,
                 stop=lambda samples, now: "probed",
@@ -310,10 +274,6 @@ class _Measuring:
             )
         return min(modes, key=lambda mode: self.probes[mode.name].concurrent or math.inf)
 
-    @property
-    def _settle(self) -> float:
-        return self.backend.default_settle if self.settings.settle is None else self.settings.settle
-
     def _measure(self, mode: Mode, eager: Mode, reps: int, start: float, deadline: float) -> Measured:
         variants: dict[str, Callable[[int], Run]] = {
             f"alone:{index}": functools.partial(_alone, mode, index, f"alone run of lane {lane_name!r}")
@@ -327,7 +287,7 @@ class _Measuring:
         return measure_rounds(
             variants,
             reps,
-            settle=self._settle,
+            settle=self.parts.settle,
             preroll=self.backend.preroll,
             min_rounds=self.settings.min_rounds,
             stop=StoppingRule(
@@ -336,7 +296,7 @@ class _Measuring:
                 deadline=deadline,
                 figures=functools.partial(
                     figures,
-                    lanes=len(self.lanes),
+                    lanes=len(self.names),
                     best_time=self.arrangement.best_time,
                     slowdowns=[
                         (bound.key, self.names.index(bound.lane or ""), bound.percentile)
@@ -350,132 +310,6 @@ class _Measuring:
             check_start=lambda samples: slower_start(samples.elapsed, timed),
         )
 
-    def _result(
-        self,
-        name: str,
-        mode_name: str,
-        measured: Measured,
-        lane_warmups: list[WarmUp],
-        checks: Checks,
-        timing: _Timing,
-    ) -> DualResult:
-        samples = measured.samples
-        profile = checks.profile
-
-        def measurement(variant: str) -> Measurement:
-            return Measurement.from_samples(samples.elapsed[variant], samples.wall[variant])
-
-        lanes = [
-            LaneResult(
-                lane,
-                measurement(f"alone:{index}"),
-                lane_warmups[index],
-                _latency(samples, index),
-                "high" if self.high[index] else "normal",
-                in_training_mode(self.lanes[index].model),
-            )
-            for index, lane in enumerate(self.names)
-        ]
-        sequential, concurrent = measurement("sequential"), measurement("concurrent")
-        ratios = stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
-        alone = [lane.alone.median for lane in lanes]
-        efficiencies = per_round_efficiencies(samples, len(lanes), self.arrangement.best_time)
-        comparison = compare_lanes(self.names, checks.reference, checks.outputs, self.settings.tolerance)
-        self.probes[mode_name] = ModeProbe(
-            mode_name,
-            speedup=stats.median(ratios),
-            sequential=sequential.median,
-            concurrent=concurrent.median,
-            chosen=True,
-            warmup=self.warming.mode_warmups.get(mode_name),
-        )
-        self.warnings += measuring_notes(
-            measured,
-            (sequential, concurrent),
-            min_rounds=self.settings.min_rounds,
-            cap=self.settings.measuring_cap,
-            settle=self._settle,
-        )
-        return DualResult(
-            name=name,
-            device=str(self.backend.device),
-            device_name=device_name(self.backend.device),
-            mode=mode_name,
-            requested_mode=self.settings.mode,
-            lanes=lanes,
-            sequential=sequential,
-            concurrent=concurrent,
-            eager_sequential=measurement("eager sequential")
-            if "eager sequential" in samples.elapsed
-            else None,
-            speedup=stats.median(ratios),
-            speedup_ci=stats.median_ci(ratios),
-            ideal_speedup=sum(alone) / self.arrangement.best_time(alone) if max(alone) > 0 else 1.0,
-            efficiency=stats.median(efficiencies) if efficiencies else None,
-            efficiency_ci=stats.median_ci(efficiencies) if efficiencies else None,
-            efficiency_rounds=len(efficiencies),
-            micro_batches=self.arrangement.micro_batches,
-            pipeline_latency=self.arrangement.latency(samples, mode_name),
-            overlap=stats.median(samples.overlaps["concurrent"]),
-            correct=comparison.correct and not self.warming.input_writes,
-            max_abs_err=comparison.max_abs_err,
-            max_rel_err=comparison.max_rel_err,
-            mismatches=[*self.warming.input_writes, *comparison.mismatches],
-            input_writes=self.warming.input_writes,
-            uncomparable=comparison.uncomparable,
-            without_tensors=comparison.without_tensors,
-            memory=checks.memory,
-            modes=[self.probes[mode] for mode in MODES if mode in self.probes],
-            warnings=[*self.warnings, *(profile.warnings if profile is not None else [])],
-            rounds=samples.rounds,
-            reps=measured.reps,
-            lock_wait=self.lock_wait,
-            stop=measured.stop,
-            warmup_seconds=timing.warmup,
-            measuring_seconds=timing.measuring,
-            dropped_rounds=measured.dropped,
-            timelines={
-                run: [
-                    LaneTimeline(self.names[index], tuple(intervals)).capped(TIMELINE_REPS)
-                    for index, intervals in zip(
-                        samples.last[run].lanes, samples.last[run].intervals, strict=True
-                    )
-                ]
-                for run in ("sequential", "concurrent")
-            }
-            | ({"kernels": profile.tracks} if profile is not None else {}),
-            kernel_overlap=profile.kernel_overlap if profile is not None else None,
-            sync=checks.sync,
-            gpu_state=checks.gpu_state,
-            outputs=checks.outputs,
-            reference=checks.reference,
-        )
-
-
-def _latency(samples: Samples, index: int) -> Latency | None:
-    """Lane ``index``'s per-call latency alone (its alone runs) and at once (its part of the concurrent
-    runs), over every measured round."""
-    alone = samples.lane_latencies(f"alone:{index}", 0)
-    at_once = samples.lane_latencies("concurrent", index)
-    if not alone or not at_once:
-        return None
-    return Latency(LatencyStats.from_latencies(alone), LatencyStats.from_latencies(at_once))
-
 
 def _alone(mode: Mode, index: int, label: str, reps: int) -> Run:
     return mode.back_to_back([index], reps, label)
-
-
-@dataclass(frozen=True)
-class _Timing:
-    warmup: float
-    measuring: float
-
-
-def in_training_mode(model: Any) -> bool:
-    """A module with a part that behaves differently in training (dropout draws, batch statistics) and
-    is in training mode: its outputs differ from call to call, concurrency or not."""
-    if not isinstance(model, torch.nn.Module):
-        return False
-    stochastic = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
-    return any(module.training and isinstance(module, stochastic) for module in model.modules())

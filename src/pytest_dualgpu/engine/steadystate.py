@@ -9,11 +9,9 @@ import functools
 import time
 from typing import Any
 
-from pytest_dualgpu.engine.arrangement import Arrangement
-from pytest_dualgpu.engine.backends import Backend
-from pytest_dualgpu.engine.callsettings import CallSettings
 from pytest_dualgpu.engine.compare import compare_outputs
 from pytest_dualgpu.engine.executor import Executor, GraphCaptureError, Lane, Mode, kept
+from pytest_dualgpu.engine.parts import CallParts
 from pytest_dualgpu.engine.trees import Kind, kind, walk
 from pytest_dualgpu.engine.warmup import WarmUpClock, unsettled_warning, warm_up
 from pytest_dualgpu.errors import DualGpuUsageError
@@ -25,28 +23,20 @@ class CallWarmUp:
     """What the warm-up found, filled in as it goes: a failure part-way still leaves the peaks taken so far
     for the error that names them. ``warnings`` and ``probes`` are the call's, added to."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        lanes: list[Lane],
-        settings: CallSettings,
-        arrangement: Arrangement,
-        warnings: list[str],
-        probes: dict[str, ModeProbe],
-    ) -> None:
-        self.backend = backend
-        self.lanes = lanes
-        self.settings = settings
-        self.arrangement = arrangement
+    def __init__(self, parts: CallParts, warnings: list[str], probes: dict[str, ModeProbe]) -> None:
+        self.backend = parts.backend
+        self.lanes = parts.lanes
+        self.settings = parts.settings
+        self.arrangement = parts.arrangement
+        self.names = parts.names
+        self.everyone = parts.everyone
         self.warnings = warnings
         self.probes = probes
-        self.names = [lane.name for lane in lanes]
-        self.everyone = list(range(len(lanes)))
         self.mode_warmups: dict[str, WarmUp] = {}
         self.alone_peaks: dict[str, int] | None = None
         self.input_writes: list[str] = []
         self.candidates = self._candidate_modes()
-        self.clock = WarmUpClock(settings.warmup, len(lanes) + len(self.candidates))
+        self.clock = WarmUpClock(self.settings.warmup, len(self.lanes) + len(self.candidates))
 
     def warm_lanes(self, eager: Mode) -> tuple[list[Any], list[WarmUp]]:
         """Each lane alone until steady (lazy init, autotuning in isolation); its first call runs under
