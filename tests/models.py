@@ -212,3 +212,41 @@ def _poisoned(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.is_floating_point() or tensor.is_complex():
         return torch.full_like(tensor, float("nan"))
     return torch.full_like(tensor, -1)
+
+
+class Turnstile:
+    """Two lanes take strict turns while both run at once (on lane threads); alone, nobody waits."""
+
+    def __init__(self) -> None:
+        self.turn = 0
+        self.changed = threading.Condition()
+
+
+class TakesItsTurn(nn.Module):
+    def __init__(self, turnstile: Turnstile, position: int, hold: float) -> None:
+        super().__init__()
+        self.turnstile, self.position, self.hold = turnstile, position, hold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not in_lane_thread():
+            time.sleep(self.hold)
+            return x * 2
+        with self.turnstile.changed:
+            self.turnstile.changed.wait_for(lambda: self.turnstile.turn == self.position, timeout=5)
+            time.sleep(self.hold)
+            self.turnstile.turn = 1 - self.position
+            self.turnstile.changed.notify_all()
+        return x * 2
+
+
+class Quick(TakesItsTurn):
+    pass
+
+
+class Slow(TakesItsTurn):
+    pass
+
+
+def turn_takers() -> tuple[nn.Module, nn.Module]:
+    turnstile = Turnstile()
+    return Quick(turnstile, 0, 0.001), Slow(turnstile, 1, 0.005)

@@ -4,55 +4,16 @@ long calls (a p99 far above its p50), a pipeline's micro-batches end to end, and
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 import torch
-from models import SleepLane, in_lane_thread
+from models import SleepLane, turn_takers
 from torch import nn
 
 from pytest_dualgpu import DualGpuUsageError, dual_infer
 from pytest_dualgpu.latency import Objective, closed_loop
 from pytest_dualgpu.plugin.verdicts import InterferenceSpec, judge, parse_marker
-
-
-class Turnstile:
-    """Two lanes take strict turns while both run at once (on lane threads); alone, nobody waits."""
-
-    def __init__(self) -> None:
-        self.turn = 0
-        self.changed = threading.Condition()
-
-
-class TakesItsTurn(nn.Module):
-    def __init__(self, turnstile: Turnstile, position: int, hold: float) -> None:
-        super().__init__()
-        self.turnstile, self.position, self.hold = turnstile, position, hold
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not in_lane_thread():
-            time.sleep(self.hold)
-            return x * 2
-        with self.turnstile.changed:
-            self.turnstile.changed.wait_for(lambda: self.turnstile.turn == self.position, timeout=5)
-            time.sleep(self.hold)
-            self.turnstile.turn = 1 - self.position
-            self.turnstile.changed.notify_all()
-        return x * 2
-
-
-class Quick(TakesItsTurn):
-    pass
-
-
-class Slow(TakesItsTurn):
-    pass
-
-
-def turn_takers() -> tuple[nn.Module, nn.Module]:
-    turnstile = Turnstile()
-    return Quick(turnstile, 0, 0.001), Slow(turnstile, 1, 0.005)
 
 
 class SometimesSlow(nn.Module):

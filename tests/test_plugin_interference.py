@@ -10,70 +10,18 @@ import jsonschema
 import pytest
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report-schema.json").read_text())
-
-LANES = '''
-import threading, time
-
-from torch import nn
-
-
-def in_lane_thread():
-    return threading.current_thread().name.startswith("dualgpu-lane")
-
-
-class Turnstile:
-    def __init__(self):
-        self.turn = 0
-        self.changed = threading.Condition()
-
-
-class TakesItsTurn(nn.Module):
-    """Strict turns with the other lane while both run at once; alone, nobody waits."""
-
-    def __init__(self, turnstile, position, hold):
-        super().__init__()
-        self.turnstile, self.position, self.hold = turnstile, position, hold
-
-    def forward(self, x):
-        if not in_lane_thread():
-            time.sleep(self.hold)
-            return x * 2
-        with self.turnstile.changed:
-            self.turnstile.changed.wait_for(lambda: self.turnstile.turn == self.position, timeout=5)
-            time.sleep(self.hold)
-            self.turnstile.turn = 1 - self.position
-            self.turnstile.changed.notify_all()
-        return x * 2
-
-
-class Quick(TakesItsTurn):
-    pass
-
-
-class Slow(TakesItsTurn):
-    pass
-
-
-def turn_takers():
-    turnstile = Turnstile()
-    return Quick(turnstile, 0, 0.001), Slow(turnstile, 1, 0.005)
-
-
-class Sleep(nn.Module):
-    def forward(self, x):
-        time.sleep(0.003)
-        return x * 2
-'''
+#: The test models, written into each inner session (its own directory, as a user's suite would have them).
+MODELS = Path(__file__).with_name("models.py")
 
 TESTS = """
 import pytest
 import torch
-from interference_lanes import Sleep, turn_takers
+from models import SleepLane, turn_takers
 
 
 @pytest.mark.dualgpu_interference(max_slowdown=1.5, device="cpu")
 def test_sleeping_lanes_cost_nothing(dual_infer):
-    dual_infer(Sleep(), Sleep(), torch.ones(2))
+    dual_infer(SleepLane(0.003), SleepLane(0.003), torch.ones(2))
 
 
 @pytest.mark.dualgpu_interference(max_slowdown=2.0, device="cpu")
@@ -88,7 +36,7 @@ def test_only_the_slow_lane(dual_infer):
 
 @pytest.mark.dualgpu_interference(max_slowdown=1.5, percentile=99, device="cpu")
 def test_a_p99_from_few_calls(dual_infer):
-    dual_infer(Sleep(), Sleep(), torch.ones(2), budget=0.1, max_budget=0.3)
+    dual_infer(SleepLane(0.003), SleepLane(0.003), torch.ones(2), budget=0.1, max_budget=0.3)
 """
 
 # Sleeping and turn-taking lanes: no OpenMP workers to settle.
@@ -104,7 +52,7 @@ OPTIONS = (
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_pass_fail_naming_the_lane_and_inconclusive(suite: pytest.Pytester, workers: str) -> None:
-    suite.makepyfile(interference_lanes=LANES, test_lanes=TESTS)
+    suite.makepyfile(models=MODELS.read_text(), test_lanes=TESTS)
     result = suite.runpytest_subprocess(
         *OPTIONS,
         "-n",
@@ -118,7 +66,7 @@ def test_pass_fail_naming_the_lane_and_inconclusive(suite: pytest.Pytester, work
         [
             "*dualgpu_interference failed for 'Quick+Slow' (call 1 of 1): lane 'Quick' p50 * ms at once "
             "against * ms alone: *x * slower, above the bound 2.00x; hint: on the CPU the lanes share*",
-            "*dualgpu_interference inconclusive for 'Sleep+Sleep-2'*calls give no interval at p99*",
+            "*dualgpu_interference inconclusive for 'SleepLane+SleepLane-2'*calls give no interval at p99*",
         ]
     )
     document = json.loads((suite.path / "out.json").read_text())
