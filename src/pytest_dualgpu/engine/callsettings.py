@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -92,7 +93,7 @@ class CallSettings:
         check_number("race_seed", self.race_seed, integer=True, meaning="to replay a failing trial")
         for flag in ("detect_syncs", "sanitizer", "profile"):
             check_bool(flag, getattr(self, flag))
-        Tolerance(self.rtol, self.atol, self.equal_nan)
+        self.tolerance  # noqa: B018  (built once here, so a bad tolerance is refused before anything runs)
 
     @property
     def measuring_cap(self) -> float:
@@ -102,7 +103,7 @@ class CallSettings:
     def sync(self) -> SyncChecks:
         return SyncChecks(self.race_trials, self.race_seed, self.detect_syncs, self.sanitizer)
 
-    @property
+    @functools.cached_property
     def tolerance(self) -> Tolerance:
         return Tolerance(rtol=self.rtol, atol=self.atol, equal_nan=self.equal_nan)
 

@@ -26,7 +26,7 @@ from pytest_dualgpu.plugin import hookspecs
 from pytest_dualgpu.plugin.calls import FixtureDualInfer, GateLimits
 from pytest_dualgpu.plugin.collector import ResultCollector
 from pytest_dualgpu.plugin.options import OPTIONS, Settings
-from pytest_dualgpu.plugin.verdicts import FAIL, INCONCLUSIVE, MARKERS, NOTICES, judge, parse_marker
+from pytest_dualgpu.plugin.verdicts import MARKERS, judge, parse_marker
 from pytest_dualgpu.reports.gate import Baseline
 from pytest_dualgpu.reports.rows import (
     ERROR_PROPERTY,
@@ -35,6 +35,7 @@ from pytest_dualgpu.reports.rows import (
     ReportRow,
     dumps,
 )
+from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, NOTICES
 
 if TYPE_CHECKING:
     import torch

@@ -13,21 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pytest_dualgpu import stats
 from pytest_dualgpu.bounds import Bound, figure, interval_text
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import PERCENTILES
 from pytest_dualgpu.results import DualResult
 from pytest_dualgpu.specs import SyncChecks, Tolerance, check_bool, check_number
+from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, NO_TENSOR, PASS, VERDICT_KINDS, WARN
 from pytest_dualgpu.units import parse_size, ratio_text, size_text
-
-PASS = stats.PASS
-FAIL = stats.FAIL
-INCONCLUSIVE = stats.INCONCLUSIVE
-WARN = stats.WARN
-NO_TENSOR = stats.NO_TENSOR
-NOTICES = stats.NOTICES
-VERDICT_KINDS = stats.VERDICT_KINDS
 
 
 @dataclass(frozen=True)
