@@ -3,8 +3,8 @@ command's tables), not of the figures themselves: a short warm-up and the fewest
 interval (6). Bounds are still decided: measuring goes on past the budget for them.
 
 The settling pauses stay: without them a GIL-holding lane beside a nearly free one measured 1.07-1.13x of
-an ideal 1.00x on the 2-core VM (1.02-1.06x with them), which the sanity checks rightly call impossible. Sleeping lanes do not
-need them (tests of those set ``settle=0`` themselves)."""
+an ideal 1.00x on the 2-core VM (1.02-1.06x with them), which the sanity checks rightly call impossible.
+Sleeping lanes do not need them (tests of those set ``settle=0`` themselves)."""
 
 from __future__ import annotations
 
