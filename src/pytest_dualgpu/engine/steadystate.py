@@ -24,19 +24,15 @@ class CallWarmUp:
     for the error that names them. ``warnings`` and ``probes`` are the call's, added to."""
 
     def __init__(self, parts: CallParts, warnings: list[str], probes: dict[str, ModeProbe]) -> None:
-        self.backend = parts.backend
-        self.lanes = parts.lanes
+        self.parts = parts
         self.settings = parts.settings
-        self.arrangement = parts.arrangement
-        self.names = parts.names
-        self.everyone = parts.everyone
         self.warnings = warnings
         self.probes = probes
         self.mode_warmups: dict[str, WarmUp] = {}
         self.alone_peaks: dict[str, int] | None = None
         self.input_writes: list[str] = []
         self.candidates = self._candidate_modes()
-        self.clock = WarmUpClock(self.settings.warmup, len(self.lanes) + len(self.candidates))
+        self.clock = WarmUpClock(self.settings.warmup, len(parts.lanes) + len(self.candidates))
 
     def warm_lanes(self, eager: Mode) -> tuple[list[Any], list[WarmUp]]:
         """Each lane alone until steady (lazy init, autotuning in isolation); its first call runs under
@@ -44,9 +40,9 @@ class CallWarmUp:
         reference = []
         warmups = []
         peaks = {}
-        for index, lane_name in enumerate(self.names):
+        for index, lane_name in enumerate(self.parts.names):
             label = f"alone run of lane {lane_name!r}"
-            lane = self.lanes[index]
+            lane = self.parts.lanes[index]
             before = kept(lane.args), kept(lane.kwargs)
             started = time.perf_counter()
             first_output = eager.back_to_back([index], 1, label).outputs[0]
@@ -60,7 +56,7 @@ class CallWarmUp:
                 steady = warm_up(
                     functools.partial(_per_call, eager, [index], label),
                     deadline=self.clock.next_deadline(),
-                    min_seconds=self.backend.min_warmup,
+                    min_seconds=self.parts.backend.min_warmup,
                 )
                 warmup = WarmUp(steady.seconds + first, steady.calls + 1, steady.converged, steady.per_call)
                 if not steady.converged:
@@ -69,7 +65,7 @@ class CallWarmUp:
                     )
             else:
                 warmup = WarmUp(first, 1, False, None)
-            with self.backend.peak_memory() as peak:
+            with self.parts.backend.peak_memory() as peak:
                 run = eager.back_to_back([index], 1, label)
             reference.append(kept(run.outputs[0]))
             warmups.append(
@@ -99,13 +95,13 @@ class CallWarmUp:
 
     def _candidate_modes(self) -> list[str]:
         requested = self.settings.mode
-        available = self.backend.concurrent_modes
+        available = self.parts.backend.concurrent_modes
         if requested == "auto":
             return list(available)
         if requested == "sequential" or requested in available:
             return [requested]
         self.warnings.append(
-            f"mode {requested!r} needs CUDA; ran {available[0]!r} on {self.backend.kind} instead"
+            f"mode {requested!r} needs CUDA; ran {available[0]!r} on {self.parts.backend.kind} instead"
         )
         return [available[0]]
 
@@ -115,7 +111,7 @@ class CallWarmUp:
         candidates = list(self.candidates)
         for mode_name in candidates:  # grows when a graphs-only request falls back to threads
             try:
-                mode = self.arrangement.mode(mode_name, executor)
+                mode = self.parts.arrangement.mode(mode_name, executor)
             except GraphCaptureError as error:
                 self.probes[mode_name] = ModeProbe(mode_name, error=error.reason)
                 if candidates == [mode_name]:
@@ -123,13 +119,13 @@ class CallWarmUp:
                     candidates.append("threads")
                     self.clock.add_stages(1)
                 continue
-            mode.back_to_back(self.everyone, 1)
+            mode.back_to_back(self.parts.everyone, 1)
             mode.concurrent(1)
             if self.settings.warmup > 0:
                 warmup = warm_up(
                     functools.partial(_concurrent_per_call, mode),
                     deadline=self.clock.next_deadline(),
-                    min_seconds=self.backend.min_warmup,
+                    min_seconds=self.parts.backend.min_warmup,
                 )
                 self.mode_warmups[mode.name] = warmup
                 if not warmup.converged:
