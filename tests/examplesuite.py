@@ -52,7 +52,12 @@ def run_workflow(
     words = [word for word in shlex.split(workflow_commands()[ci][0]) if word != "--dualgpu-require-cuda"]
     assert words[:3] == ["python", "-m", "pytest"]
     env = {key: value for key, value in os.environ.items() if not key.startswith("DUALGPU_")}
-    env.update(DUALGPU_BUDGET="0.1", GITHUB_STEP_SUMMARY=str(folder / "summary.md"), **extra_env)
+    env.update(
+        DUALGPU_BUDGET="0.1",
+        DUALGPU_WARMUP="0.5",
+        GITHUB_STEP_SUMMARY=str(folder / "summary.md"),
+        **extra_env,
+    )
     return subprocess.run(
         [sys.executable, *words[1:], "-p", "no:cacheprovider", *extra_args], cwd=folder, env=env,
         capture_output=True, text=True, timeout=300, check=False,

@@ -16,7 +16,7 @@ from pytest_dualgpu.reports.gate import Baseline, MetricChange, compare, parse_t
 from pytest_dualgpu.reports.rows import CallError, ReportRow, dumps, json_document, load_report
 from pytest_dualgpu.results import DualResult, Measurement
 
-FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3")
+FAST = ("--dualgpu-budget=0.1", "--dualgpu-max-budget=3", "--dualgpu-warmup=0")
 
 
 @pytest.mark.parametrize(

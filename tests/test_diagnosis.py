@@ -9,7 +9,8 @@ from pytest_dualgpu import DualResult, dual_infer
 from pytest_dualgpu.engine.diagnosis import no_overlap_hint
 from pytest_dualgpu.timeline import LaneTimeline
 
-FAST = {"budget": 0.1, "max_budget": 3}
+#: Sleeping, GIL-holding and turn-taking lanes: nothing to warm up, no OpenMP workers to settle.
+FAST = {"budget": 0.1, "max_budget": 3, "warmup": 0, "settle": 0}
 
 
 def test_lanes_that_hold_the_gil_get_a_hint_and_overlapping_lanes_none() -> None:

@@ -36,7 +36,8 @@ class SometimesSlow(nn.Module):
         return x * 2
 
 
-FAST = {"budget": 0.5, "max_budget": 3, "warmup": 0.5}
+#: Sleeping lanes: nothing to warm up, no OpenMP workers to settle.
+FAST = {"budget": 0.5, "max_budget": 3, "warmup": 0, "settle": 0}
 #: Samples of several calls each: a lane's first call in a run waits for nobody, the others do.
 LONG_SAMPLES = {"budget": 3, "max_budget": 6, "warmup": 0.5}
 

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from lockholder import lock_held_elsewhere
 
-FAST = ("--dualgpu-budget=0.3", "--dualgpu-max-budget=3", "--dualgpu-warmup=1")
+#: Sleeping and turn-taking lanes have nothing to warm up and no OpenMP workers to settle. A bound at the
+#: true speedup stays undecided however long it is measured: 1.5 s of it says so as well as more would.
+FAST = ("--dualgpu-budget=0.3", "--dualgpu-max-budget=1.5", "--dualgpu-warmup=0", "--dualgpu-settle=0")
 
 #: With ``inner_models.Turns`` (lanes that take turns on one lock: a speedup of 1.0 by construction, so
 #: bounds around it are known), a pair that cannot be true.
@@ -172,12 +177,8 @@ def test_the_regression_gate_is_inconclusive_where_the_interval_straddles_its_li
     assert strict.ret == pytest.ExitCode.TESTS_FAILED
 
 
-# Held long enough that the session still waits past the 2 s notice on a slow runner (xdist takes ~3 s to
-# start, a plain session ~1-3 s).
-@pytest.mark.parametrize(("workers", "held"), [("0", 7), ("1", 9)])
-def test_a_session_waiting_for_the_lock_says_who_holds_it(
-    suite: pytest.Pytester, workers: str, held: int
-) -> None:
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_session_waiting_for_the_lock_says_who_holds_it(suite: pytest.Pytester, workers: str) -> None:
     suite.makepyfile(
         """
         import torch
@@ -187,13 +188,27 @@ def test_a_session_waiting_for_the_lock_says_who_holds_it(
             dual_infer(Sleep(), Sleep(), torch.ones(2))
         """
     )
-    with lock_held_elsewhere(held):
-        result = suite.runpytest_subprocess(*FAST, "-n", workers, "--dualgpu-report")
-    result.assert_outcomes(passed=1)
-    said = result.stdout.lines + result.stderr.lines  # an xdist worker says it on its standard error
     pattern = (
         "dualgpu: waiting * s for the measuring lock *, held by pid * (*python* -c import time*; measuring) "
         "since *; giving up after 600 s (lock_timeout)"
     )
-    assert any(fnmatch.fnmatch(line, pattern) for line in said), "\n".join(said)
+    with ThreadPoolExecutor(1) as background:
+        with lock_held_elsewhere(600):
+            session = background.submit(suite.runpytest_subprocess, *FAST, "-n", workers, "--dualgpu-report")
+            # Held until the session says it waits, however long it takes to start.
+            said = wait_for_line(pattern, [suite.path / "stdout", suite.path / "stderr"], session.done)
+        result = session.result()
+    result.assert_outcomes(passed=1)
+    assert said, "\n".join(result.stdout.lines + result.stderr.lines)  # an xdist worker says it on stderr
     result.stdout.fnmatch_lines(["*waited * s for the cpu measuring lock*"])
+
+
+def wait_for_line(pattern: str, paths: list[Path], finished: Callable[[], bool]) -> bool:
+    """Whether a line matching ``pattern`` appears in one of the files before ``finished()``."""
+    deadline = time.monotonic() + 120
+    while not finished() and time.monotonic() < deadline:
+        lines = [line for path in paths if path.exists() for line in path.read_text().splitlines()]
+        if any(fnmatch.fnmatch(line, pattern) for line in lines):
+            return True
+        time.sleep(0.1)
+    return False
