@@ -248,7 +248,7 @@ def test_the_gate_reaches_the_exit_code_under_xdist(
     # The base is saved in this process: how a base is saved under xdist is not what this test is about.
     suite.runpytest(*FAST, "--dualgpu-save=base.json").assert_outcomes(passed=2)
     monkeypatch.setenv("LANES", "turns")
-    result = suite.runpytest_subprocess(
+    result = suite.runpytest(
         *FAST, "-n", "2", "--dualgpu-compare=base.json", "--dualgpu-compare-fail=speedup:30%"
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED

@@ -115,7 +115,7 @@ def test_pytest_html_shows_each_tests_rows_and_links_its_traces(suite: pytest.Py
             pass
         """
     )
-    result = suite.runpytest_subprocess(
+    result = suite.runpytest(
         *QUICK_ARGS, "-n", workers, "--html=html/report.html", "--dualgpu-report=trace:traces"
     )
     result.assert_outcomes(passed=2)

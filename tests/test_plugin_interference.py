@@ -53,7 +53,7 @@ OPTIONS = (
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_pass_fail_naming_the_lane_and_inconclusive(suite: pytest.Pytester, workers: str) -> None:
     suite.makepyfile(models=MODELS.read_text(), test_lanes=TESTS)
-    result = suite.runpytest_subprocess(
+    result = suite.runpytest(
         *OPTIONS,
         "-n",
         workers,

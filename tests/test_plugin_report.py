@@ -62,9 +62,7 @@ def test_one_row_per_call_in_collection_order_with_or_without_xdist(
     suite: pytest.Pytester, workers: str
 ) -> None:
     suite.makepyfile(test_three=THREE_TESTS)
-    result = suite.runpytest_subprocess(
-        "-n", workers, *QUICK_ARGS, "--dualgpu-report", "--dualgpu-report=json:r.json"
-    )
+    result = suite.runpytest("-n", workers, *QUICK_ARGS, "--dualgpu-report", "--dualgpu-report=json:r.json")
     result.assert_outcomes(passed=4, failed=1)
     document = report(suite.path / "r.json")
     assert identity(document) == [

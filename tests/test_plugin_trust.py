@@ -76,7 +76,7 @@ def test_pass_fail_and_inconclusive_verdicts_with_the_default_warn(
     suite: pytest.Pytester, workers: str
 ) -> None:
     suite.makepyfile(turns_models=TURNS_MODELS, test_turns=TURNS)
-    result = suite.runpytest_subprocess(
+    result = suite.runpytest(
         *FAST, "-n", workers, "--dualgpu-report", "--dualgpu-report=json:out.json", "--junitxml=junit.xml"
     )
     result.assert_outcomes(passed=3, failed=1)
