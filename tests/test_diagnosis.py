@@ -9,7 +9,8 @@ from pytest_dualgpu import DualResult, dual_infer
 from pytest_dualgpu.engine.diagnosis import no_overlap_hint
 from pytest_dualgpu.timeline import LaneTimeline
 
-#: Sleeping, GIL-holding and turn-taking lanes: nothing to warm up, no OpenMP workers to settle.
+#: Pairs of like sleeping, GIL-holding or turn-taking lanes: nothing to warm up, and nothing the settling
+#: pauses guard against (OpenMP workers, or a GIL-holding lane beside a nearly free one).
 FAST = {"budget": 0.1, "max_budget": 3, "warmup": 0, "settle": 0}
 
 

@@ -17,8 +17,9 @@ from pytest_dualgpu.engine.backends import Backend
 from pytest_dualgpu.modes import MODES
 from pytest_dualgpu.results import Measurement
 
-#: Timing here comes from sleeping and GIL-holding lanes (nothing to warm up, no OpenMP workers to
-#: settle); the small real models are checked for their outputs, not their speed.
+#: Timing here comes from pairs of like sleeping or GIL-holding lanes: nothing to warm up, and nothing the
+#: settling pauses guard against (OpenMP workers, or a GIL-holding lane beside a nearly free one). The small
+#: real models are checked for their outputs, not their speed.
 FAST = {"budget": 0.1, "max_budget": 3, "warmup": 0, "settle": 0}
 
 
