@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import itertools
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 import pytest
+from command import DUALGPU, console_script, dualgpu, in_process
 from quick import QUICK_CLI
 
-from pytest_dualgpu.cli.main import COMMAND_EXAMPLES, build_parser, main
+from pytest_dualgpu.cli.main import COMMAND_EXAMPLES, build_parser
 
-DUALGPU = str(Path(sys.executable).with_name("dualgpu"))
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report-schema.json").read_text())
 #: For tests that read a verdict, which needs figures the sanity checks accept: tiny models measured with
 #: tests/quick.py's settings drifted past them now and then (CI: "the concurrent time fell by 63%").
@@ -143,61 +137,6 @@ def profiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     report = tmp_path_factory.mktemp("profiled") / "good.json"
     assert dualgpu("profile", f"{DEMO}:MLP", f"{DEMO}:MLP", *QUICK_CLI, "--json", str(report)).returncode == 0
     return report
-
-
-@dataclass(frozen=True)
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def dualgpu(*args: str, cwd: Path | None = None) -> Ran:
-    """``dualgpu ARGS`` run by ``main`` in this process, as from ``cwd``, with its output captured.
-
-    The console script adds only ``sys.exit(main())`` (test_the_console_script_exits_with_main_s_code
-    runs it as a process); a process per command would cost a torch import each. What a command leaves
-    in this process (its folder on ``sys.path``, the user's modules it imported) is taken back, so each
-    command finds the user's files as a fresh process would.
-    """
-    stdout, stderr = io.StringIO(), io.StringIO()
-    path, modules, here = list(sys.path), set(sys.modules), os.getcwd()
-    columns = os.environ.pop("COLUMNS", None)
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(stdout),
-            contextlib.redirect_stderr(stderr),
-        ):
-            warnings.simplefilter("ignore")
-            code = in_process(*args)
-    finally:
-        os.chdir(here)
-        sys.path[:] = path
-        for name in set(sys.modules) - modules:
-            if _users_file(getattr(sys.modules[name], "__file__", None)):
-                del sys.modules[name]
-        if columns is not None:
-            os.environ["COLUMNS"] = columns
-    return Ran(code, stdout.getvalue(), stderr.getvalue())
-
-
-def _users_file(file: str | None) -> bool:
-    return file is not None and Path(file).resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
-
-
-def console_script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [DUALGPU, *args], capture_output=True, text=True, timeout=300, check=False,
-        env={**without_columns(), "PYTHONWARNINGS": "ignore"},
-    )  # fmt: skip
-
-
-def without_columns() -> dict[str, str]:
-    """This environment without COLUMNS, which would fit the command's tables to a width."""
-    return {name: value for name, value in os.environ.items() if name != "COLUMNS"}
 
 
 def measured(cell: str) -> bool:
@@ -535,14 +474,6 @@ def test_bad_usage_exits_2_and_shows_the_accepted_forms(
     out, err = capsys.readouterr()
     assert code == 2, out + err
     assert message in err
-
-
-def in_process(*args: str) -> int:
-    """``dualgpu ARGS`` run by ``main`` here; its exit code, argparse's included."""
-    try:
-        return main(list(args))
-    except SystemExit as exit:
-        return int(exit.code or 0)
 
 
 def test_the_console_script_exits_with_main_s_code() -> None:

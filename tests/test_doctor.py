@@ -1,33 +1,35 @@
-"""``dualgpu doctor`` end to end through the console script, on this machine and on stand-in GPUs."""
+"""``dualgpu doctor`` end to end, on this machine and on stand-in GPUs."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from command import Ran, console_script, dualgpu, without_columns
 from fakesmi import H100, install
 
 from pytest_dualgpu.envsettings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
-DUALGPU = str(Path(sys.executable).with_name("dualgpu"))
 DOCTOR_SCHEMA = json.loads((ROOT / "docs" / "doctor-schema.json").read_text())
 REPORT_SCHEMA = json.loads((ROOT / "docs" / "report-schema.json").read_text())
 
 
-def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The command in a clean environment: no watched setting leaks in from the machine running the tests."""
-    clean = {name: value for name, value in os.environ.items() if name not in SETTINGS}
-    return subprocess.run(
-        [DUALGPU, "doctor", *args], capture_output=True, text=True, timeout=300, check=False,
-        env={**clean, **(env or {})},
-    )  # fmt: skip
+def doctor(*args: str, env: dict[str, str] | None = None) -> Ran:
+    """The command in a clean environment: no watched setting leaks in from the machine running the tests.
+    Run by ``main`` in this process: a healthy machine's check runs it once through the console script."""
+    return dualgpu("doctor", *args, env=_clean(env))
+
+
+def _clean(env: dict[str, str] | None) -> dict[str, str]:
+    return {
+        **{name: value for name, value in without_columns().items() if name not in SETTINGS},
+        **(env or {}),
+    }
 
 
 def checks(path: Path) -> dict[str, dict[str, Any]]:
@@ -39,7 +41,9 @@ def checks(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_a_healthy_cpu_machine_passes_with_its_self_test(tmp_path: Path) -> None:
-    done = doctor("--device", "cpu", "--json", str(tmp_path / "doctor.json"))
+    done = console_script(
+        "doctor", "--device", "cpu", "--json", str(tmp_path / "doctor.json"), env=_clean(None)
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     found = checks(tmp_path / "doctor.json")
     assert found["build"]["status"] == "pass"
