@@ -64,7 +64,7 @@ def test_the_real_model_examples_skip_with_the_fix_where_transformers_is_missing
     without = (
         "import sys; sys.modules['transformers'] = None; import pytest; "
         "sys.exit(pytest.main(['examples', '-k', 'default_stream or real', '-rs', '-p', 'no:cacheprovider', "
-        "'--dualgpu-budget=0.1']))"
+        "'--dualgpu-budget=0.1', '--dualgpu-warmup=0.5']))"
     )
     completed = run(sys.executable, "-c", without)
     assert completed.returncode == 0, completed.stdout

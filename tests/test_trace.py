@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 from models import MLP, GilLane, SleepLane
-from quick import QUICK_ARGS
+from quick import QUICK, QUICK_ARGS
 
 from pytest_dualgpu import dual_infer
 from pytest_dualgpu.engine.profiling import all_threads_config
@@ -141,7 +141,7 @@ def test_kernel_overlap_is_zero_when_the_lanes_run_back_to_back(mlp_input: torch
 
 def test_a_profiler_already_running_is_left_alone() -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as outer:
-        result = dual_infer(MLP(64, 2), MLP(64, 2), torch.randn(8, 64), budget=0.02, profile=True)
+        result = dual_infer(MLP(64, 2), MLP(64, 2), torch.randn(8, 64), **QUICK, profile=True)
         torch.ones(3).sum()
     assert result.kernel_overlap is None
     assert "kernel overlap not measured: a torch profiler is already running" in result.warnings
@@ -150,10 +150,10 @@ def test_a_profiler_already_running_is_left_alone() -> None:
 
 @needs_thread_profiling
 def test_no_profile_no_kernel_overlap_and_lanes_without_operators_say_so() -> None:
-    plain = dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), budget=0.02)
+    plain = dual_infer(SleepLane(0.001), SleepLane(0.001), torch.ones(2), **QUICK)
     assert plain.kernel_overlap is None
     assert "kernels" not in plain.timelines
-    pure_python = dual_infer(GilLane(0.001), GilLane(0.001), torch.ones(2), budget=0.02, profile=True)
+    pure_python = dual_infer(GilLane(0.001), GilLane(0.001), torch.ones(2), **QUICK, profile=True)
     assert pure_python.kernel_overlap is None
     assert any("recorded no operators" in warning for warning in pure_python.warnings)
 

@@ -62,7 +62,7 @@ def test_real_models_pass_the_correct_and_sync_markers_in_an_inner_session(
     suite: pytest.Pytester, request: pytest.FixtureRequest
 ) -> None:
     suite.makepyfile(realmodels=(request.path.parent / "realmodels.py").read_text(), test_real=INNER)
-    result = suite.runpytest_subprocess(
+    result = suite.runpytest(
         *QUICK_ARGS, "-p", "no:randomly", "--dualgpu-report=json:out.json",
         f"--rootdir={suite.path}", "-W", "ignore::DeprecationWarning",
     )  # fmt: skip
