@@ -123,6 +123,18 @@ class Raising(nn.Module):
 '''
 
 
+#: The test extra's own pytest plugins, which no inner session or started process uses: loading them
+#: costs each new pytest process about 0.6 s on the 2-core VM, and the suite starts dozens.
+UNUSED_PLUGINS = "-p no:hypothesispytest -p no:anyio"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _started_sessions_load_only_what_they_use() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTEST_ADDOPTS", f"{os.environ.get('PYTEST_ADDOPTS', '')} {UNUSED_PLUGINS}".strip())
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)
@@ -193,5 +205,6 @@ def suite(
     # A terminal wide enough for the whole table: the tests read its columns (tests/test_tablefit.py
     # narrows it on purpose).
     monkeypatch.setenv("COLUMNS", "1000")
+    monkeypatch.setenv("PYTEST_ADDOPTS", UNUSED_PLUGINS)  # pytester clears it
     pytester.makepyfile(inner_models=INNER_MODELS)
     return pytester

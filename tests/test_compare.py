@@ -91,6 +91,36 @@ def test_explicit_tolerance_and_nan() -> None:
     assert compare_outputs(torch.ones(1), torch.ones(1) + 0.1, tolerance=Tolerance(rtol=0, atol=0.2)).correct
 
 
+def _assert_close_passes(expected: torch.Tensor, actual: torch.Tensor) -> bool:
+    try:
+        torch.testing.assert_close(actual, expected, check_device=False)
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual"),
+    [
+        (torch.arange(6.0).reshape(2, 3), torch.arange(6.0).reshape(2, 3)),
+        (torch.arange(6.0).reshape(2, 3), torch.arange(6.0).reshape(3, 2)),
+        (torch.arange(6.0), torch.arange(6.0).double()),
+        (torch.arange(6), torch.arange(6)),
+        (torch.tensor([True, False]), torch.tensor([True, False])),
+        (torch.tensor([1 + 2j]), torch.tensor([1 + 2j])),
+        (torch.tensor([0.0]), torch.tensor([-0.0])),
+        (torch.tensor([float("nan")]), torch.tensor([float("nan")])),
+        (torch.ones(2, 3), torch.ones(3, 2).t()),
+        (torch.nn.Parameter(torch.ones(2)), torch.ones(2)),
+    ],
+    ids=["same", "reshaped", "dtype", "ints", "bools", "complex", "signed-zero", "nan", "strides", "param"],
+)
+def test_identical_values_get_the_verdict_assert_close_gives(
+    expected: torch.Tensor, actual: torch.Tensor
+) -> None:
+    assert compare_outputs(expected, actual).correct == _assert_close_passes(expected, actual)
+
+
 def test_half_given_tolerance_is_a_usage_error() -> None:
     with pytest.raises(DualGpuUsageError, match="give both, or neither"):
         Tolerance(atol=1e-3)
