@@ -145,6 +145,12 @@ def measured(cell: str) -> bool:
     return re.fullmatch(r"\d+\.\d+x / (-|-?\d+\.\d+)( WRONG)?( UNRELIABLE)?", cell) is not None
 
 
+def marks(cell: str) -> list[str]:
+    """The flags after a measured cell's figures (WRONG, UNRELIABLE)."""
+    assert measured(cell), cell
+    return cell.split()[3:]
+
+
 def table(text: str) -> list[list[str]]:
     """The rows of a tabulate "simple" table (header first), cells split on runs of two spaces."""
     lines = text.splitlines()
@@ -553,9 +559,9 @@ def test_wrong_outputs_are_named_and_never_the_best_pairing(zoo: Path) -> None:
     done = dualgpu("matrix", f"{zoo}:Small", f"{zoo}:Racy", "--inputs", "4x16", *FAST)
     assert done.returncode == 1, done.stdout + done.stderr
     _, small, racy = table(done.stdout)
-    assert not small[1].endswith("WRONG")
-    assert small[2].endswith("WRONG")
-    assert racy[2].endswith("WRONG")
+    assert "WRONG" not in marks(small[1])
+    assert "WRONG" in marks(small[2])  # and UNRELIABLE too, where this machine was noisy meanwhile
+    assert "WRONG" in marks(racy[2])
     assert "Small + Racy gave wrong outputs: max abs error 1" in done.stdout
     best = done.stdout.split("verdict: ")[1].split(";")[0]
     assert "Racy" not in best

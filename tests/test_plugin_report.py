@@ -396,8 +396,12 @@ def test_an_efficiency_that_could_not_be_measured_is_explained_under_the_table(
         import torch
         from inner_models import Sleep
 
-        def test_uneven(dual_infer):  # the short lane is 1% of the pair: overlap could save nothing to see
-            dual_infer(Sleep(0.0001), Sleep(0.01), torch.ones(2))
+        class Instant(torch.nn.Module):
+            def forward(self, x):
+                return x * 2
+
+        def test_uneven(dual_infer):  # the short lane is ~0.1% of the pair: overlap could save nothing to see
+            dual_infer(Instant(), Sleep(0.01), torch.ones(2))
         """
     )
     result = suite.runpytest(*QUICK_ARGS, "--dualgpu-report", "--dualgpu-report=md:summary.md")
