@@ -460,8 +460,8 @@ MLP = f"{DEMO}:MLP"
         (["profile", MLP, MLP, MLP], "profile takes two models, got 3; use matrix for more"),
         (["sweep", "--batch", "1,2"], "the following arguments are required: MODEL"),
         (["profile", MLP, MLP, "--budget", "inf"], "a number of seconds > 0"),
-        (["profile", MLP, MLP, "--min-rounds", "0"], "'0': a whole number >= 1, e.g. 7"),
-        (["profile", MLP, MLP, "--settle", "-1"], "'-1': a number of seconds >= 0"),
+        (["profile", MLP, MLP, "--min-rounds", "0"], "--min-rounds: '0': min_rounds must be an integer >= 1"),
+        (["profile", MLP, MLP, "--settle", "-1"], "--settle: '-1': settle must be a number of seconds >= 0"),
         (["profile", MLP, MLP, "--inputs", "torch:randn"], "a builtin whose arguments cannot be read"),
         (["profile", MLP, MLP, "--json", "."], "--json: . is a directory; give a file path"),
         (

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from command import dualgpu
+
+from pytest_dualgpu.engine.callsettings import CallSettings
+from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.plugin.options import Settings
+from pytest_dualgpu.specs import SETTINGS
 
 HEADER_SUITE = "def test_nothing():\n    pass\n"
 
@@ -70,9 +76,10 @@ def test_cli_beats_environment_beats_ini(
     [
         (
             ["--dualgpu-budget=soon"],
-            "ERROR: dualgpu: --dualgpu-budget='soon': the budget must be a number of seconds > 0*",
+            "ERROR: dualgpu: --dualgpu-budget='soon': budget must be a number of seconds > 0 "
+            "(of measuring per call, e.g. 1.0)",
         ),
-        (["--dualgpu-budget=-1"], "ERROR: dualgpu: --dualgpu-budget='-1': the budget must be*"),
+        (["--dualgpu-budget=-1"], "ERROR: dualgpu: --dualgpu-budget='-1': budget must be*"),
         (
             ["--dualgpu-mode=turbo"],
             "ERROR: dualgpu: --dualgpu-mode='turbo': mode 'turbo' is not one of auto, sequential, streams, "
@@ -124,7 +131,7 @@ def test_cli_beats_environment_beats_ini(
             ["--dualgpu-devices=first"],
             "ERROR: dualgpu: --dualgpu-devices='first': devices must be auto or GPU indices*",
         ),
-        ({"DUALGPU_BUDGET": "lots"}, "ERROR: dualgpu: DUALGPU_BUDGET='lots': the budget must be a number*"),
+        ({"DUALGPU_BUDGET": "lots"}, "ERROR: dualgpu: DUALGPU_BUDGET='lots': budget must be a number*"),
         (
             {"DUALGPU_REQUIRE_CUDA": "maybe"},
             "ERROR: dualgpu: DUALGPU_REQUIRE_CUDA='maybe': expected a yes/no value*",
@@ -140,25 +147,26 @@ def test_cli_beats_environment_beats_ini(
         ),
         (
             {"DUALGPU_WARMUP": "-1"},
-            "ERROR: dualgpu: DUALGPU_WARMUP='-1': the warm-up cap must be a number of seconds >= 0*",
+            "ERROR: dualgpu: DUALGPU_WARMUP='-1': warmup must be a number of seconds >= 0 "
+            "(the cap of the steady-state warm-up*",
         ),
         (
             ["--dualgpu-budget=2", "--dualgpu-max-budget=1"],
-            "ERROR: dualgpu: max_budget (1 s) is below the budget (2 s)*",
+            "ERROR: dualgpu: max_budget (1 s) must be at least the budget (2 s)*",
         ),
         (
             "dualgpu_lock_timeout = 0",
-            "ERROR: dualgpu: dualgpu_lock_timeout (ini)=0.0: the lock timeout must be a number of "
-            "seconds > 0*",
+            "ERROR: dualgpu: dualgpu_lock_timeout (ini)=0.0: lock_timeout must be a number of seconds > 0*",
         ),
         (
             ["--dualgpu-min-rounds=0"],
-            "ERROR: dualgpu: --dualgpu-min-rounds='0': min_rounds must be a whole number of rounds >= 1*",
+            "ERROR: dualgpu: --dualgpu-min-rounds='0': min_rounds must be an integer >= 1 "
+            "(the fewest measured rounds*",
         ),
         ("dualgpu_min_rounds = many", "ERROR: dualgpu: dualgpu_min_rounds (ini)='many': min_rounds must be*"),
         (
             {"DUALGPU_SETTLE": "-0.1"},
-            "ERROR: dualgpu: DUALGPU_SETTLE='-0.1': the settling pause must be a number of seconds >= 0*",
+            "ERROR: dualgpu: DUALGPU_SETTLE='-0.1': settle must be a number of seconds >= 0*",
         ),
         (
             ["--dualgpu-require-cuda", "--dualgpu-device=cpu"],
@@ -368,3 +376,25 @@ def test_a_gpu_index_beyond_the_visible_ones_is_a_usage_error(
             "from 0 to 1"
         ]
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "value"),
+    [("budget", "-1", -1.0), ("max_budget", "0", 0.0), ("warmup", "inf", float("inf")),
+     ("min_rounds", "0", 0), ("settle", "-0.5", -0.5), ("lock_timeout", "0", 0.0)],
+)  # fmt: skip
+def test_a_bad_number_gets_one_message_from_the_api_the_plugin_and_the_command(
+    name: str, given: str, value: float
+) -> None:
+    expected = SETTINGS[name].expected(name)
+    with pytest.raises(DualGpuUsageError) as api:
+        CallSettings(**{name: value})
+    assert str(api.value) == f"{expected}, got {value!r}"
+    with pytest.raises(DualGpuUsageError) as plugin:
+        Settings.resolve([("env", {name: given})])
+    assert str(plugin.value) == f"DUALGPU_{name.upper()}={given!r}: {expected}"
+    if name != "lock_timeout":  # the command has no flag for it
+        flag = f"--{name.replace('_', '-')}"
+        command = dualgpu("profile", "pytest_dualgpu.demo:MLP", "pytest_dualgpu.demo:MLP", flag, given)
+        assert command.returncode == 2
+        assert command.stderr.rstrip().endswith(f"argument {flag}: {given!r}: {expected}")

@@ -216,7 +216,7 @@ def test_bounds_are_parsed_and_bad_ones_named() -> None:
         ({"budget": 2, "max_budget": 1}, r"max_budget \(1 s\) must be at least the budget \(2 s\)"),
         (
             {"lock_timeout": 0},
-            r"lock_timeout must be a number of seconds > 0 \(to wait for the measuring lock\)",
+            r"lock_timeout must be a number of seconds > 0 \(to wait for the measuring lock, e.g. 600\)",
         ),
         ({"budget": float("inf")}, "budget must be a number of seconds > 0"),
         ({"bounds": {"overlap": 0.5}}, "a bound is on one of"),

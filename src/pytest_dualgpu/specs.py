@@ -1,15 +1,65 @@
 """What a call or a marker may be asked for, checked in one place: numbers, flags, and the tolerance.
 
-Torch-free and shared: the API's arguments and the markers' arguments go through the same checks, so a
-bad value gets the same message wherever it was given.
+Torch-free and shared: the API's and the markers' arguments, the plugin's options and the command's flags
+go through the same checks, so a bad value gets the same message wherever it was given.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import DualGpuUsageError
+
+
+@dataclass(frozen=True)
+class NumberRule:
+    """What one number may be. A setting has one rule whichever way it is given (an argument of the API or
+    of a marker, a pytest option, environment variable or ini key, a flag of the command), so one mistake
+    gets one message wherever it was made."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    strict: bool = False  # the minimum itself is refused
+    integer: bool = False
+    unit: str = ""
+    meaning: str = ""
+
+    def expected(self, name: str) -> str:
+        """ "budget must be a number of seconds > 0 (of measuring per call, e.g. 1.0)" """
+        kind = "an integer" if self.integer else f"a number{f' of {self.unit}' if self.unit else ''}"
+        if self.minimum is not None:
+            kind += f" {'>' if self.strict else '>='} {self.minimum:g}"
+        if self.maximum is not None:
+            kind += f" {'and ' if self.minimum is not None else ''}<= {self.maximum:g}"
+        return f"{name} must be {kind}{f' ({self.meaning})' if self.meaning else ''}"
+
+    def check(self, name: str, value: object) -> None:
+        """A usage error unless ``value`` is None or a number this rule allows."""
+        if value is not None and not self._allows(value):
+            raise DualGpuUsageError(f"{self.expected(name)}, got {value!r}")
+
+    def parse(self, name: str, raw: object) -> Any:
+        """The number in ``raw``: text (an option, a variable, a flag) or a number pytest's ini parsing
+        made. The error leaves out the value, which the caller shows beside where it was given."""
+        value = raw
+        if isinstance(raw, str):
+            try:
+                value = int(raw.strip()) if self.integer else float(raw)
+            except ValueError:
+                value = None
+        if value is None or not self._allows(value):
+            raise DualGpuUsageError(self.expected(name))
+        return value
+
+    def _allows(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        return math.isfinite(value) and not (
+            (self.minimum is not None and (value <= self.minimum if self.strict else value < self.minimum))
+            or (self.maximum is not None and value > self.maximum)
+        )
 
 
 def check_number(
@@ -23,25 +73,48 @@ def check_number(
     unit: str = "",
     meaning: str = "",
 ) -> None:
-    """A usage error unless ``value`` is None or a finite number (an int if ``integer``) within the limits.
+    """A usage error unless ``value`` is None or a finite number (an int if ``integer``) within the limits:
+    "budget must be a number of seconds > 0 (of measuring per call), got -1"."""
+    NumberRule(minimum, maximum, strict, integer, unit, meaning).check(name, value)
 
-    The message says what was expected: "budget must be a number of seconds > 0 (seconds of measuring per
-    call), got -1"."""
-    if value is None:
-        return
-    kind = "an integer" if integer else f"a number{f' of {unit}' if unit else ''}"
-    if minimum is not None:
-        kind += f" {'>' if strict else '>='} {minimum:g}"
-    if maximum is not None:
-        kind += f" {'and ' if minimum is not None else ''}<= {maximum:g}"
-    wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
-    out_of_range = not wrong_type and (
-        not math.isfinite(value)  # type: ignore[arg-type]
-        or (minimum is not None and (value <= minimum if strict else value < minimum))  # type: ignore[operator]
-        or (maximum is not None and value > maximum)  # type: ignore[operator]
-    )
-    if wrong_type or out_of_range:
-        raise DualGpuUsageError(f"{name} must be {kind}{f' ({meaning})' if meaning else ''}, got {value!r}")
+
+#: The measuring settings' numbers, by their name in the API (the option, variable, ini key and flag of
+#: each are named after it).
+SETTINGS: dict[str, NumberRule] = {
+    "budget": NumberRule(0, strict=True, unit="seconds", meaning="of measuring per call, e.g. 1.0"),
+    "max_budget": NumberRule(
+        0, strict=True, unit="seconds", meaning="of measuring to decide a bound, e.g. 5"
+    ),
+    "warmup": NumberRule(
+        0, unit="seconds", meaning="the cap of the steady-state warm-up, e.g. 3; 0 skips it"
+    ),
+    "min_rounds": NumberRule(1, integer=True, meaning="the fewest measured rounds per call, e.g. 7"),
+    "settle": NumberRule(
+        0, unit="seconds", meaning="the pause before each sample on CPU, e.g. 0.01; 0: none"
+    ),
+    "timeout": NumberRule(0, strict=True, unit="seconds", meaning="a lane may take per run"),
+    "lock_timeout": NumberRule(
+        0, strict=True, unit="seconds", meaning="to wait for the measuring lock, e.g. 600"
+    ),
+    "race_trials": NumberRule(0, integer=True),
+    "race_seed": NumberRule(integer=True, meaning="to replay a failing trial"),
+}
+
+
+def check_setting(name: str, value: object) -> None:
+    SETTINGS[name].check(name, value)
+
+
+def parse_setting(name: str, raw: object) -> Any:
+    return SETTINGS[name].parse(name, raw)
+
+
+def check_max_budget(budget: float, max_budget: float | None) -> None:
+    if max_budget is not None and max_budget < budget:
+        raise DualGpuUsageError(
+            f"max_budget ({max_budget:g} s) must be at least the budget ({budget:g} s): it is how far "
+            "measuring may go past the budget to decide a bound"
+        )
 
 
 def check_bool(name: str, value: object) -> None:

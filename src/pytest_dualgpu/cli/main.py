@@ -8,16 +8,17 @@ interrupted (after printing what finished).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pytest_dualgpu import __version__
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import Objective
 from pytest_dualgpu.modes import CHOICES
+from pytest_dualgpu.specs import parse_setting
 
 COMMAND_EXAMPLES = {
     "doctor": ["dualgpu doctor --device cuda --json doctor.json", "dualgpu doctor --no-self-test"],
@@ -164,24 +165,29 @@ def _add_measuring(parser: argparse.ArgumentParser, modes: bool = False, budget:
     mode_help = "Only this mode (default: every applicable one)" if modes else "Execution mode (default auto)"
     parser.add_argument("--mode", choices=CHOICES, help=mode_help)
     parser.add_argument(
-        "--budget", type=_positive, default=budget, help=f"Seconds of measuring per call (default {budget:g})"
+        "--budget",
+        type=_setting("budget"),
+        default=budget,
+        help=f"Seconds of measuring per call (default {budget:g})",
     )
     parser.add_argument(
-        "--max-budget", type=_positive, help="Seconds a call may measure at most (default 5x the budget)"
+        "--max-budget",
+        type=_setting("max_budget"),
+        help="Seconds a call may measure at most (default 5x the budget)",
     )
     parser.add_argument(
         "--warmup",
-        type=_not_negative,
+        type=_setting("warmup"),
         help="Cap in seconds of each call's steady-state warm-up (default 3; 0 skips it)",
     )
     parser.add_argument(
         "--min-rounds",
-        type=_at_least_one,
+        type=_setting("min_rounds"),
         help="Fewest measured rounds per call (default 7): fewer for a quick look, more for steadier figures",
     )
     parser.add_argument(
         "--settle",
-        type=_not_negative,
+        type=_setting("settle"),
         help="Pause in seconds before each measured sample on CPU, for OpenMP workers to go idle "
         "(default 0.01; 0 for none)",
     )
@@ -205,6 +211,18 @@ def _objective(text: str) -> Objective:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _setting(name: str) -> Callable[[str], Any]:
+    """An argparse type for one of the measuring settings, checked by the rule the API and plugin use."""
+
+    def parse(text: str) -> Any:
+        try:
+            return parse_setting(name, text)
+        except DualGpuUsageError as error:
+            raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+
+    return parse
+
+
 def _batches(text: str) -> list[int]:
     try:
         sizes = [int(size) for size in text.split(",")]
@@ -215,32 +233,6 @@ def _batches(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be at least 1")
     return sorted(set(sizes))
-
-
-def _not_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds >= 0, e.g. 3 (0: none)")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1, e.g. 7")
-    return int(text)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds > 0, e.g. 0.5")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

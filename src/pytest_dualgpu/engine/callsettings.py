@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pytest_dualgpu.bounds import Bound, parse_bounds
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.modes import checked_mode
-from pytest_dualgpu.specs import SyncChecks, Tolerance, check_bool, check_number
+from pytest_dualgpu.specs import SyncChecks, Tolerance, check_bool, check_max_budget, check_setting
 
 if TYPE_CHECKING:
     import torch
@@ -18,6 +18,19 @@ if TYPE_CHECKING:
 DEFAULT_WARMUP = 3.0
 MAX_BUDGET_FACTOR = 5.0
 DEFAULT_LOCK_TIMEOUT = 600.0
+
+
+NUMBERS = (
+    "budget",
+    "max_budget",
+    "warmup",
+    "min_rounds",
+    "timeout",
+    "lock_timeout",
+    "settle",
+    "race_trials",
+    "race_seed",
+)
 
 
 @dataclass(frozen=True)
@@ -46,51 +59,11 @@ class CallSettings:
 
     def __post_init__(self) -> None:
         checked_mode(self.mode)
-        check_number(
-            "budget",
-            self.budget,
-            minimum=0,
-            strict=True,
-            unit="seconds",
-            meaning="of measuring per call, e.g. budget=1.0",
-        )
-        check_number(
-            "max_budget",
-            self.max_budget,
-            minimum=0,
-            strict=True,
-            unit="seconds",
-            meaning="of measuring to decide a bound",
-        )
-        if self.max_budget is not None and self.max_budget < self.budget:
-            raise DualGpuUsageError(
-                f"max_budget ({self.max_budget:g} s) must be at least the budget ({self.budget:g} s): "
-                "it is how far measuring may go past the budget to decide a bound"
-            )
-        check_number(
-            "warmup",
-            self.warmup,
-            minimum=0,
-            unit="seconds",
-            meaning="the cap of the steady-state warm-up; 0 skips it",
-        )
-        check_number(
-            "timeout", self.timeout, minimum=0, strict=True, unit="seconds", meaning="a lane may take per run"
-        )
-        check_number(
-            "lock_timeout",
-            self.lock_timeout,
-            minimum=0,
-            strict=True,
-            unit="seconds",
-            meaning="to wait for the measuring lock",
-        )
+        for name in NUMBERS:
+            check_setting(name, getattr(self, name))
+        check_max_budget(self.budget, self.max_budget)
         object.__setattr__(self, "bounds", parse_bounds(self.bounds))
         _check_priorities(self.priorities)
-        check_number("min_rounds", self.min_rounds, minimum=1, integer=True)
-        check_number("settle", self.settle, minimum=0, unit="seconds")
-        check_number("race_trials", self.race_trials, minimum=0, integer=True)
-        check_number("race_seed", self.race_seed, integer=True, meaning="to replay a failing trial")
         for flag in ("detect_syncs", "sanitizer", "profile"):
             check_bool(flag, getattr(self, flag))
         self.tolerance  # noqa: B018  (built once here, so a bad tolerance is refused before anything runs)

@@ -7,7 +7,7 @@ what would be accepted.
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.modes import MODES, checked_mode
 from pytest_dualgpu.reports.gate import Threshold, parse_threshold
+from pytest_dualgpu.specs import check_max_budget, parse_setting
 
 ReportKind = Literal["term", "term-wide", "json", "md", "trace", "png"]
 REPORT_KINDS: tuple[ReportKind, ...] = ("term", "term-wide", "json", "md", "trace", "png")
@@ -197,11 +198,7 @@ class Settings:
                 "compare_fail needs a baseline to compare with: add --dualgpu-compare=PATH "
                 "(a JSON report saved earlier with --dualgpu-save=PATH)"
             )
-        if settings.max_budget is not None and settings.max_budget < settings.budget:
-            raise DualGpuUsageError(
-                f"max_budget ({settings.max_budget:g} s) is below the budget ({settings.budget:g} s); it is "
-                "how far measuring may go past the budget to decide a bound, so give at least the budget"
-            )
+        check_max_budget(settings.budget, settings.max_budget)
         if settings.require_cuda and settings.device == "cpu":
             raise DualGpuUsageError(
                 "require_cuda is set but the device is cpu (from --dualgpu-*, DUALGPU_* or dualgpu_* in "
@@ -246,46 +243,6 @@ def parse_device(raw: object) -> str:
 
 def parse_mode(raw: object) -> str:
     return checked_mode(str(raw).strip())
-
-
-def _seconds(raw: object, what: str, example: str, allow_zero: bool = False) -> float:
-    try:
-        seconds = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        seconds = math.nan
-    low_ok = seconds >= 0 if allow_zero else seconds > 0
-    if isinstance(raw, bool) or not low_ok or math.isinf(seconds):
-        raise DualGpuUsageError(
-            f"{what} must be a number of seconds {'>=' if allow_zero else '>'} 0, e.g. {example}"
-        )
-    return seconds
-
-
-def parse_budget(raw: object) -> float:
-    return _seconds(raw, "the budget", "0.5")
-
-
-def parse_max_budget(raw: object) -> float:
-    return _seconds(raw, "the max budget", "5")
-
-
-def parse_warmup(raw: object) -> float:
-    return _seconds(raw, "the warm-up cap", "3 (0 skips the warm-up)", allow_zero=True)
-
-
-def parse_min_rounds(raw: object) -> int:
-    text = str(raw).strip()
-    if isinstance(raw, bool) or not text.isdigit() or int(text) < 1:
-        raise DualGpuUsageError("min_rounds must be a whole number of rounds >= 1, e.g. 7")
-    return int(text)
-
-
-def parse_settle(raw: object) -> float:
-    return _seconds(raw, "the settling pause", "0.01 (0 for none)", allow_zero=True)
-
-
-def parse_lock_timeout(raw: object) -> float:
-    return _seconds(raw, "the lock timeout", "600")
 
 
 def parse_inconclusive(raw: object) -> str:
@@ -343,13 +300,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "report": parse_report_targets,
     "device": parse_device,
     "mode": parse_mode,
-    "budget": parse_budget,
-    "max_budget": parse_max_budget,
-    "warmup": parse_warmup,
-    "min_rounds": parse_min_rounds,
-    "settle": parse_settle,
+    **{
+        name: functools.partial(parse_setting, name)
+        for name in ("budget", "max_budget", "warmup", "min_rounds", "settle", "lock_timeout")
+    },
     "inconclusive": parse_inconclusive,
-    "lock_timeout": parse_lock_timeout,
     "devices": parse_devices,
     "require_cuda": parse_bool,
     "profile": parse_bool,

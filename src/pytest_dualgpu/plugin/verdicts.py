@@ -17,7 +17,7 @@ from pytest_dualgpu.bounds import Bound, figure, interval_text
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import PERCENTILES
 from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.specs import SyncChecks, Tolerance, check_bool, check_number
+from pytest_dualgpu.specs import SETTINGS, SyncChecks, Tolerance, check_bool, check_number
 from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, NO_TENSOR, PASS, VERDICT_KINDS, WARN
 from pytest_dualgpu.units import parse_size, ratio_text, size_text
 
@@ -32,8 +32,8 @@ class SyncSpec:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        check_number("trials", self.trials, minimum=0, integer=True)
-        check_number("seed", self.seed, integer=True, meaning="a seed a failure reported")
+        SETTINGS["race_trials"].check("trials", self.trials)  # dual_infer's race_trials= and race_seed=
+        SETTINGS["race_seed"].check("seed", self.seed)
         if self.implicit not in ("error", "warn", "ignore"):
             raise DualGpuUsageError(f"implicit must be 'error', 'warn' or 'ignore', got {self.implicit!r}")
         check_bool("sanitizer", self.sanitizer)
