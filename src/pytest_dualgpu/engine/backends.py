@@ -52,9 +52,11 @@ class Backend:
     #: The least warm-up, whatever the convergence rule says.
     min_warmup = 0.05
 
-    def __init__(self, device: torch.device, lane_count: int) -> None:
+    def __init__(self, device: torch.device, lane_count: int, high: Sequence[bool] | None = None) -> None:
         self.device = device
         self.lane_count = lane_count
+        #: Which lanes asked for the device's highest priority (only CUDA streams have one).
+        self.high = [bool(high and high[lane]) for lane in range(lane_count)]
         self.process_threads = torch.get_num_threads()
         self.lane_threads = max(1, self.process_threads // lane_count)
 
@@ -149,9 +151,9 @@ class CudaBackend(Backend):
     min_warmup = 0.25  # a GPU's clocks take a while to rise from idle under load
 
     def __init__(self, device: torch.device, lane_count: int, high: Sequence[bool] | None = None) -> None:
-        super().__init__(device, lane_count)
+        super().__init__(device, lane_count, high)
         self.caller = torch.cuda.current_stream(device)
-        self.streams = lane_streams(device, lane_count, high)
+        self.streams = lane_streams(device, lane_count, self.high)
         self.index = device.index if device.index is not None else torch.cuda.current_device()
         # Timing events come from a free list filled before each run: creating an event inside the
         # timed region (from several lane threads at once) costs more than what it times.
@@ -494,7 +496,7 @@ def lane_streams(
 def make_backend(device: torch.device, lane_count: int, high: Sequence[bool] | None = None) -> Backend:
     if device.type == "cuda":
         return CudaBackend(device, lane_count, high)
-    return Backend(device, lane_count)
+    return Backend(device, lane_count, high)
 
 
 def drop_locals(error: BaseException) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pytest_dualgpu.engine.arrangement import Arrangement
 from pytest_dualgpu.engine.backends import Backend
-from pytest_dualgpu.engine.callsettings import CallSettings, high_priority
+from pytest_dualgpu.engine.callsettings import CallSettings
 from pytest_dualgpu.engine.executor import Lane
 
 
@@ -27,10 +27,10 @@ class CallParts:
     def everyone(self) -> list[int]:
         return list(range(len(self.lanes)))
 
-    @functools.cached_property
+    @property
     def high(self) -> list[bool]:
         """Which lanes' streams get the device's highest priority."""
-        return high_priority(self.settings, self.names)
+        return self.backend.high
 
     @property
     def settle(self) -> float:
