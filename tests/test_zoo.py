@@ -58,10 +58,9 @@ def test_real_pair(dual_infer, model):
 """
 
 
-def test_real_models_pass_the_correct_and_sync_markers_in_an_inner_session(
-    suite: pytest.Pytester, request: pytest.FixtureRequest
-) -> None:
-    suite.makepyfile(realmodels=(request.path.parent / "realmodels.py").read_text(), test_real=INNER)
+def test_real_models_pass_the_correct_and_sync_markers_in_an_inner_session(suite: pytest.Pytester) -> None:
+    # The inner session runs in this process and imports the suite's own realmodels, already loaded here.
+    suite.makepyfile(test_real=INNER)
     result = suite.runpytest(
         *QUICK_ARGS, "-p", "no:randomly", "--dualgpu-report=json:out.json",
         f"--rootdir={suite.path}", "-W", "ignore::DeprecationWarning",
