@@ -184,10 +184,10 @@ def figure_for(result: DualResult, bound: Bound) -> Figure | None:
     return Figure(lane.latency.slowdown(bound.percentile), interval, result.rounds)
 
 
-def final_status(bound: Bound, result: DualResult) -> tuple[str, Figure | None]:
+def final_status(bound: Bound, result: DualResult, reliable: bool) -> tuple[str, Figure | None]:
     """A bound on a finished result: inconclusive whatever the interval says when the result is unreliable
     (its figures cannot all be true, so none of them may pass a verdict)."""
     measured = figure_for(result, bound)
-    if not result.reliable:
+    if not reliable:
         return stats.INCONCLUSIVE, measured
     return bound.decide(measured), measured

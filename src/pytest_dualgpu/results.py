@@ -220,9 +220,10 @@ class ModeProbe:
         return cls(**{**data, "warmup": WarmUp.from_dict(warmup) if warmup else None})
 
 
-@dataclass
+@dataclass(frozen=True)
 class DualResult:
-    """Everything measured in one ``dual_infer`` call. Times are seconds per iteration."""
+    """Everything measured in one ``dual_infer`` call. Times are seconds per iteration. Frozen: what a
+    call measured is read, and a copy without its tensors is made for reports, never changed in place."""
 
     name: str
     device: str
@@ -279,6 +280,10 @@ class DualResult:
     @property
     def lane_names(self) -> list[str]:
         return [lane.name for lane in self.lanes]
+
+    def for_report(self) -> DualResult:
+        """The result without the outputs it keeps, which stay on the device: what a report holds."""
+        return dataclasses.replace(self, outputs=None, reference=None)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: plain numbers, strings, lists and dicts; no tensors."""

@@ -9,7 +9,6 @@ the sentences are the command's answer; parsing arguments and printing stay in `
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -67,7 +66,7 @@ class Task:
                 model_a, model_b, inputs_a, inputs_b, names=list(self.names), name=self.label, **self.settings
             )
             # Outputs stay on the device; a matrix of many pairs must not hold every pair's.
-            self.result = dataclasses.replace(result, outputs=None, reference=None)
+            self.result = result.for_report()
         except Exception as error:  # a model that fails here is reported in its cells; the rest still runs
             self.error = described(error)
 

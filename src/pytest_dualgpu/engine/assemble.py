@@ -1,6 +1,7 @@
 """The last phase of a call (``call.py``): what each phase found, made into one ``DualResult``, then judged:
 checked for figures that cannot be true (``sanity.py``), its bounds decided, and why lanes did not
-overlap named. Built from the findings, never patched afterwards."""
+overlap named. The figures are built once from the findings; the judgement reads them and is added in
+one copy (``DualResult`` is frozen: nothing changes a result in place)."""
 
 from __future__ import annotations
 
@@ -142,15 +143,14 @@ def build_result(parts: CallParts, found: Findings) -> DualResult:
 
 
 def judged(result: DualResult, bounds: Sequence[Bound]) -> DualResult:
-    """The result with its sanity checked, its bounds decided and its no-overlap hint."""
+    """The measured figures with their judgement: checked for figures that cannot be true, the bounds
+    decided (none passes on an unreliable result), and why the lanes did not overlap. The judgement only
+    reads the figures, so it is added in one copy of them; nothing is changed in place."""
     found = assess(result)
     reliable = not found.problems
-    checked = dataclasses.replace(
-        result, reliable=reliable, problems=found.problems, warnings=[*result.warnings, *found.warnings]
-    )
     decisions = []
     for bound in bounds:
-        status, figure = final_status(bound, checked)
+        status, figure = final_status(bound, result, reliable)
         slowdown = bound.metric == "slowdown"
         decisions.append(
             Decision(
@@ -162,7 +162,14 @@ def judged(result: DualResult, bounds: Sequence[Bound]) -> DualResult:
                 bound.percentile if slowdown else None,
             )
         )
-    return dataclasses.replace(checked, decisions=decisions, hint=no_overlap_hint(checked))
+    return dataclasses.replace(
+        result,
+        reliable=reliable,
+        problems=found.problems,
+        warnings=[*result.warnings, *found.warnings],
+        decisions=decisions,
+        hint=no_overlap_hint(result),
+    )
 
 
 def _latency(samples: Samples, index: int) -> Latency | None:

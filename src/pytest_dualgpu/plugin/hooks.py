@@ -346,7 +346,7 @@ def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
         return len(item.stash.get(calls_key, [])) + 1  # calls count from 1, the failed ones too
 
     def record_result(result: DualResult) -> None:
-        stripped = dataclasses.replace(result, outputs=None, reference=None)
+        stripped = result.for_report()
         _record(item, ReportRow(item.nodeid, stripped, call=next_call()))
         item.ihook.pytest_dualgpu_result(result=result, item=item)
 
