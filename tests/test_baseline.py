@@ -70,7 +70,7 @@ def test_regression_needs_the_whole_interval_beyond_the_limit(measured: DualResu
     assert change.limit == pytest.approx(1.8)
     assert comparison.for_row(slower).cell() == "speedup -20.0% REGRESSED"  # type: ignore[union-attr]
     assert (
-        "speedup 1.60x [95% CI 1.55x, 1.75x] vs base 2.00x (-20.0%); limit 1.80x (speedup:10%)"
+        "speedup 1.60x [95% CI 1.55, 1.75] vs base 2.00x (-20.0%); limit 1.80x (speedup:10%)"
         in (comparison.regression_lines()[0])
     )
 

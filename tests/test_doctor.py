@@ -126,7 +126,7 @@ def test_a_stand_in_gpu_with_mps_mig_other_processes_and_throttling(
     assert found["GPU 0 persistence"]["fix"] == "sudo nvidia-smi -pm 1"
     others = found["GPU 0 other processes"]
     assert others["status"] == "warn"
-    assert "pid 4242 python train.py (30000 MiB)" in others["detail"]
+    assert "pid 4242 python train.py (29.3 GiB)" in others["detail"]
     assert found["GPU 0 clocks"]["status"] == "pass"
     assert "SM clock 1980 of 1980 MHz, 41 C, 118 W (via nvidia-smi)" in found["GPU 0 clocks"]["detail"]
     assert "Exclusive_Process" in found["GPU 1 compute mode"]["detail"]

@@ -17,7 +17,7 @@ from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import PERCENTILES
 from pytest_dualgpu.results import DualResult
 from pytest_dualgpu.timeline import Interval
-from pytest_dualgpu.units import ratio_text
+from pytest_dualgpu.units import number_text, ratio_text, size_text, time_text
 
 
 @dataclass(frozen=True)
@@ -158,13 +158,20 @@ def figure(result: DualResult, metric: str) -> Figure | None:
     raise ValueError(f"unknown metric {metric!r}")
 
 
+def value_text(metric: str, value: float, interval: tuple[float, float] | None = None) -> str:
+    """A figure or a bound of ``metric`` as people read it, in the metric's unit."""
+    unit = METRICS[metric].unit
+    if unit == "x":
+        return ratio_text(value, interval)
+    if unit == "s":
+        return time_text(value, interval)
+    if unit == "B":
+        return size_text(int(value))
+    return number_text(value, interval)
+
+
 def interval_text(metric: str, figure: Figure) -> str:
-    lo, hi = figure.interval
-    if metric in ("speedup", "slowdown"):
-        return ratio_text(figure.value, (lo, hi))
-    if metric == "concurrent":
-        return f"{figure.value * 1e3:.3g} ms [95% CI {lo * 1e3:.3g}, {hi * 1e3:.3g}]"
-    return f"{figure.value:.2f} [95% CI {lo:.2f}, {hi:.2f}]"
+    return value_text(metric, figure.value, figure.interval)
 
 
 def all_decided(bounds: Sequence[Bound], figures: Mapping[str, Figure | None]) -> bool:

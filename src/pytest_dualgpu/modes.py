@@ -7,8 +7,9 @@ from pytest_dualgpu.errors import DualGpuUsageError
 AUTO = "auto"
 #: Every mode a call can run in; ``auto`` probes the ones the device has and keeps the best.
 MODES = ("sequential", "streams", "threads", "graphs")
-#: The modes that run lanes at once on a GPU (on CPU only ``threads`` does).
+#: The modes that run lanes at once on a GPU, and on a CPU.
 CUDA_CONCURRENT = ("streams", "threads", "graphs")
+CPU_CONCURRENT = ("threads",)
 CHOICES = (AUTO, *MODES)
 
 

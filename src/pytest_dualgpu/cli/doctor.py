@@ -21,6 +21,7 @@ from pytest_dualgpu.engine.backends import graphs_unsupported
 from pytest_dualgpu.files import write_text
 from pytest_dualgpu.gpustate import HARDWARE, GpuReport, gpu_reports, nvml
 from pytest_dualgpu.machine import cpu_model, machine_info, mps_state
+from pytest_dualgpu.units import size_text
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 STATUSES = (PASS, WARN, FAIL, SKIP)
@@ -158,7 +159,7 @@ def _device(spec: str) -> tuple[torch.device | None, list[Check]]:
     properties = torch.cuda.get_device_properties(index)
     detail = (
         f"{properties.name}: compute capability {properties.major}.{properties.minor}, "
-        f"{properties.multi_processor_count} SMs, {properties.total_memory / 2**30:.1f} GiB"
+        f"{properties.multi_processor_count} SMs, {size_text(properties.total_memory)}"
     )
     return device, [Check("device", PASS, detail)]
 
@@ -300,7 +301,7 @@ def _gpu_checks(report: GpuReport) -> list[Check]:
     if others:
         listed = ", ".join(
             f"pid {process['pid']} {process.get('name') or '?'}"
-            + (f" ({process['used_bytes'] / 2**20:.0f} MiB)" if process.get("used_bytes") else "")
+            + (f" ({size_text(process['used_bytes'])})" if process.get("used_bytes") else "")
             for process in others[:4]
         )
         checks.append(

@@ -23,6 +23,7 @@ from pytest_dualgpu.engine.backends import gpu_sleep, graphs_unsupported
 from pytest_dualgpu.errors import described
 from pytest_dualgpu.modes import CUDA_CONCURRENT
 from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.units import ratio_text, size_text
 
 QUICK: dict[str, Any] = {"budget": 0.2, "max_budget": 1.0, "warmup": 0.5, "min_rounds": 7}
 LANE_SECONDS = 0.002
@@ -123,8 +124,8 @@ def _overlaps(device: torch.device, x: torch.Tensor, mode: str) -> Callable[[], 
 
 def _overlap_check(name: str, result: DualResult, mode: str, lanes: str = "lanes of sleep kernels") -> Check:
     figures = (
-        f"mode {result.mode}: overlap {result.overlap:.2f}, speedup {result.speedup:.2f}x of "
-        f"{result.ideal_speedup:.2f}x"
+        f"mode {result.mode}: overlap {result.overlap:.2f}, speedup {ratio_text(result.speedup)} of "
+        f"{ratio_text(result.ideal_speedup)}"
     )
     if result.mode != mode:
         return Check(
@@ -224,13 +225,13 @@ def _peak_memory(device: torch.device, x: torch.Tensor) -> Check:
         return Check(
             name,
             PASS,
-            f"a lane allocating {ALLOCATED_BYTES >> 20} MiB peaked at {alone / 2**20:.0f} MiB alone, "
-            f"{memory.concurrent / 2**20:.0f} MiB at once",
+            f"a lane allocating {size_text(ALLOCATED_BYTES)} peaked at {size_text(alone)} alone, "
+            f"{size_text(memory.concurrent)} at once",
         )
     return Check(
         name,
         FAIL,
-        f"a lane allocating {ALLOCATED_BYTES >> 20} MiB was counted at {alone / 2**20:.1f} MiB",
+        f"a lane allocating {size_text(ALLOCATED_BYTES)} was counted at {size_text(alone)}",
         "report it",
     )
 

@@ -22,8 +22,9 @@ from pytest_dualgpu.bounds import Bound
 from pytest_dualgpu.engine.api import dual_infer
 from pytest_dualgpu.errors import described
 from pytest_dualgpu.latency import Objective
+from pytest_dualgpu.modes import CPU_CONCURRENT, CUDA_CONCURRENT
 from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.units import ratio_text
+from pytest_dualgpu.units import ratio_text, time_text
 
 Models = Callable[[], tuple[torch.nn.Module, torch.nn.Module, Any, Any]]
 
@@ -98,7 +99,7 @@ def notes(tasks: Iterable[Task]) -> list[str]:
 
 def applicable_modes(device: torch.device) -> list[str]:
     """Every concurrent mode the device can run (the sequential baseline is part of each result)."""
-    return ["streams", "threads", "graphs"] if device.type == "cuda" else ["threads"]
+    return list(CUDA_CONCURRENT if device.type == "cuda" else CPU_CONCURRENT)
 
 
 def profile_tasks(
@@ -143,7 +144,8 @@ def _wrong(result: DualResult) -> str:
 def _pays(mode: str, result: DualResult) -> str:
     lo, hi = result.speedup_ci
     efficiency = "" if result.efficiency is None else f", efficiency {result.efficiency:.2f}"
-    verdict = f"{mode} mode: {result.speedup:.2f}x of an ideal {result.ideal_speedup:.2f}x{efficiency}"
+    ideal = ratio_text(result.ideal_speedup)
+    verdict = f"{mode} mode: {ratio_text(result.speedup)} of an ideal {ideal}{efficiency}"
     against_one = Bound("speedup", 1.0).decide_on(result)
     if against_one == stats.PASS:
         return verdict
@@ -191,9 +193,9 @@ def _cell(task: Task, metric: str = "speedup") -> str:
     marks = (" WRONG" if task.wrong else "") + ("" if task.result.reliable else " UNRELIABLE")
     if metric == "slowdown":
         worse = worse_slowdown(task.result)
-        return ("-" if worse is None else f"{worse:.2f}x") + marks
+        return ("-" if worse is None else f"{ratio_text(worse)}") + marks
     efficiency = "-" if task.result.efficiency is None else f"{task.result.efficiency:.2f}"
-    return f"{task.result.speedup:.2f}x / {efficiency}{marks}"
+    return f"{ratio_text(task.result.speedup)} / {efficiency}{marks}"
 
 
 def slowdown_verdict(tasks: Sequence[Task]) -> str:
@@ -202,9 +204,10 @@ def slowdown_verdict(tasks: Sequence[Task]) -> str:
     if not trusted:
         return "nothing was measured that can be trusted"
     cheapest = min(trusted, key=lambda task: worse_slowdown(_result(task)) or 0.0)
+    cost = worse_slowdown(_result(cheapest)) or 0.0
     return (
         f"the pairing that costs its models least: {cheapest.label}, the worse-off model "
-        f"{worse_slowdown(_result(cheapest)):.2f}x slower at its median latency while the other runs"
+        f"{ratio_text(cost)} slower at its median latency while the other runs"
     )
 
 
@@ -223,8 +226,8 @@ def matrix_verdict(tasks: Sequence[Task]) -> str:
         else:
             kind = "the best pairing"
         sentences.append(
-            f"{kind}: {chosen.label}, {result.speedup:.2f}x of an ideal {result.ideal_speedup:.2f}x "
-            f"({result.mode} mode)"
+            f"{kind}: {chosen.label}, {ratio_text(result.speedup)} of an ideal "
+            f"{ratio_text(result.ideal_speedup)} ({result.mode} mode)"
         )
         sentences.append(f"{len(paying)} of {len(trusted)} pairings gain beyond noise")
     for task in tasks:
@@ -254,7 +257,7 @@ def sweep_rows(tasks: Sequence[Task], objectives: Sequence[Objective] = ()) -> l
                 ratio_text(result.speedup, (lo, hi), label=False)
                 + (" WRONG" if task.wrong else "")
                 + ("" if result.reliable else " UNRELIABLE"),
-                f"{result.ideal_speedup:.2f}x",
+                f"{ratio_text(result.ideal_speedup)}",
                 "-" if result.efficiency is None else f"{result.efficiency:.2f}",
                 *(_rate(batch / lane.alone.median) for lane in result.lanes),
                 _rate(batch / result.concurrent.median),
@@ -276,7 +279,7 @@ def objectives_cell(result: DualResult, objectives: Sequence[Objective]) -> str:
             continue
         value = lane.latency.at_once.at(objective.percentile)
         mark = "ok" if objective.met_by(lane.latency.at_once) else "MISSED"
-        said.append(f"{objective.model} p{objective.percentile} {value * 1e3:.3g} ms {mark}")
+        said.append(f"{objective.model} p{objective.percentile} {time_text(value)} {mark}")
     return "; ".join(said)
 
 
@@ -349,7 +352,7 @@ def sweep_verdict(tasks: Sequence[Task]) -> str:
 
 
 def _batches(tasks: Sequence[Task]) -> str:
-    shown = [f"{task.key} ({_result(task).speedup:.2f}x)" for task in tasks]
+    shown = [f"{task.key} ({ratio_text(_result(task).speedup)})" for task in tasks]
     return ", ".join(shown)
 
 

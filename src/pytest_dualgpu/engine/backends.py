@@ -27,7 +27,7 @@ import torch
 
 from pytest_dualgpu.engine.trees import iter_tensors
 from pytest_dualgpu.gpustate import GpuState, read_state
-from pytest_dualgpu.modes import CUDA_CONCURRENT
+from pytest_dualgpu.modes import CPU_CONCURRENT, CUDA_CONCURRENT
 from pytest_dualgpu.timeline import Interval
 
 Stamps = list[tuple[Any, Any]]
@@ -45,7 +45,7 @@ class Backend:
     """What the engine needs from a device; the CPU flavour, with the CUDA one overriding."""
 
     kind = "cpu"
-    concurrent_modes: tuple[str, ...] = ("threads",)
+    concurrent_modes: tuple[str, ...] = CPU_CONCURRENT
     default_settle = 0.01
     #: An untimed call before each timed sample: on CPU the first call after the settling pause is slow.
     preroll = True

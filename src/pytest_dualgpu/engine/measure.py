@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from pytest_dualgpu import stats
 from pytest_dualgpu.latency import closed_loop
 from pytest_dualgpu.timeline import Interval, overlap
+from pytest_dualgpu.units import time_text
 
 if TYPE_CHECKING:
     from pytest_dualgpu.engine.executor import Run
@@ -149,8 +150,8 @@ def measure_rounds(
             if better != measured.reps and _off_target(samples, target_block):
                 measured.notes.append(
                     f"recalibrated: {measured.reps} call(s) per sample gave blocks of "
-                    f"{min(samples.blocks[name][0] for name in names) * 1e3:.3g}-"
-                    f"{max(samples.blocks[name][0] for name in names) * 1e3:.3g} ms; now {better}"
+                    f"{time_text(min(samples.blocks[name][0] for name in names), unit=False)}-"
+                    f"{time_text(max(samples.blocks[name][0] for name in names))}; now {better}"
                 )
                 measured.reps = better
                 measured.recalibrated += 1
@@ -260,7 +261,7 @@ def _few_rounds(measured: Measured, min_rounds: int, cap: float, settle: float) 
     if shortest * min_rounds > cap:
         pauses = f", {settle * 1e3:g} ms of it settling pauses per variant" if settle else ""
         return (
-            f"{said}: a round takes at least {shortest * 1e3:.0f} ms here{pauses}, so {min_rounds} rounds "
+            f"{said}: a round takes at least {time_text(shortest)} here{pauses}, so {min_rounds} rounds "
             f"need {shortest * min_rounds:.2f} s; raise the budget (max_budget is 5x it unless set)"
         )
     return f"{said}: the rounds took longer as the call went on (the machine slowed down)"

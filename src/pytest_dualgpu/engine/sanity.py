@@ -15,7 +15,7 @@ from pytest_dualgpu import stats
 from pytest_dualgpu.bounds import Bound
 from pytest_dualgpu.gpustate import state_warnings
 from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.units import ratio_text
+from pytest_dualgpu.units import ratio_text, time_text
 
 #: How far the speedup may exceed the ideal before overhead no longer explains it: the ideal rests on the
 #: alone times, which are measured apart from the concurrent run they are compared with.
@@ -122,7 +122,7 @@ def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
         )
         found.problems.append(
             f"speedup {ratio_text(result.speedup, (lo, hi))} is above the ideal "
-            f"{result.ideal_speedup:.2f}x that perfect overlap of these lanes allows (per round by "
+            f"{ratio_text(result.ideal_speedup)} that perfect overlap of these lanes allows (per round by "
             f"{stats.median(over_ideal) - 1:.0%}{_how_surely(over_ideal, 1 + IDEAL_EXCESS)}): {why}"
         )
     if floor and (
@@ -131,8 +131,8 @@ def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
         slowest = max(result.lanes, key=lambda lane: lane.alone.median)
         surely = _how_surely(floor, 1 - CONCURRENT_FLOOR)
         found.problems.append(
-            f"the lanes at once ({_ms(result.concurrent.median)}) finished sooner than lane "
-            f"{slowest.name!r} alone ({_ms(slowest.alone.median)}){surely}: "
+            f"the lanes at once ({time_text(result.concurrent.median)}) finished sooner than lane "
+            f"{slowest.name!r} alone ({time_text(slowest.alone.median)}){surely}: "
             "no overlap can do that, so the alone runs were slowed by something the concurrent run escaped"
         )
     elif result.efficiency_ci is not None and result.efficiency_ci[0] > 1 + IDEAL_EXCESS:
@@ -147,8 +147,8 @@ def _possible(result: DualResult, rounds: _Rounds, found: Assessment) -> None:
         if lo > 1 + SEQUENTIAL_DISAGREEMENT or hi < 1 - SEQUENTIAL_DISAGREEMENT:
             total = sum(lane.alone.median for lane in result.lanes)
             found.problems.append(
-                f"the back-to-back time {_ms(result.sequential.median)} disagrees with the sum of the alone "
-                f"times {_ms(total)} (per round {ratio_text(stats.median(sums), (lo, hi))}): "
+                f"the back-to-back time {time_text(result.sequential.median)} disagrees with the sum of the "
+                f"alone times {time_text(total)} (per round {ratio_text(stats.median(sums), (lo, hi))}): "
                 "the back-to-back run is not what its parts take, so the speedup does not measure overlap"
             )
 
@@ -175,24 +175,25 @@ def _contradictions(result: DualResult, found: Assessment) -> None:
     per_round = _leans(result.speedup)
     if (against_one == stats.PASS and not faster_at_once) or (against_one == stats.FAIL and faster_at_once):
         found.problems.append(
-            f"the rounds contradict each other: speedup {result.speedup:.2f}x per round, but the medians "
-            f"are {_ms(result.sequential.median)} back to back and {_ms(result.concurrent.median)} at once; "
+            f"the rounds contradict each other: speedup {ratio_text(result.speedup)} per round, but the "
+            f"medians are {time_text(result.sequential.median)} back to back and "
+            f"{time_text(result.concurrent.median)} at once; "
             "the machine's speed changed between rounds more than concurrency changed it"
         )
     elif against_one == stats.INCONCLUSIVE and per_round != 0 and per_round == -_leans(by_medians):
         lo, hi = result.speedup_ci
         found.warnings.append(
             f"no gain or loss beyond noise: speedup {ratio_text(result.speedup, (lo, hi))} "
-            f"includes 1, and the medians ({_ms(result.sequential.median)} back to back, "
-            f"{_ms(result.concurrent.median)} at once) lean the other way"
+            f"includes 1, and the medians ({time_text(result.sequential.median)} back to back, "
+            f"{time_text(result.concurrent.median)} at once) lean the other way"
         )
     efficiency = result.efficiency_ci
     if efficiency is not None and (
         (efficiency[0] > 0 and against_one == stats.FAIL) or (efficiency[1] < 0 and against_one == stats.PASS)
     ):
         found.problems.append(
-            f"efficiency {result.efficiency:.2f} and speedup {result.speedup:.2f}x point different ways: "
-            "the alone times moved between rounds"
+            f"efficiency {result.efficiency:.2f} and speedup {ratio_text(result.speedup)} point different "
+            "ways: the alone times moved between rounds"
         )
 
 
@@ -229,7 +230,3 @@ def _outliers(rounds: _Rounds, found: Assessment) -> None:
             f"{len(far)} of {len(speedups)} rounds are far outliers (speedup beyond 3 IQR of the quartiles); "
             "they are kept: the median and its interval do not depend on how far out they lie"
         )
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3g} ms"

@@ -13,13 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pytest_dualgpu.bounds import Bound, figure, interval_text
+from pytest_dualgpu.bounds import Bound, figure, interval_text, value_text
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import PERCENTILES
 from pytest_dualgpu.results import DualResult
 from pytest_dualgpu.specs import SETTINGS, SyncChecks, Tolerance, check_bool, check_number
 from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, NO_TENSOR, PASS, VERDICT_KINDS, WARN
-from pytest_dualgpu.units import parse_size, ratio_text, size_text
+from pytest_dualgpu.units import number_text, parse_size, ratio_text, size_text, time_text
 
 
 @dataclass(frozen=True)
@@ -311,7 +311,7 @@ def _judge_speedup(result: DualResult, spec: SpeedupSpec) -> Verdict:
         return Verdict("speedup", f"not judged ({device_type})")
     lo, hi = result.speedup_ci
     measured = (
-        f"speedup {ratio_text(result.speedup, (lo, hi))} of an ideal {result.ideal_speedup:.2f}x, "
+        f"speedup {ratio_text(result.speedup, (lo, hi))} of an ideal {ratio_text(result.ideal_speedup)}, "
         f"efficiency {_maybe(result.efficiency)}, overlap {result.overlap:.2f}, "
         f"mode {result.mode!r} on {result.device}"
     )
@@ -326,23 +326,23 @@ def _judge_speedup(result: DualResult, spec: SpeedupSpec) -> Verdict:
         measured_figure = figure(result, bound.metric)
         if bound.metric == "efficiency" and measured_figure is None:
             misses.append(
-                f"no efficiency to reach {bound.value:.2f}: these lanes cannot gain from overlap (ideal "
-                f"{result.ideal_speedup:.2f}x)"
+                f"no efficiency to reach {number_text(bound.value)}: these lanes cannot gain from overlap "
+                f"(ideal {ratio_text(result.ideal_speedup)})"
             )
             continue
         status = bound.decide(measured_figure)
         shown = "speedup" if bound.metric == "speedup" else "efficiency"
+        limit = value_text(bound.metric, bound.value)
         if status == FAIL:
-            misses.append(f"{shown} below the bound {_bound_text(bound)}")
+            misses.append(f"{shown} below the bound {limit}")
         elif status == INCONCLUSIVE and measured_figure is not None:
-            open_bounds.append(
-                f"{interval_text(bound.metric, measured_figure)} straddles {_bound_text(bound)}"
-            )
+            open_bounds.append(f"{interval_text(bound.metric, measured_figure)} straddles {limit}")
     if misses:
         if spec.min is not None and spec.min > result.ideal_speedup:
             hint = (
-                f"the bound {spec.min:.2f}x is above the ideal {result.ideal_speedup:.2f}x that perfect "
-                "overlap of these lanes would give; lower min, or balance the lanes so the ideal rises"
+                f"the bound {ratio_text(spec.min)} is above the ideal {ratio_text(result.ideal_speedup)} "
+                "that perfect overlap of these lanes would give; lower min, or balance the lanes so the "
+                "ideal rises"
             )
         else:
             hint = speedup_hint(result)
@@ -381,18 +381,14 @@ def _judge_interference(result: DualResult, spec: InterferenceSpec) -> Verdict:
         if lane.latency is None:
             open_lanes.append(f"lane {bound.lane!r} has no latencies measured")
             continue
-        measured = (
-            f"lane {bound.lane!r} p{p} {lane.latency.at_once.at(p) * 1e3:.3g} ms at once against "
-            f"{lane.latency.alone.at(p) * 1e3:.3g} ms alone: {lane.latency.slowdown(p):.2f}x"
-        )
         interval = lane.latency.slowdown_ci(p)
+        measured = (
+            f"lane {bound.lane!r} p{p} {time_text(lane.latency.at_once.at(p))} at once against "
+            f"{time_text(lane.latency.alone.at(p))} alone: {ratio_text(lane.latency.slowdown(p), interval)}"
+        )
         status = bound.decide_on(result)
         if status == FAIL:
-            assert interval is not None
-            misses.append(
-                f"{measured} [95% CI {interval[0]:.2f}, {interval[1]:.2f}] slower, above the bound "
-                f"{bound.value:.2f}x"
-            )
+            misses.append(f"{measured} slower, above the bound {ratio_text(bound.value)}")
         elif status == INCONCLUSIVE:
             if interval is None:
                 calls = min(lane.latency.alone.n, lane.latency.at_once.n)
@@ -400,9 +396,7 @@ def _judge_interference(result: DualResult, spec: InterferenceSpec) -> Verdict:
                     f"{measured}, but {calls} calls give no interval at p{p} (raise the budget)"
                 )
             else:
-                open_lanes.append(
-                    f"{measured} [95% CI {interval[0]:.2f}, {interval[1]:.2f}] straddles {bound.value:.2f}x"
-                )
+                open_lanes.append(f"{measured} straddles {ratio_text(bound.value)}")
     if misses:
         return Verdict(
             "interference", FAIL, f"{'; '.join(misses)}; hint: {_interference_hint(result, names)}"
@@ -432,10 +426,6 @@ def _interference_hint(result: DualResult, names: Sequence[str]) -> str:
     )
 
 
-def _bound_text(bound: Bound) -> str:
-    return f"{bound.value:.2f}x" if bound.metric == "speedup" else f"{bound.value:.2f}"
-
-
 def speedup_hint(result: DualResult) -> str:
     """The likely reason concurrency did not pay, from what was measured."""
     if result.mode == "sequential":
@@ -444,7 +434,7 @@ def speedup_hint(result: DualResult) -> str:
         return result.hint
     if result.ideal_speedup < 1.2:
         return (
-            f"one lane dominates (ideal is only {result.ideal_speedup:.2f}x): balance the lanes, e.g. "
+            f"one lane dominates (ideal is only {ratio_text(result.ideal_speedup)}): balance the lanes, e.g. "
             "their batch sizes, before expecting a speedup"
         )
     if result.efficiency is not None and result.efficiency < 0.2:
@@ -474,7 +464,7 @@ def _judge_memory(result: DualResult, spec: MemorySpec) -> Verdict:
         misses.append(f"peak above the bound {size_text(limit)}")
     ratio = memory.ratio
     if spec.max_ratio is not None and ratio is not None and ratio > spec.max_ratio:
-        misses.append(f"ratio {ratio:.2f} above the bound {spec.max_ratio:.2f}x the sequential peak")
+        misses.append(f"ratio {ratio:.2f} above the bound {ratio_text(spec.max_ratio)} the sequential peak")
     if not misses:
         return Verdict("memory", PASS)
     return Verdict(

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dualgpu import stats
-from pytest_dualgpu.bounds import METRICS, Bound, figure
+from pytest_dualgpu.bounds import METRICS, Bound, figure, value_text
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.reports.rows import ReportRow, load_report
 from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.units import parse_size, size_text
+from pytest_dualgpu.units import parse_size
 
 THRESHOLD_FORMS = (
     "speedup:10%, efficiency:10% or efficiency:0.1, concurrent:10% or concurrent:2ms, memory:10% or "
@@ -168,12 +168,10 @@ class MetricChange:
 
     def describe(self) -> str:
         lo, hi = self.interval
-        text = f"{self.metric} {_value(self.metric, self.new)}"
-        if lo != hi:
-            text += f" [95% CI {_value(self.metric, lo)}, {_value(self.metric, hi)}]"
-        text += f" vs base {_value(self.metric, self.base)} ({self.change})"
+        text = f"{self.metric} {value_text(self.metric, self.new, None if lo == hi else (lo, hi))}"
+        text += f" vs base {value_text(self.metric, self.base)} ({self.change})"
         if self.limit is not None:
-            text += f"; limit {_value(self.metric, self.limit)} ({self.threshold})"
+            text += f"; limit {value_text(self.metric, self.limit)} ({self.threshold})"
         if self.limit is not None and not self.reliable:
             text += "; this run's result is unreliable"
         return text
@@ -334,13 +332,3 @@ def _change(
         rounds=new_figure.rounds,
         reliable=new.reliable,
     )
-
-
-def _value(metric: str, value: float) -> str:
-    if metric == "speedup":
-        return f"{value:.2f}x"
-    if metric == "efficiency":
-        return f"{value:.2f}"
-    if metric == "concurrent":
-        return f"{value * 1e3:.3g} ms"
-    return size_text(int(value))

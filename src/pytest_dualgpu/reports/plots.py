@@ -20,6 +20,7 @@ from pytest_dualgpu.files import write_bytes
 from pytest_dualgpu.reports.rows import ReportRow
 from pytest_dualgpu.results import DualResult
 from pytest_dualgpu.timeline import LaneTimeline, drawn_note, overlap
+from pytest_dualgpu.units import ratio_text
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -67,7 +68,7 @@ def timeline_figure(row: ReportRow) -> Figure:
     figure = _new_figure(TIMELINE_BASE_PX + TIMELINE_TRACK_PX * max(tracks, 1))
     result = row.result
     title = (
-        f"{row.label}\nspeedup {result.speedup:.2f}x (ideal {result.ideal_speedup:.2f}x), "
+        f"{row.label}\nspeedup {ratio_text(result.speedup)} (ideal {ratio_text(result.ideal_speedup)}), "
         f"overlap {result.overlap:.2f} (median of {result.rounds} rounds)"
     )
     drawn = dict(runs).get("concurrent")
@@ -204,7 +205,7 @@ def write_matrix_png(
             text, ink = "failed", "black"
             if cell is not None:
                 efficiency = "-" if cell.efficiency is None else f"{cell.efficiency:.2f}"
-                text = f"{cell.speedup:.2f}x\neff {efficiency}"
+                text = f"{ratio_text(cell.speedup)}\neff {efficiency}"
                 if math.isfinite(cell.speedup):
                     ink = _ink_on(colours(norm(cell.speedup)))
             axes.text(column, row, text, ha="center", va="center", fontsize=8, color=ink)

@@ -23,7 +23,7 @@ from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.fieldtypes import FieldTypeError, check_fields
 from pytest_dualgpu.results import DualResult
 from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, VERDICT_KINDS, WARN
-from pytest_dualgpu.units import ratio_text
+from pytest_dualgpu.units import mib_text, ratio_text, time_text
 
 JSON_VERSION = 4
 #: Versions ``load_report`` reads: 2 lacks the warm-up, reliability and decision fields, which read back
@@ -134,7 +134,7 @@ def _lanes(row: ReportRow) -> str:
 
 
 def _alone(row: ReportRow) -> str:
-    return " / ".join(_ms(lane.alone.median) for lane in row.result.lanes)
+    return " / ".join(time_text(lane.alone.median, unit=False) for lane in row.result.lanes)
 
 
 def _speedup(row: ReportRow) -> str:
@@ -171,7 +171,7 @@ def _memory(row: ReportRow) -> str:
     memory = row.result.memory
     if memory is None:
         return "-"
-    return f"{memory.sequential / 2**20:.1f} / {memory.concurrent / 2**20:.1f}"
+    return f"{mib_text(memory.sequential)} / {mib_text(memory.concurrent)}"
 
 
 def _kernel_overlap(row: ReportRow) -> str:
@@ -211,10 +211,10 @@ def default_columns() -> list[Column]:
         Column("device", lambda row: row.result.device, priority=10),
         Column("mode", lambda row: row.result.mode, priority=70),
         Column("alone ms", _alone, priority=25),
-        Column("seq ms", lambda row: _ms(row.result.sequential.median), priority=52),
-        Column("conc ms", lambda row: _ms(row.result.concurrent.median), priority=55),
+        Column("seq ms", lambda row: time_text(row.result.sequential.median, unit=False), priority=52),
+        Column("conc ms", lambda row: time_text(row.result.concurrent.median, unit=False), priority=55),
         Column("speedup [95% CI]", _speedup, priority=ALWAYS),
-        Column("ideal", lambda row: f"{row.result.ideal_speedup:.2f}x", priority=30),
+        Column("ideal", lambda row: f"{ratio_text(row.result.ideal_speedup)}", priority=30),
         Column("eff", _efficiency, priority=80),
         Column("overlap", lambda row: f"{row.result.overlap:.2f}", priority=60),
         Column("slowdown", _slowdown, optional=True, priority=50),
@@ -323,9 +323,9 @@ def latency_table(rows: Sequence[ReportRow], tablefmt: str = "github") -> str:
                 [
                     row.label,
                     lane.name,
-                    " / ".join(_ms(latency.alone.at(p)) for p in (50, 90, 99)),
-                    " / ".join(_ms(latency.at_once.at(p)) for p in (50, 90, 99)),
-                    f"{latency.slowdown(50):.2f}x{shown}",
+                    " / ".join(time_text(latency.alone.at(p), unit=False) for p in (50, 90, 99)),
+                    " / ".join(time_text(latency.at_once.at(p), unit=False) for p in (50, 90, 99)),
+                    f"{ratio_text(latency.slowdown(50))}{shown}",
                     f"{latency.alone.n} / {latency.at_once.n}",
                 ]
             )
@@ -396,7 +396,3 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(item) for item in value]
     return value
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3g}"
