@@ -29,16 +29,18 @@ EVERYTHING = """
 import pytest
 import torch
 from torch import nn
-from inner_models import Drifting, Gil, Raising, Sleep
+from inner_models import Drifting, Raising, Sleep
 
 @pytest.mark.dualgpu_correct
 @pytest.mark.dualgpu_sync(trials=2)
 def test_linear_pair(dual_infer):
     dual_infer(nn.Linear(64, 64), nn.Linear(64, 64), torch.randn(32, 64), profile=True)
 
+# A sleeping lane beside one that takes no time: nothing to gain, so min=2.5 fails. A GIL-holding lane here
+# was now and then judged impossible under QUICK (no settling), and an unreliable result passes no verdict.
 @pytest.mark.dualgpu_speedup(min=2.5, device="cpu")
 def test_wrong_and_slow(dual_infer):
-    dual_infer(Drifting(), Gil(), torch.ones(2))
+    dual_infer(Drifting(), Sleep(), torch.ones(2))
 
 def test_pipeline(dual_infer):
     dual_infer.pipeline(nn.Linear(8, 8), nn.Linear(8, 8), torch.randn(8, 8), micro_batches=2)
