@@ -203,8 +203,13 @@ def test_bounds_are_parsed_and_bad_ones_named() -> None:
     )
     with pytest.raises(DualGpuUsageError, match="a bound is on one of speedup, efficiency, concurrent"):
         parse_bounds({"memory": 1})
-    with pytest.raises(DualGpuUsageError, match="the speedup bound must be a finite number"):
+    with pytest.raises(DualGpuUsageError, match="the speedup bound must be a number > 0, got 'fast'"):
         parse_bounds({"speedup": "fast"})
+    # One rule per metric (bounds.METRICS), which dualgpu_speedup(min=) is checked against too.
+    with pytest.raises(DualGpuUsageError, match="the speedup bound must be a number > 0, got -1"):
+        parse_bounds({"speedup": -1})
+    with pytest.raises(DualGpuUsageError, match=r"the efficiency bound must be a number <= 1, got 1\.5"):
+        parse_bounds({"efficiency": 1.5})
     with pytest.raises(DualGpuUsageError, match="bounds must be a mapping"):
         parse_bounds([1.3])
 

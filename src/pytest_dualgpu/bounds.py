@@ -8,14 +8,14 @@ inconclusive however long it is measured, which is the honest answer. Torch-free
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pytest_dualgpu import stats
 from pytest_dualgpu.errors import DualGpuUsageError
-from pytest_dualgpu.latency import PERCENTILES
+from pytest_dualgpu.latency import check_percentile
 from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.specs import NumberRule
 from pytest_dualgpu.timeline import Interval
 from pytest_dualgpu.units import number_text, ratio_text, size_text, time_text
 
@@ -26,17 +26,21 @@ class Metric:
     higher_is_better: bool
     margin: stats.Margin
     unit: str
+    #: What a bound on the metric may be, wherever it is given (``bounds=``, a marker, the gate).
+    bound_rule: NumberRule
 
 
 #: Margins: 2% of a speedup or a time (the hand-off and timer overhead of a run, measured against
 #: hand-written loops in docs/measurement.md), 0.04 of efficiency (2% of the times moves a balanced pair's
 #: efficiency by up to twice that), nothing for memory (an exact count of bytes).
 METRICS: dict[str, Metric] = {
-    "speedup": Metric("speedup", True, stats.Margin(0.02), "x"),
-    "efficiency": Metric("efficiency", True, stats.Margin(0.04, relative=False), ""),
-    "concurrent": Metric("concurrent", False, stats.Margin(0.02), "s"),
-    "memory": Metric("memory", False, stats.Margin(0.0), "B"),
-    "slowdown": Metric("slowdown", False, stats.Margin(0.02), "x"),
+    "speedup": Metric("speedup", True, stats.Margin(0.02), "x", NumberRule(0, strict=True)),
+    "efficiency": Metric("efficiency", True, stats.Margin(0.04, relative=False), "", NumberRule(maximum=1)),
+    "concurrent": Metric(
+        "concurrent", False, stats.Margin(0.02), "s", NumberRule(0, strict=True, unit="seconds")
+    ),
+    "memory": Metric("memory", False, stats.Margin(0.0), "B", NumberRule(0, strict=True, unit="bytes")),
+    "slowdown": Metric("slowdown", False, stats.Margin(0.02), "x", NumberRule(0, strict=True)),
 }
 TIMED = ("speedup", "efficiency", "concurrent", "slowdown")
 
@@ -57,14 +61,8 @@ class Bound:
                 f"a bound is on one of {', '.join(TIMED)}, got {self.metric!r} "
                 "(e.g. bounds={'speedup': 1.3})"
             )
-        value = self.value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DualGpuUsageError(f"the {self.metric} bound must be a finite number, got {value!r}")
-        if self.percentile not in PERCENTILES:
-            raise DualGpuUsageError(
-                f"percentile must be one of {', '.join(map(str, PERCENTILES))} (the latencies measured), "
-                f"got {self.percentile!r}"
-            )
+        METRICS[self.metric].bound_rule.check(f"the {self.metric} bound", self.value)
+        check_percentile(self.percentile)
 
     @property
     def key(self) -> str:

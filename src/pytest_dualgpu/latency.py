@@ -16,9 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_dualgpu import stats
+from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.timeline import Interval
 
 PERCENTILES = (50, 90, 99)
+
+
+def check_percentile(value: object) -> None:
+    """A usage error unless ``value`` is a percentile measured for every lane."""
+    if isinstance(value, bool) or value not in PERCENTILES:
+        raise DualGpuUsageError(
+            f"percentile must be one of {', '.join(map(str, PERCENTILES))} (the latencies measured), "
+            f"got {value!r}"
+        )
+
+
 #: Fewer calls than this make a p99 that is just the slowest call or two; the result says so.
 P99_MEANINGFUL_CALLS = 100
 

@@ -78,6 +78,11 @@ def check_number(
     NumberRule(minimum, maximum, strict, integer, unit, meaning).check(name, value)
 
 
+#: What a call measures with unless told otherwise, wherever it is told (API, options, command).
+DEFAULT_BUDGET = 1.0
+DEFAULT_WARMUP = 3.0
+DEFAULT_LOCK_TIMEOUT = 600.0
+
 #: The measuring settings' numbers, by their name in the API (the option, variable, ini key and flag of
 #: each are named after it).
 SETTINGS: dict[str, NumberRule] = {

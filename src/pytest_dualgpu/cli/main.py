@@ -18,7 +18,7 @@ from pytest_dualgpu import __version__
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import Objective
 from pytest_dualgpu.modes import CHOICES
-from pytest_dualgpu.specs import parse_setting
+from pytest_dualgpu.specs import DEFAULT_BUDGET, DEFAULT_WARMUP, parse_setting
 
 COMMAND_EXAMPLES = {
     "doctor": ["dualgpu doctor --device cuda --json doctor.json", "dualgpu doctor --no-self-test"],
@@ -158,7 +158,9 @@ def _add_inputs(parser: argparse.ArgumentParser, meaning: str) -> None:
     parser.add_argument("--inputs", nargs="+", metavar="SPEC", default=[], help=f"Input specs: {meaning}")
 
 
-def _add_measuring(parser: argparse.ArgumentParser, modes: bool = False, budget: float = 1.0) -> None:
+def _add_measuring(
+    parser: argparse.ArgumentParser, modes: bool = False, budget: float = DEFAULT_BUDGET
+) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N"
     )
@@ -178,7 +180,7 @@ def _add_measuring(parser: argparse.ArgumentParser, modes: bool = False, budget:
     parser.add_argument(
         "--warmup",
         type=_setting("warmup"),
-        help="Cap in seconds of each call's steady-state warm-up (default 3; 0 skips it)",
+        help=f"Cap in seconds of each call's steady-state warm-up (default {DEFAULT_WARMUP:g}; 0 skips it)",
     )
     parser.add_argument(
         "--min-rounds",

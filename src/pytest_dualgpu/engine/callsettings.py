@@ -10,14 +10,21 @@ from typing import TYPE_CHECKING
 from pytest_dualgpu.bounds import Bound, parse_bounds
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.modes import checked_mode
-from pytest_dualgpu.specs import SyncChecks, Tolerance, check_bool, check_max_budget, check_setting
+from pytest_dualgpu.specs import (
+    DEFAULT_BUDGET,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_WARMUP,
+    SyncChecks,
+    Tolerance,
+    check_bool,
+    check_max_budget,
+    check_setting,
+)
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_WARMUP = 3.0
 MAX_BUDGET_FACTOR = 5.0
-DEFAULT_LOCK_TIMEOUT = 600.0
 
 
 NUMBERS = (
@@ -39,7 +46,7 @@ class CallSettings:
 
     mode: str = "auto"
     device: str | torch.device | None = None
-    budget: float = 1.0
+    budget: float = DEFAULT_BUDGET
     max_budget: float | None = None  # None: MAX_BUDGET_FACTOR x budget
     warmup: float = DEFAULT_WARMUP
     bounds: tuple[Bound, ...] = ()

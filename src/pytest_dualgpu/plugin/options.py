@@ -17,13 +17,12 @@ from typing import Any, Literal
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.modes import MODES, checked_mode
 from pytest_dualgpu.reports.gate import Threshold, parse_threshold
-from pytest_dualgpu.specs import check_max_budget, parse_setting
+from pytest_dualgpu.specs import DEFAULT_BUDGET, DEFAULT_LOCK_TIMEOUT, check_max_budget, parse_setting
 
 ReportKind = Literal["term", "term-wide", "json", "md", "trace", "png"]
 REPORT_KINDS: tuple[ReportKind, ...] = ("term", "term-wide", "json", "md", "trace", "png")
 TERMINAL_KINDS = ("term", "term-wide")
 TARGET_FORMS = "term, term-wide, json:PATH, md, md:PATH, trace:DIR or png:DIR"
-DEFAULT_BUDGET = 1.0
 INCONCLUSIVE_CHOICES = ("warn", "fail", "skip")
 
 
@@ -71,7 +70,7 @@ OPTIONS = (
     ),
     Option("device", "Device to measure on: auto (default: cuda if available), cpu, cuda, cuda:N", "string"),
     Option("mode", f"Execution mode of dual_infer: auto (default), {', '.join(MODES)}", "string"),
-    Option("budget", f"Seconds of measured rounds per dual_infer call (default {DEFAULT_BUDGET})", "float"),
+    Option("budget", f"Seconds of measured rounds per dual_infer call (default {DEFAULT_BUDGET:g})", "float"),
     Option(
         "max_budget",
         "Seconds a call may keep measuring to decide a bound the budget left open (default 5x the budget)",
@@ -103,7 +102,8 @@ OPTIONS = (
     ),
     Option(
         "lock_timeout",
-        "Seconds to wait for another process's measuring lock before giving up (default 600)",
+        "Seconds to wait for another process's measuring lock before giving up "
+        f"(default {DEFAULT_LOCK_TIMEOUT:g})",
         "float",
     ),
     Option(

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pytest_dualgpu.bounds import Bound, figure, interval_text, value_text
+from pytest_dualgpu.bounds import METRICS, Bound, figure, interval_text, value_text
 from pytest_dualgpu.errors import DualGpuUsageError
-from pytest_dualgpu.latency import PERCENTILES
+from pytest_dualgpu.latency import check_percentile
 from pytest_dualgpu.results import DualResult
 from pytest_dualgpu.specs import SETTINGS, SyncChecks, Tolerance, check_bool, check_number
 from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, NO_TENSOR, PASS, VERDICT_KINDS, WARN
@@ -56,8 +56,8 @@ class SpeedupSpec:
     def __post_init__(self) -> None:
         if self.min is None and self.min_efficiency is None:
             raise DualGpuUsageError("give min (a speedup such as 1.3) and/or min_efficiency (such as 0.5)")
-        check_number("min", self.min, minimum=0.0, strict=True)
-        check_number("min_efficiency", self.min_efficiency, maximum=1.0)
+        METRICS["speedup"].bound_rule.check("min", self.min)
+        METRICS["efficiency"].bound_rule.check("min_efficiency", self.min_efficiency)
         _check_device_types(self.device)
 
     @property
@@ -105,11 +105,8 @@ class InterferenceSpec:
     def __post_init__(self) -> None:
         if self.max_slowdown is None:
             raise DualGpuUsageError("give max_slowdown, such as 1.5 (at most 1.5 times slower at once)")
-        check_number("max_slowdown", self.max_slowdown, minimum=0.0, strict=True)
-        if isinstance(self.percentile, bool) or self.percentile not in PERCENTILES:
-            raise DualGpuUsageError(
-                f"percentile must be one of {', '.join(map(str, PERCENTILES))}, got {self.percentile!r}"
-            )
+        METRICS["slowdown"].bound_rule.check("max_slowdown", self.max_slowdown)
+        check_percentile(self.percentile)
         names = self.lane_names
         if names is not None and (not names or not all(isinstance(name, str) and name for name in names)):
             raise DualGpuUsageError(f"lanes must be lane names (strings), got {self.lanes!r}")
