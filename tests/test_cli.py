@@ -462,6 +462,10 @@ MLP = f"{DEMO}:MLP"
         (["profile", MLP, MLP, "--budget", "inf"], "a number of seconds > 0"),
         (["profile", MLP, MLP, "--min-rounds", "0"], "--min-rounds: '0': min_rounds must be an integer >= 1"),
         (["profile", MLP, MLP, "--settle", "-1"], "--settle: '-1': settle must be a number of seconds >= 0"),
+        (
+            ["profile", MLP, MLP, "--budget", "2", "--max-budget", "1"],
+            "max_budget (1 s) must be at least the budget",
+        ),
         (["profile", MLP, MLP, "--inputs", "torch:randn"], "a builtin whose arguments cannot be read"),
         (["profile", MLP, MLP, "--json", "."], "--json: . is a directory; give a file path"),
         (

@@ -99,7 +99,7 @@ def test_chrome_trace_lines_runs_up_from_zero_in_microseconds() -> None:
     names = [e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "process_name"]
     assert names == [
         "t: concurrent run (threads) - each bar one call",
-        "sequential run (baseline) - each bar one call",
+        "sequential run (back to back) - each bar one call",
     ]
     assert json.loads(json.dumps(trace)) == trace
 

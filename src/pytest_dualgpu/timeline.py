@@ -85,7 +85,7 @@ def drawn_note(run: str, lines: Sequence[LaneTimeline], micro_batches: bool = Fa
 #: The runs of a result, in the order their tracks are shown, and how each is titled.
 TRACE_RUNS = {
     "concurrent": "concurrent run",
-    "sequential": "sequential run (baseline)",
+    "sequential": "sequential run (back to back)",
     "kernels": "profiled concurrent run (torch.profiler)",
 }
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pytest_dualgpu.cli import tasks as profiler
+from pytest_dualgpu.cli import tasks as command_tasks
 from pytest_dualgpu.cli.main import INTERRUPTED, emit
 from pytest_dualgpu.cli.tasks import Models, Task
 from pytest_dualgpu.engine.devices import place_model, resolve_device
@@ -36,11 +36,12 @@ from pytest_dualgpu.reports.rows import (
     latency_table,
 )
 from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.specs import check_max_budget
 
 DEMO = [f"pytest_dualgpu.demo:{name}" for name in ("MLP", "SmallCNN", "TinyTransformer")]
 
 
-class Lanes:
+class ModelBuilder:
     """How to build a fresh pair of placed models and their inputs, for one task."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype | None) -> None:
@@ -93,14 +94,10 @@ def run_command(arguments: argparse.Namespace) -> int:
 
         require_matplotlib()
     device = resolve_device(arguments.device, "--device")
-    lanes = Lanes(device, getattr(torch, arguments.dtype) if arguments.dtype else None)
+    builder = ModelBuilder(device, getattr(torch, arguments.dtype) if arguments.dtype else None)
     settings: dict[str, Any] = {"device": device, "budget": arguments.budget}
     if arguments.max_budget is not None:
-        if arguments.max_budget < arguments.budget:
-            raise DualGpuUsageError(
-                f"--max-budget {arguments.max_budget:g} is below --budget {arguments.budget:g}; "
-                "give at least the budget"
-            )
+        check_max_budget(arguments.budget, arguments.max_budget)
         settings["max_budget"] = arguments.max_budget
     for name in ("warmup", "min_rounds", "settle"):
         if getattr(arguments, name) is not None:
@@ -108,18 +105,18 @@ def run_command(arguments: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if arguments.progress is None else arguments.progress
     command = arguments.command
     if command == "demo":
-        return _demo(arguments, lanes, settings, progress)
+        return _demo(arguments, builder, settings, progress)
     refs = [ModelRef(text) for text in arguments.models]
     specs = _specs(arguments.inputs, len(refs))
     if command == "matrix":
-        return _matrix(arguments, refs, specs, lanes, settings, progress)
+        return _matrix(arguments, refs, specs, builder, settings, progress)
     pair_refs = (refs[0], refs[1])
     pair_specs = (specs[0], specs[1])
-    first, second = lanes.check(refs, specs, batch=arguments.batch[0] if command == "sweep" else None)
+    first, second = builder.check(refs, specs, batch=arguments.batch[0] if command == "sweep" else None)
     names = (first, second)
     if command == "profile":
-        modes = [arguments.mode] if arguments.mode else profiler.applicable_modes(device)
-        tasks = profiler.profile_tasks(lanes.pair(pair_refs, pair_specs), names, modes, settings)
+        modes = [arguments.mode] if arguments.mode else command_tasks.applicable_modes(device)
+        tasks = command_tasks.profile_tasks(builder.pair(pair_refs, pair_specs), names, modes, settings)
         return _finish(arguments, tasks, _run(tasks, progress, "profile"), _profile_text)
     for objective in arguments.slo:
         if objective.model not in names:
@@ -127,7 +124,7 @@ def run_command(arguments: argparse.Namespace) -> int:
                 f"--slo {objective}: no model named {objective.model!r}; the models are {', '.join(names)}"
             )
     tasks = [
-        Task(f"{names[0]} + {names[1]} @ batch {batch}", names, lanes.pair(pair_refs, pair_specs, batch),
+        Task(f"{names[0]} + {names[1]} @ batch {batch}", names, builder.pair(pair_refs, pair_specs, batch),
              {**settings, "mode": arguments.mode or "auto"}, key=batch)
         for batch in arguments.batch
     ]  # fmt: skip
@@ -163,12 +160,12 @@ def _matrix(
     arguments: argparse.Namespace,
     refs: list[ModelRef],
     specs: list[InputSpec | None],
-    lanes: Lanes,
+    builder: ModelBuilder,
     settings: dict[str, Any],
     progress: bool,
 ) -> int:
-    names = lanes.check(refs, specs)
-    tasks = _matrix_tasks(names, refs, specs, lanes, {**settings, "mode": arguments.mode or "auto"})
+    names = builder.check(refs, specs)
+    tasks = _matrix_tasks(names, refs, specs, builder, {**settings, "mode": arguments.mode or "auto"})
     interrupted = _run(tasks, progress, "matrix")
     if arguments.png:
         _matrix_png(names, tasks, arguments.png)
@@ -179,22 +176,24 @@ def _matrix_tasks(
     names: list[str],
     refs: list[ModelRef],
     specs: list[InputSpec | None],
-    lanes: Lanes,
+    builder: ModelBuilder,
     settings: dict[str, Any],
 ) -> list[Task]:
     tasks = []
-    for first, second in profiler.matrix_pairs(len(refs)):
+    for first, second in command_tasks.matrix_pairs(len(refs)):
         pair = (names[first], names[second] if first != second else f"{names[second]}-copy")
-        make = lanes.pair((refs[first], refs[second]), (specs[first], specs[second]))
+        make = builder.pair((refs[first], refs[second]), (specs[first], specs[second]))
         tasks.append(Task(f"{pair[0]} + {pair[1]}", pair, make, settings, key=(first, second)))
     return tasks
 
 
-def _demo(arguments: argparse.Namespace, lanes: Lanes, settings: dict[str, Any], progress: bool) -> int:
+def _demo(
+    arguments: argparse.Namespace, builder: ModelBuilder, settings: dict[str, Any], progress: bool
+) -> int:
     refs = [ModelRef(text) for text in DEMO]
     specs: list[InputSpec | None] = [None] * len(refs)
     names = _unique([ref.name for ref in refs])
-    tasks = _matrix_tasks(names, refs, specs, lanes, {**settings, "mode": arguments.mode or "auto"})
+    tasks = _matrix_tasks(names, refs, specs, builder, {**settings, "mode": arguments.mode or "auto"})
     interrupted = _run(tasks, progress, "demo: matrix")
     print(f"== matrix of the built-in models ({', '.join(names)}) ==")
     print(_matrix_text(names, tasks))
@@ -202,12 +201,14 @@ def _demo(arguments: argparse.Namespace, lanes: Lanes, settings: dict[str, Any],
     if arguments.png:
         _matrix_png(names, tasks, arguments.png)
     pairs = [task for task in tasks if task.key[0] != task.key[1]]
-    best = profiler.best(pairs)
+    best = command_tasks.best(pairs)
     profiled: list[Task] = []
     if best is not None and not interrupted:
         pair_refs = (refs[best.key[0]], refs[best.key[1]])
-        modes = [arguments.mode] if arguments.mode else profiler.applicable_modes(lanes.device)
-        profiled = profiler.profile_tasks(lanes.pair(pair_refs, (None, None)), best.names, modes, settings)
+        modes = [arguments.mode] if arguments.mode else command_tasks.applicable_modes(builder.device)
+        profiled = command_tasks.profile_tasks(
+            builder.pair(pair_refs, (None, None)), best.names, modes, settings
+        )
         interrupted = _run(profiled, progress, "demo: profile")
         print(f"\n== profile of the best pair of two different models, {best.label} ==")
         print(_profile_text(profiled))
@@ -248,19 +249,19 @@ def _finish(arguments: argparse.Namespace, tasks: list[Task], interrupted: bool,
 
 def _print_notes(tasks: list[Task]) -> None:
     """Under a table: each unreliable result's problems and each result's warnings."""
-    for line in profiler.notes(task for task in tasks if task.done):
+    for line in command_tasks.notes(task for task in tasks if task.done):
         print(line)
 
 
 def _profile_text(tasks: list[Task]) -> str:
-    results = profiler.results_of(tasks)
+    results = command_tasks.results_of(tasks)
     lines = [format_results(results)] if results else []
     latencies = latency_table([ReportRow(f"{result.mode} mode", result) for result in results], "simple")
     if latencies:
         lines += ["", "latency of each model, ms (closed loop, alone and while the other runs):", latencies]
     lines += [f"{task.key}: failed: {task.error}" for task in tasks if task.error is not None]
     lines += _efficiency_notes(results)
-    lines.append(f"verdict: {profiler.profile_verdict(tasks)}")
+    lines.append(f"verdict: {command_tasks.profile_verdict(tasks)}")
     return "\n".join(lines)
 
 
@@ -270,19 +271,21 @@ def _efficiency_notes(results: list[DualResult]) -> list[str]:
 
 
 def _matrix_text(names: list[str], tasks: list[Task], metric: str = "speedup") -> str:
-    verdict = profiler.matrix_verdict(tasks) if metric == "speedup" else profiler.slowdown_verdict(tasks)
-    notes = _efficiency_notes(profiler.results_of(tasks)) if metric == "speedup" else []
-    return "\n".join([profiler.matrix_table(names, tasks, metric=metric), *notes, f"verdict: {verdict}"])
+    verdict = (
+        command_tasks.matrix_verdict(tasks) if metric == "speedup" else command_tasks.slowdown_verdict(tasks)
+    )
+    notes = _efficiency_notes(command_tasks.results_of(tasks)) if metric == "speedup" else []
+    return "\n".join([command_tasks.matrix_table(names, tasks, metric=metric), *notes, f"verdict: {verdict}"])
 
 
 def _sweep_text(names: tuple[str, str], tasks: list[Task], objectives: Sequence[Objective] = ()) -> str:
     lines = [
-        profiler.sweep_table(names, tasks, objectives=objectives),
-        *_efficiency_notes(profiler.results_of(tasks)),
-        f"verdict: {profiler.sweep_verdict(tasks)}",
+        command_tasks.sweep_table(names, tasks, objectives=objectives),
+        *_efficiency_notes(command_tasks.results_of(tasks)),
+        f"verdict: {command_tasks.sweep_verdict(tasks)}",
     ]
     if objectives:
-        lines.append(f"objectives: {profiler.objectives_verdict(tasks, objectives)}")
+        lines.append(f"objectives: {command_tasks.objectives_verdict(tasks, objectives)}")
     return "\n".join(lines)
 
 

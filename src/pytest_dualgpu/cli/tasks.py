@@ -98,7 +98,7 @@ def notes(tasks: Iterable[Task]) -> list[str]:
 
 
 def applicable_modes(device: torch.device) -> list[str]:
-    """Every concurrent mode the device can run (the sequential baseline is part of each result)."""
+    """Every concurrent mode the device can run (the sequential run is part of each result)."""
     return list(CUDA_CONCURRENT if device.type == "cuda" else CPU_CONCURRENT)
 
 

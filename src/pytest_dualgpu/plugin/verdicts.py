@@ -426,7 +426,7 @@ def _interference_hint(result: DualResult, names: Sequence[str]) -> str:
 def speedup_hint(result: DualResult) -> str:
     """The likely reason concurrency did not pay, from what was measured."""
     if result.mode == "sequential":
-        return "the call ran in 'sequential' mode, which is the baseline itself; use mode='auto'"
+        return "the call ran in 'sequential' mode, which is the back-to-back run itself; use mode='auto'"
     if result.hint:
         return result.hint
     if result.ideal_speedup < 1.2:
