@@ -20,7 +20,7 @@ from quick import QUICK_ARGS
 
 from pytest_dualgpu.engine.profiling import all_threads_config
 from pytest_dualgpu.plugin.options import parse_thresholds
-from pytest_dualgpu.timeline import result_file_stem
+from pytest_dualgpu.reports.traces import result_file_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "report-schema.json").read_text())

@@ -23,8 +23,9 @@ from pytest_dualgpu.reports.plots import (
     write_timeline_png,
 )
 from pytest_dualgpu.reports.rows import ReportRow
+from pytest_dualgpu.reports.traces import chrome_trace
 from pytest_dualgpu.results import Decision, DualResult
-from pytest_dualgpu.timeline import LaneTimeline, chrome_trace, overlap
+from pytest_dualgpu.timeline import LaneTimeline, overlap
 
 NODEID = "test_x.py::test_y"
 

@@ -12,7 +12,8 @@ from quick import QUICK, QUICK_ARGS
 
 from pytest_dualgpu import dual_infer
 from pytest_dualgpu.engine.profiling import all_threads_config
-from pytest_dualgpu.timeline import LaneTimeline, chrome_trace, overlap, result_file_stem
+from pytest_dualgpu.reports.traces import chrome_trace, result_file_stem
+from pytest_dualgpu.timeline import LaneTimeline, overlap
 
 TWO_TESTS = """
 import torch

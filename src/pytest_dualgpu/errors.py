@@ -75,8 +75,7 @@ def first_line(error: BaseException) -> str:
 
 def described(error: BaseException) -> str:
     """``"RuntimeError: <its first line>"``, or only the type's name when the message is empty."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
 
 
 class MeasuringLockTimeout(DualGpuError, TimeoutError):

@@ -1,7 +1,7 @@
 """The value objects one ``dual_infer`` call produces, and their JSON form.
 
 Like ``torch.utils.benchmark``'s ``Measurement``, these only hold numbers and their own warnings; turning
-them into tables is ``report.py``'s job. ``to_dict`` drops the tensors (outputs, reference) so the result
+them into tables and files is the job of ``reports/``. ``to_dict`` drops the tensors (outputs, reference) so the result
 can travel through JSON, JUnit properties and pytest-xdist; ``from_dict`` reads it back.
 """
 

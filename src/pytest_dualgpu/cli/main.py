@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dualgpu import __version__
-from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.errors import DualGpuUsageError, described
 from pytest_dualgpu.latency import Objective
 from pytest_dualgpu.modes import CHOICES
 from pytest_dualgpu.specs import DEFAULT_BUDGET, DEFAULT_WARMUP, parse_setting
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dualgpu {arguments.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # writing a file failed (a full disk): the old file, if any, is untouched
-        print(f"dualgpu {arguments.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"dualgpu {arguments.command}: error: {described(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before measuring began (imports, building models): nothing to show
         print(f"dualgpu {arguments.command}: interrupted before anything was measured", file=sys.stderr)

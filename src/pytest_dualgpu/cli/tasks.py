@@ -3,7 +3,7 @@
 Each is a list of ``Task``s run one after another with the same engine the fixtures use; a task that
 fails is kept with its error and the rest still run, and whatever finished can be reported at any point
 (the command prints it when interrupted). Turning tasks into tables and sentences is here too, because
-the sentences are the command's answer; parsing arguments and printing stay in ``cli.py`` and
+the sentences are the command's answer; parsing arguments and printing stay in ``main.py`` and
 ``commands.py``.
 """
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from pytest_dualgpu.engine.trees import Kind, children, is_array, kind
+from pytest_dualgpu.errors import described
 from pytest_dualgpu.specs import Tolerance
 
 
@@ -54,9 +55,7 @@ def compare_lanes(
             total.merge(
                 Comparison(
                     correct=False,
-                    mismatches=[
-                        f"lane {name!r} output: could not be compared: {type(error).__name__}: {error}"
-                    ],
+                    mismatches=[f"lane {name!r} output: could not be compared: {described(error)}"],
                 )
             )
     return total
@@ -213,9 +212,7 @@ def _compare_value(expected: Any, actual: Any, path: str) -> Leaf:
     try:
         equal = bool(actual == expected)
     except Exception as error:  # an equality that raises says nothing about equality
-        return Leaf(
-            path, uncomparable=f"a {_qualified(expected)} whose == raised {type(error).__name__}: {error}"
-        )
+        return Leaf(path, uncomparable=f"a {_qualified(expected)} whose == raised {described(error)}")
     if equal:
         return Leaf(path)
     shown = repr(expected) if len(repr(expected)) <= 60 else _describe(expected)

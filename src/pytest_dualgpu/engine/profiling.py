@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from pytest_dualgpu.errors import described
 from pytest_dualgpu.timeline import Interval, LaneTimeline, overlap
 
 #: Segments kept per track for traces and reports (every row carries them); the overlap uses all of them.
@@ -76,7 +77,7 @@ def profile_pass(
             profiler.stop()
             events = _exported_events(profiler)
         except Exception as error:
-            failure = f"kernel overlap not measured: the profiler failed ({type(error).__name__}: {error})"
+            failure = f"kernel overlap not measured: the profiler failed ({described(error)})"
     if failure is not None:
         return KernelProfile([], None, [failure])
     names = {thread: lane for thread, lane in lane_threads if thread is not None}

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pytest_dualgpu import files
-from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.errors import DualGpuUsageError, described
 from pytest_dualgpu.plugin.options import TERMINAL_KINDS, ReportTarget, Settings
 from pytest_dualgpu.plugin.spool import CallSpool, WorkerSpool
 from pytest_dualgpu.plugin.verdicts import speedup_hint
@@ -35,7 +35,7 @@ from pytest_dualgpu.reports.rows import (
     markdown,
 )
 from pytest_dualgpu.reports.tablefit import fit_columns, terminal_width
-from pytest_dualgpu.timeline import chrome_trace, result_file_stem
+from pytest_dualgpu.reports.traces import chrome_trace, result_file_stem
 
 OURS = (PROPERTY, ERROR_PROPERTY)
 
@@ -175,7 +175,7 @@ class ResultCollector:
             except Exception as error:  # one target that cannot be written must not cost the others
                 # What could be checked was, at start-up; what fails now (a full disk, a folder removed
                 # meanwhile) fails the session the same way for every kind of report.
-                self.problems.append(f"could not write the {target} report: {type(error).__name__}: {error}")
+                self.problems.append(f"could not write the {target} report: {described(error)}")
                 session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def _write(self, kind: str, path: str | None) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dualgpu.reports.rows import Column, ReportRow, format_table
-from pytest_dualgpu.timeline import result_file_stem
+from pytest_dualgpu.reports.traces import result_file_stem
 
 
 class HtmlExtras:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.files import write_bytes
 from pytest_dualgpu.reports.rows import ReportRow
+from pytest_dualgpu.reports.traces import drawn_note
 from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.timeline import LaneTimeline, drawn_note, overlap
+from pytest_dualgpu.timeline import LaneTimeline, overlap
 from pytest_dualgpu.units import ratio_text
 
 if TYPE_CHECKING:

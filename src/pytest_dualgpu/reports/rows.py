@@ -19,7 +19,7 @@ from typing import Any, Literal
 from tabulate import tabulate
 
 from pytest_dualgpu import stats
-from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.errors import DualGpuUsageError, described
 from pytest_dualgpu.fieldtypes import FieldTypeError, check_fields
 from pytest_dualgpu.results import DualResult
 from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, VERDICT_KINDS, WARN
@@ -42,7 +42,7 @@ class ReportRow:
     result: DualResult
     verdicts: dict[str, str] = field(default_factory=dict)
     call: int = 1  # counted from 1 in its test, as in every message and file name
-    # Set on the controller when the session compares with a baseline (``baseline.py``).
+    # Set on the controller when the session compares with a baseline (``gate.py``).
     vs_base: str | None = None
     baseline: dict[str, Any] | None = None
     # Set by ``dualgpu report`` when merged files measured the same test on several machines.
@@ -372,9 +372,7 @@ def load_report(path: Path, shown: str, fix: str) -> SavedReport:
             rows = [dataclasses.replace(row, call=row.call + 1) for row in rows]
             errors = [dataclasses.replace(error, call=error.call + 1) for error in errors]
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise DualGpuUsageError(
-            f"{shown}: a result could not be read ({type(error).__name__}: {error}); {fix}"
-        ) from None
+        raise DualGpuUsageError(f"{shown}: a result could not be read ({described(error)}); {fix}") from None
     for index, row in enumerate(rows):
         try:
             check_fields(row.result, f"results[{index}]")
