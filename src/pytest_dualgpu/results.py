@@ -1,8 +1,8 @@
 """The value objects one ``dual_infer`` call produces, and their JSON form.
 
 Like ``torch.utils.benchmark``'s ``Measurement``, these only hold numbers and their own warnings; turning
-them into tables and files is the job of ``reports/``. ``to_dict`` drops the tensors (outputs, reference) so the result
-can travel through JSON, JUnit properties and pytest-xdist; ``from_dict`` reads it back.
+them into tables and files is the job of ``reports/``. ``to_dict`` drops the tensors (outputs, reference)
+so the result can travel through JSON, JUnit properties and pytest-xdist; ``from_dict`` reads it back.
 """
 
 from __future__ import annotations
@@ -211,6 +211,26 @@ class ModeProbe:
     chosen: bool = False
     warmup: WarmUp | None = None
 
+    @classmethod
+    def from_rounds(
+        cls,
+        mode: str,
+        sequential: Sequence[float],
+        concurrent: Sequence[float],
+        *,
+        warmup: WarmUp | None = None,
+        chosen: bool = False,
+    ) -> ModeProbe:
+        """A mode's figures from its paired rounds: the median per-round speedup, each run's median."""
+        return cls(
+            mode,
+            speedup=stats.median(stats.paired_ratios(sequential, concurrent)),
+            sequential=stats.median(sequential),
+            concurrent=stats.median(concurrent),
+            chosen=chosen,
+            warmup=warmup,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "warmup": self.warmup.to_dict() if self.warmup else None}
 
@@ -218,6 +238,12 @@ class ModeProbe:
     def from_dict(cls, data: dict[str, Any]) -> ModeProbe:
         warmup = data.get("warmup")
         return cls(**{**data, "warmup": WarmUp.from_dict(warmup) if warmup else None})
+
+
+def default_name(lane_names: Sequence[str], pipeline: bool = False) -> str:
+    """A result's name where the call gave none: its lanes, side by side or in the order they hand over.
+    The plugin predicts it (to find a saved result's limits) and the table leaves it out of the label."""
+    return (" -> " if pipeline else "+").join(lane_names)
 
 
 @dataclass(frozen=True)

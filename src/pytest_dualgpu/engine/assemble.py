@@ -74,13 +74,12 @@ def build_result(parts: CallParts, found: Findings) -> DualResult:
     alone = [lane.alone.median for lane in lanes]
     efficiencies = per_round_efficiencies(samples, len(lanes), arrangement.best_time)
     comparison = compare_lanes(parts.names, checks.reference, checks.outputs, settings.tolerance)
-    chosen = ModeProbe(
+    chosen = ModeProbe.from_rounds(
         mode_name,
-        speedup=stats.median(ratios),
-        sequential=sequential.median,
-        concurrent=concurrent.median,
-        chosen=True,
+        samples.elapsed["sequential"],
+        samples.elapsed["concurrent"],
         warmup=found.mode_warmups.get(mode_name),
+        chosen=True,
     )
     probes = {**found.probes, mode_name: chosen}
     notes = measuring_notes(

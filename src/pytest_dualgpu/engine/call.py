@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytest_dualgpu import stats
 from pytest_dualgpu.engine.arrangement import Arrangement, SideBySide
 from pytest_dualgpu.engine.assemble import Findings, build_result, judged
 from pytest_dualgpu.engine.backends import Backend, drop_locals, make_backend
@@ -42,11 +41,7 @@ from pytest_dualgpu.engine.steadystate import CallWarmUp
 from pytest_dualgpu.engine.stopping import StoppingRule, figures
 from pytest_dualgpu.engine.workers import still_running
 from pytest_dualgpu.errors import ConcurrentOutOfMemoryError, LaneError
-from pytest_dualgpu.results import (
-    DualResult,
-    ModeProbe,
-    WarmUp,
-)
+from pytest_dualgpu.results import DualResult, ModeProbe, WarmUp, default_name
 
 PROBE_ROUNDS = 3
 LOCK_WAIT_WARNING_SECONDS = 1.0
@@ -95,7 +90,9 @@ def run_pipeline(
         Lane(lane_names[1], calls.consumer_taking_over),
     ]
     pipeline = Pipeline(calls, inputs, micro_batches)
-    return _measured(backend, lanes, settings, name or " -> ".join(lane_names), pipeline, notify)
+    return _measured(
+        backend, lanes, settings, name or default_name(lane_names, pipeline=True), pipeline, notify
+    )
 
 
 def _measured(
@@ -121,7 +118,7 @@ def _measured(
             "these measurements"
             for entry in still_running()
         ]
-        return measurement.run(name or "+".join(lane.name for lane in lanes))
+        return measurement.run(name or default_name([lane.name for lane in lanes]))
     except BaseException as error:
         # Every failure gives cached device memory back; after running out of it, the frames that
         # still hold the lane's tensors are cleared first, or there would be nothing to give back.
@@ -263,14 +260,8 @@ class _Measuring:
             if not samples.rounds:
                 self.probes[mode.name] = ModeProbe(mode.name, warmup=warmup)
                 continue
-            self.probes[mode.name] = ModeProbe(
-                mode.name,
-                speedup=stats.median(
-                    stats.paired_ratios(samples.elapsed["sequential"], samples.elapsed["concurrent"])
-                ),
-                sequential=stats.median(samples.elapsed["sequential"]),
-                concurrent=stats.median(samples.elapsed["concurrent"]),
-                warmup=warmup,
+            self.probes[mode.name] = ModeProbe.from_rounds(
+                mode.name, samples.elapsed["sequential"], samples.elapsed["concurrent"], warmup=warmup
             )
         return min(modes, key=lambda mode: self.probes[mode.name].concurrent or math.inf)
 

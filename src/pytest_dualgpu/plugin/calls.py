@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_dualgpu.bounds import Bound
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.reports.gate import Baseline, Threshold
+from pytest_dualgpu.results import default_name
 
 if TYPE_CHECKING:
     from pytest_dualgpu.engine.api import DualInfer
@@ -55,16 +56,16 @@ class FixtureDualInfer:
     def __call__(
         self, model_a: Any, model_b: Any, inputs: Any, inputs_b: Any = None, **settings: Any
     ) -> DualResult:
-        settings = self._with_bounds(settings, [model_a, model_b], "+")
+        settings = self._with_bounds(settings, [model_a, model_b])
         return self._bound(model_a, model_b, inputs, inputs_b, **settings)
 
     def many(self, models: Sequence[Any], inputs: Sequence[Any], **settings: Any) -> DualResult:
-        return self._bound.many(models, inputs, **self._with_bounds(settings, models, "+"))
+        return self._bound.many(models, inputs, **self._with_bounds(settings, models))
 
     def pipeline(
         self, producer: Any, consumer: Any, inputs: Any, micro_batches: int = 4, **settings: Any
     ) -> DualResult:
-        settings = self._with_bounds(settings, [producer, consumer], " -> ")
+        settings = self._with_bounds(settings, [producer, consumer], pipeline=True)
         return self._bound.pipeline(producer, consumer, inputs, micro_batches, **settings)
 
     def bind(self, **settings: Any) -> FixtureDualInfer:
@@ -77,23 +78,25 @@ class FixtureDualInfer:
     def settings(self) -> Any:
         return self._bound.settings
 
-    def _with_bounds(self, settings: dict[str, Any], models: Sequence[Any], joint: str) -> dict[str, Any]:
+    def _with_bounds(
+        self, settings: dict[str, Any], models: Sequence[Any], pipeline: bool = False
+    ) -> dict[str, Any]:
         if "bounds" in settings:
             return settings
         bounds = self._marker_bounds
-        name = self._result_name(settings, models, joint)
+        name = self._result_name(settings, models, pipeline)
         if name is not None:
             bounds += self._gate.bounds(name, self._recorded_names().count(name))
         return {**settings, "bounds": bounds} if bounds else settings
 
-    def _result_name(self, settings: dict[str, Any], models: Sequence[Any], joint: str) -> str | None:
+    def _result_name(self, settings: dict[str, Any], models: Sequence[Any], pipeline: bool) -> str | None:
         """The name the result will have; None where the call is malformed (the engine says why)."""
         if settings.get("name"):
             return str(settings["name"])
         from pytest_dualgpu.engine.inputs import lane_names_for
 
         try:
-            return joint.join(lane_names_for(list(models), settings.get("names")))
+            return default_name(lane_names_for(list(models), settings.get("names")), pipeline)
         except DualGpuUsageError:
             return None
 

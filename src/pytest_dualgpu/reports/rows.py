@@ -21,7 +21,7 @@ from tabulate import tabulate
 from pytest_dualgpu import stats
 from pytest_dualgpu.errors import DualGpuUsageError, described
 from pytest_dualgpu.fieldtypes import FieldTypeError, check_fields
-from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.results import DualResult, default_name
 from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, VERDICT_KINDS, WARN
 from pytest_dualgpu.units import mib_text, ratio_text, time_text
 
@@ -53,8 +53,11 @@ class ReportRow:
         """The test, with the result's name when the test gave it one."""
         if not self.nodeid:
             return self.result.name
-        default_name = "+".join(self.result.lane_names)
-        label = self.nodeid if self.result.name == default_name else f"{self.nodeid} [{self.result.name}]"
+        label = (
+            self.nodeid
+            if self.result.name == default_name(self.result.lane_names)
+            else f"{self.nodeid} [{self.result.name}]"
+        )
         return label if self.call == 1 else f"{label} call {self.call}"
 
     @property
