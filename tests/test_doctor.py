@@ -81,7 +81,8 @@ def test_every_setting_is_named_when_set_and_cuda_ones_fail_nothing_on_cpu(tmp_p
 def test_the_same_settings_fail_the_checks_of_a_gpu(tmp_path: Path) -> None:
     done = doctor("--device", "cpu", "--no-self-test", "--json", str(tmp_path / "d.json"))
     assert done.returncode == 0
-    from pytest_dualgpu.envsettings import FAIL, findings
+    from pytest_dualgpu.envsettings import findings
+    from pytest_dualgpu.stats import FAIL
 
     found = {
         finding.name: finding

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-PASS, WARN, FAIL = "pass", "warn", "fail"
+from pytest_dualgpu.stats import FAIL, PASS, WARN
 
 
 @dataclass(frozen=True)

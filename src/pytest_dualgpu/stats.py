@@ -82,6 +82,7 @@ PASS = "pass"
 FAIL = "fail"
 INCONCLUSIVE = "inconclusive"
 WARN = "warn"
+SKIP = "skip"  # a check that does not apply here (the doctor's)
 NO_TENSOR = "not judged (no tensor)"
 NOTICES = (WARN, NO_TENSOR)  # statuses that pass the test with a warning
 #: The markers whose verdicts a result carries, in the report's order.

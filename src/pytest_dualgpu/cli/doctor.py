@@ -21,9 +21,9 @@ from pytest_dualgpu.engine.backends import graphs_unsupported
 from pytest_dualgpu.files import write_text
 from pytest_dualgpu.gpustate import HARDWARE, GpuReport, gpu_reports, nvml
 from pytest_dualgpu.machine import cpu_model, machine_info, mps_state
+from pytest_dualgpu.stats import FAIL, PASS, SKIP, WARN
 from pytest_dualgpu.units import size_text
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 STATUSES = (PASS, WARN, FAIL, SKIP)
 HOT_CELSIUS = 85
 

@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_dualgpu.cli.doctor import FAIL, PASS, SKIP, Check
+from pytest_dualgpu.cli.doctor import Check
 from pytest_dualgpu.engine.api import dual_infer
 from pytest_dualgpu.engine.backends import gpu_sleep, graphs_unsupported
 from pytest_dualgpu.errors import described
 from pytest_dualgpu.modes import CUDA_CONCURRENT
 from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.stats import FAIL, PASS, SKIP
 from pytest_dualgpu.units import ratio_text, size_text
 
 QUICK: dict[str, Any] = {"budget": 0.2, "max_budget": 1.0, "warmup": 0.5, "min_rounds": 7}

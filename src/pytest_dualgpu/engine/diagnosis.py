@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pytest_dualgpu.envsettings import FAIL, troubles
+from pytest_dualgpu.envsettings import troubles
 from pytest_dualgpu.results import DualResult
+from pytest_dualgpu.stats import FAIL
 
 NO_OVERLAP = 0.1
 
