@@ -8,7 +8,7 @@ from command import dualgpu
 from pytest_dualgpu.engine.callsettings import CallSettings
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.plugin.options import Settings
-from pytest_dualgpu.specs import SETTINGS
+from pytest_dualgpu.specs import SETTING_RULES
 
 HEADER_SUITE = "def test_nothing():\n    pass\n"
 
@@ -386,7 +386,7 @@ def test_a_gpu_index_beyond_the_visible_ones_is_a_usage_error(
 def test_a_bad_number_gets_one_message_from_the_api_the_plugin_and_the_command(
     name: str, given: str, value: float
 ) -> None:
-    expected = SETTINGS[name].expected(name)
+    expected = SETTING_RULES[name].expected(name)
     with pytest.raises(DualGpuUsageError) as api:
         CallSettings(**{name: value})
     assert str(api.value) == f"{expected}, got {value!r}"

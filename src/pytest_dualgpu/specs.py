@@ -85,7 +85,7 @@ DEFAULT_LOCK_TIMEOUT = 600.0
 
 #: The measuring settings' numbers, by their name in the API (the option, variable, ini key and flag of
 #: each are named after it).
-SETTINGS: dict[str, NumberRule] = {
+SETTING_RULES: dict[str, NumberRule] = {
     "budget": NumberRule(0, strict=True, unit="seconds", meaning="of measuring per call, e.g. 1.0"),
     "max_budget": NumberRule(
         0, strict=True, unit="seconds", meaning="of measuring to decide a bound, e.g. 5"
@@ -107,11 +107,11 @@ SETTINGS: dict[str, NumberRule] = {
 
 
 def check_setting(name: str, value: object) -> None:
-    SETTINGS[name].check(name, value)
+    SETTING_RULES[name].check(name, value)
 
 
 def parse_setting(name: str, raw: object) -> Any:
-    return SETTINGS[name].parse(name, raw)
+    return SETTING_RULES[name].parse(name, raw)
 
 
 def check_max_budget(budget: float, max_budget: float | None) -> None:

@@ -17,7 +17,7 @@ from pytest_dualgpu.bounds import METRICS, Bound, figure, interval_text, value_t
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import check_percentile
 from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.specs import SETTINGS, SyncChecks, Tolerance, check_bool, check_number
+from pytest_dualgpu.specs import SETTING_RULES, SyncChecks, Tolerance, check_bool, check_number
 from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, NO_TENSOR, PASS, VERDICT_KINDS, WARN
 from pytest_dualgpu.units import number_text, parse_size, ratio_text, size_text, time_text
 
@@ -32,8 +32,8 @@ class SyncSpec:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        SETTINGS["race_trials"].check("trials", self.trials)  # dual_infer's race_trials= and race_seed=
-        SETTINGS["race_seed"].check("seed", self.seed)
+        SETTING_RULES["race_trials"].check("trials", self.trials)  # dual_infer's race_trials= and race_seed=
+        SETTING_RULES["race_seed"].check("seed", self.seed)
         if self.implicit not in ("error", "warn", "ignore"):
             raise DualGpuUsageError(f"implicit must be 'error', 'warn' or 'ignore', got {self.implicit!r}")
         check_bool("sanitizer", self.sanitizer)
