@@ -155,8 +155,7 @@ class _Measuring:
                 f"priorities= asks for CUDA stream priorities; on {self.backend.kind} there are no streams, "
                 "so it changed nothing"
             )
-        self.probes: dict[str, ModeProbe] = {}
-        self.warming = CallWarmUp(parts, self.warnings, self.probes)
+        self.warming = CallWarmUp(parts)
 
     def run(self, name: str) -> DualResult:
         started = time.perf_counter()
@@ -170,7 +169,7 @@ class _Measuring:
             try:
                 deadline = warmed + self.settings.measuring_cap
                 reps = self._calibrate(lane_warmups, modes, eager)
-                chosen = self._choose(modes, reps, deadline)
+                chosen, probes = self._probe(modes, reps, deadline)
                 gpu_at_start = self.backend.gpu_state()
                 measured = self._measure(chosen, eager, reps, warmed, deadline)
                 gpu_at_end = self.backend.gpu_state()
@@ -188,7 +187,8 @@ class _Measuring:
                     if self.settings.profile
                     else None
                 )
-                sync = sync_stats(chosen, executor, reference, self.settings, self.warnings)
+                sync_warnings: list[str] = []
+                sync = sync_stats(chosen, executor, reference, self.settings, sync_warnings)
             finally:
                 for mode in modes:
                     mode.close()
@@ -199,10 +199,10 @@ class _Measuring:
             measured=measured,
             lane_warmups=lane_warmups,
             mode_warmups=self.warming.mode_warmups,
-            probes=self.probes,
+            probes={**self.warming.failed_modes, **probes},
             input_writes=self.warming.input_writes,
             checks=Checks(memory, outputs, reference, sync, profile, gpu_state),
-            warnings=self.warnings,
+            warnings=[*self.warnings, *self.warming.warnings, *sync_warnings],
             lock_wait=self.lock_wait,
             warmup_seconds=warmed - started,
             measuring_seconds=measuring_seconds,
@@ -233,15 +233,16 @@ class _Measuring:
         variants = len(self.names) + 2
         return self.settings.budget / (3 * self.settings.min_rounds * variants)
 
-    def _choose(self, modes: list[Mode], reps: int, deadline: float) -> Mode:
-        """The mode whose concurrent run is fastest in a few short rounds.
+    def _probe(self, modes: list[Mode], reps: int, deadline: float) -> tuple[Mode, dict[str, ModeProbe]]:
+        """The mode whose concurrent run is fastest in a few short rounds, and what each mode did in them.
 
         Fastest, not highest speedup: each mode's speedup is against a sequential run in its own style, and
         graph replays back to back are faster than eager calls, so a high speedup over a slow sequential run
         could still be the slower way to serve.
         """
         if len(modes) == 1:
-            return modes[0]
+            return modes[0], {}
+        probes: dict[str, ModeProbe] = {}
         for mode in modes:
             warmup = self.warming.mode_warmups.get(mode.name)
             measured = measure_rounds(
@@ -258,12 +259,12 @@ class _Measuring:
             )
             samples = measured.samples
             if not samples.rounds:
-                self.probes[mode.name] = ModeProbe(mode.name, warmup=warmup)
+                probes[mode.name] = ModeProbe(mode.name, warmup=warmup)
                 continue
-            self.probes[mode.name] = ModeProbe.from_rounds(
+            probes[mode.name] = ModeProbe.from_rounds(
                 mode.name, samples.elapsed["sequential"], samples.elapsed["concurrent"], warmup=warmup
             )
-        return min(modes, key=lambda mode: self.probes[mode.name].concurrent or math.inf)
+        return min(modes, key=lambda mode: probes[mode.name].concurrent or math.inf), probes
 
     def _measure(self, mode: Mode, eager: Mode, reps: int, start: float, deadline: float) -> Measured:
         variants: dict[str, Callable[[int], Run]] = {

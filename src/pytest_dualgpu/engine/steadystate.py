@@ -21,13 +21,13 @@ from pytest_dualgpu.specs import Tolerance
 
 class CallWarmUp:
     """What the warm-up found, filled in as it goes: a failure part-way still leaves the peaks taken so far
-    for the error that names them. ``warnings`` and ``probes`` are the call's, added to."""
+    for the error that names them. ``failed_modes``: the probes of modes that could not even be set up."""
 
-    def __init__(self, parts: CallParts, warnings: list[str], probes: dict[str, ModeProbe]) -> None:
+    def __init__(self, parts: CallParts) -> None:
         self.parts = parts
         self.settings = parts.settings
-        self.warnings = warnings
-        self.probes = probes
+        self.warnings: list[str] = []
+        self.failed_modes: dict[str, ModeProbe] = {}
         self.mode_warmups: dict[str, WarmUp] = {}
         self.alone_peaks: dict[str, int] | None = None
         self.input_writes: list[str] = []
@@ -113,7 +113,7 @@ class CallWarmUp:
             try:
                 mode = self.parts.arrangement.mode(mode_name, executor)
             except GraphCaptureError as error:
-                self.probes[mode_name] = ModeProbe(mode_name, error=error.reason)
+                self.failed_modes[mode_name] = ModeProbe(mode_name, error=error.reason)
                 if candidates == [mode_name]:
                     self.warnings.append(f"{error.reason}; ran 'threads' instead")
                     candidates.append("threads")
