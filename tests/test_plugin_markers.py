@@ -15,7 +15,7 @@ from pytest_dualgpu import dual_infer
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.plugin.verdicts import MemorySpec, SpeedupSpec, judge, parse_marker
 from pytest_dualgpu.results import DualResult, MemoryStats
-from pytest_dualgpu.units import parse_size
+from pytest_dualgpu.specs import parse_size
 
 
 def rows(path: Path) -> list[dict[str, object]]:

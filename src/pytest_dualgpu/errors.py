@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pytest_dualgpu.units import size_text
+
 
 class DualGpuError(Exception):
     """Base class of everything pytest-dualgpu raises on purpose."""
@@ -52,8 +54,6 @@ class ConcurrentOutOfMemoryError(DualGpuError, MemoryError):
     def __init__(self, run: str, lane: str, alone_peaks: dict[str, int] | None, original: BaseException):
         self.run = run
         self.lane = lane
-        from pytest_dualgpu.units import size_text  # units' own errors come from here
-
         self.alone_peaks = alone_peaks
         if alone_peaks:
             peaks = ", ".join(f"{name} {size_text(peak)}" for name, peak in alone_peaks.items())

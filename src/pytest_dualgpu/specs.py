@@ -1,4 +1,4 @@
-"""What a call or a marker may be asked for, checked in one place: numbers, flags, and the tolerance.
+"""What a call or a marker may be asked for, checked in one place: numbers, sizes, flags, the tolerance.
 
 Torch-free and shared: the API's and the markers' arguments, the plugin's options and the command's flags
 go through the same checks, so a bad value gets the same message wherever it was given.
@@ -7,6 +7,7 @@ go through the same checks, so a bad value gets the same message wherever it was
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,3 +164,19 @@ class SyncChecks:
     @property
     def wanted(self) -> bool:
         return bool(self.trials or self.detect_syncs or self.sanitizer)
+
+
+def parse_size(value: int | str, what: str = "max_bytes") -> int:
+    """Bytes from an int or a string such as ``"512MiB"``, ``"2GB"``, ``"1.5 GiB"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", value, flags=re.IGNORECASE)
+        if match:
+            number, unit = float(match.group(1)), (match.group(2) or "B").upper()
+            scale = 1 if unit == "B" else (1024 if "I" in unit else 1000) ** ("KMGT".index(unit[0]) + 1)
+            if number > 0:
+                return int(number * scale)
+    raise DualGpuUsageError(
+        f"{what} must be a number of bytes > 0 or a size such as '512MiB' or '2GB', got {value!r}"
+    )

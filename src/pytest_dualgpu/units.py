@@ -1,29 +1,9 @@
-"""Figures for people: one way of writing sizes, times and ratios (with their intervals) for every layer,
-and one reading of sizes."""
+"""Figures for people: one way of writing sizes, times and ratios (with their intervals) for every layer.
+Imports nothing of the package, so the errors can write sizes too."""
 
 from __future__ import annotations
 
-import re
-
-from pytest_dualgpu.errors import DualGpuUsageError
-
 MiB = 2**20
-
-
-def parse_size(value: int | str, what: str = "max_bytes") -> int:
-    """Bytes from an int or a string such as ``"512MiB"``, ``"2GB"``, ``"1.5 GiB"``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", value, flags=re.IGNORECASE)
-        if match:
-            number, unit = float(match.group(1)), (match.group(2) or "B").upper()
-            scale = 1 if unit == "B" else (1024 if "I" in unit else 1000) ** ("KMGT".index(unit[0]) + 1)
-            if number > 0:
-                return int(number * scale)
-    raise DualGpuUsageError(
-        f"{what} must be a number of bytes > 0 or a size such as '512MiB' or '2GB', got {value!r}"
-    )
 
 
 def size_text(size: int) -> str:

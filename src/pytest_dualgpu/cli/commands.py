@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pytest_dualgpu.cli import tasks as command_tasks
-from pytest_dualgpu.cli.main import INTERRUPTED, emit
+from pytest_dualgpu.cli.output import INTERRUPTED, emit
 from pytest_dualgpu.cli.tasks import Models, Task
 from pytest_dualgpu.engine.devices import place_model, resolve_device
 from pytest_dualgpu.engine.refs import InputSpec, ModelBuildError, ModelRef, inputs_for

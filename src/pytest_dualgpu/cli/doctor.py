@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tabulate import tabulate
 
 from pytest_dualgpu import envsettings
+from pytest_dualgpu.cli.check import Check
 from pytest_dualgpu.engine.backends import graphs_unsupported
 from pytest_dualgpu.files import write_text
 from pytest_dualgpu.gpustate import HARDWARE, GpuReport, gpu_reports, nvml
@@ -26,17 +27,6 @@ from pytest_dualgpu.units import size_text
 
 STATUSES = (PASS, WARN, FAIL, SKIP)
 HOT_CELSIUS = 85
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dualgpu import __version__
+from pytest_dualgpu.cli.output import INTERRUPTED, emit
 from pytest_dualgpu.errors import DualGpuUsageError, described
 from pytest_dualgpu.latency import Objective
 from pytest_dualgpu.modes import CHOICES
@@ -66,7 +67,6 @@ def command_epilog(name: str) -> str:
     return f"{examples}\n{MODELS_AND_INPUTS if takes_models else ''}{EXIT_CODES}"
 
 
-INTERRUPTED = 130
 MODEL_HELP = "each package.module:name or path/to/file.py:name (an nn.Module instance, class or factory)"
 
 
@@ -310,14 +310,3 @@ def _report(arguments: argparse.Namespace) -> int:
     emit(text, arguments.output)
     failed = merged.errors or any(row.failed for row in merged.rows)
     return 1 if failed else 0
-
-
-def emit(text: str, output: str | None) -> None:
-    """Print ``text``, or write it to ``output`` (its folder made as needed) and say where it went."""
-    if output is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        return
-    from pytest_dualgpu.files import write_text
-
-    written = write_text(output, text, "--output")
-    print(f"dualgpu: wrote {written}", file=sys.stderr)

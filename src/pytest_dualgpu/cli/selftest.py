@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_dualgpu.cli.doctor import Check
+from pytest_dualgpu.cli.check import Check
 from pytest_dualgpu.engine.api import dual_infer
 from pytest_dualgpu.engine.backends import gpu_sleep, graphs_unsupported
 from pytest_dualgpu.errors import described

@@ -17,9 +17,9 @@ from pytest_dualgpu.bounds import METRICS, Bound, figure, interval_text, value_t
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.latency import check_percentile
 from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.specs import SETTING_RULES, SyncChecks, Tolerance, check_bool, check_number
+from pytest_dualgpu.specs import SETTING_RULES, SyncChecks, Tolerance, check_bool, check_number, parse_size
 from pytest_dualgpu.stats import FAIL, INCONCLUSIVE, NO_TENSOR, PASS, VERDICT_KINDS, WARN
-from pytest_dualgpu.units import number_text, parse_size, ratio_text, size_text, time_text
+from pytest_dualgpu.units import number_text, ratio_text, size_text, time_text
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pytest_dualgpu.bounds import METRICS, Bound, figure, value_text
 from pytest_dualgpu.errors import DualGpuUsageError
 from pytest_dualgpu.reports.rows import ReportRow, load_report
 from pytest_dualgpu.results import DualResult
-from pytest_dualgpu.units import parse_size
+from pytest_dualgpu.specs import parse_size
 
 THRESHOLD_FORMS = (
     "speedup:10%, efficiency:10% or efficiency:0.1, concurrent:10% or concurrent:2ms, memory:10% or "
