@@ -383,11 +383,13 @@ def dual_infer(request: pytest.FixtureRequest) -> FixtureDualInfer:
 
 
 def _baseline(config: pytest.Config) -> Baseline | None:
-    """The saved report the gate compares with, loaded once per process (xdist workers too)."""
+    """The saved report the gate compares with, loaded once per process (xdist workers too): the
+    controller's collector has it already."""
     if baseline_key not in config.stash:
         settings = config.stash[settings_key]
-        baseline = None
-        if settings.compare is not None and settings.compare_fail:
+        collector = config.stash.get(collector_key, None)
+        baseline = collector.baseline if collector is not None and settings.compare_fail else None
+        if baseline is None and settings.compare is not None and settings.compare_fail:
             try:
                 baseline = Baseline.load(settings.compare)
             except DualGpuUsageError:
