@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from command import dualgpu
 
 from pytest_dualgpu.engine.callsettings import CallSettings
 from pytest_dualgpu.errors import DualGpuUsageError
+from pytest_dualgpu.gpus import no_gpu_here
 from pytest_dualgpu.plugin.options import Settings
 from pytest_dualgpu.specs import SETTING_RULES
 
@@ -339,7 +343,26 @@ def test_devices_auto_on_a_machine_without_gpus_changes_nothing(
             assert "CUDA_VISIBLE_DEVICES" not in os.environ
         """
     )
-    suite.runpytest_subprocess("-n", "2", "--dualgpu-devices=auto").assert_outcomes(passed=1)
+    suite.makeconftest(
+        """
+        import sys
+
+        def pytest_sessionfinish(session):
+            if not hasattr(session.config, "workerinput"):
+                print("controller imported torch:", "torch" in sys.modules)
+        """
+    )
+    result = suite.runpytest_subprocess("-n", "2", "--dualgpu-devices=auto", "-s")
+    result.assert_outcomes(passed=1)
+    # No GPU device file here: the controller counts no GPU without importing torch.
+    result.stdout.fnmatch_lines(["*controller imported torch: False"])
+
+
+def test_a_gpu_is_seen_by_its_device_file_and_none_where_there_is_none(tmp_path: Path) -> None:
+    (tmp_path / "nvidia0").touch()
+    linux = sys.platform.startswith("linux")
+    assert no_gpu_here([str(tmp_path / "nvidia[0-9]*")]) is False
+    assert no_gpu_here([str(tmp_path / "kfd"), str(tmp_path / "dxg")]) is linux
 
 
 def test_a_chosen_gpu_that_cuda_cannot_see_fails_at_first_use(

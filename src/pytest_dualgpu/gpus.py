@@ -8,6 +8,7 @@ hands the list to its workers in an environment variable they inherit; each work
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import subprocess
@@ -18,6 +19,15 @@ from typing import Literal
 from pytest_dualgpu.errors import DualGpuUsageError
 
 WORKER_GPUS = "PYTEST_DUALGPU_WORKER_GPUS"
+#: Device files a Linux machine has for any GPU torch can use: NVIDIA's (/dev/nvidia0, ...), AMD's under
+#: ROCm (/dev/kfd), WSL2's (/dev/dxg), NVIDIA Jetson's (/dev/nvhost-ctrl-gpu).
+GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg", "/dev/nvhost-ctrl-gpu")
+
+
+def no_gpu_here(device_files: Sequence[str] = GPU_DEVICE_FILES) -> bool:
+    """Whether this is a Linux machine without any GPU device file: torch would count no GPU, and an xdist
+    controller need not import it (two seconds) to learn that."""
+    return sys.platform.startswith("linux") and not any(glob.glob(pattern) for pattern in device_files)
 
 
 def visible_entries(listed: str) -> list[str]:

@@ -158,6 +158,8 @@ def _distributing(options: Any) -> bool:
 
 
 def _count_gpus() -> int:
+    if gpus.no_gpu_here():
+        return 0
     import torch
 
     return torch.cuda.device_count()  # NVML-based where it can be: does not start CUDA here
