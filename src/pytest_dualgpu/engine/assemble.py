@@ -128,7 +128,9 @@ def build_result(parts: CallParts, found: Findings) -> DualResult:
         timelines={
             run: [
                 LaneTimeline(parts.names[index], tuple(intervals)).capped(TIMELINE_REPS)
-                for index, intervals in zip(samples.last[run].lanes, samples.last[run].intervals, strict=True)
+                for index, intervals in zip(
+                    samples.last[run].indices, samples.last[run].intervals, strict=True
+                )
             ]
             for run in ("sequential", "concurrent")
         }

@@ -47,7 +47,7 @@ class Run:
     """One run of some lanes: seconds per repetition, each lane's busy intervals and call ends, and the
     last outputs."""
 
-    lanes: list[int]
+    indices: list[int]  # which lanes ran (the executor's), in the order of the lists below
     elapsed: float
     wall: float
     intervals: list[list[Interval]]
@@ -266,7 +266,7 @@ class Executor:
         outputs = [outcomes[index].output for index in lanes]
         self.backend.protect(outputs)
         return Run(
-            lanes=list(lanes),
+            indices=list(lanes),
             elapsed=timing.elapsed / reps,
             wall=timing.wall / reps,
             intervals=timing.intervals,
