@@ -209,9 +209,10 @@ def test_lanes_that_take_turns_on_a_lock_decide_bounds_around_their_known_speedu
 
 
 def test_without_a_bound_a_quiet_pair_stops_once_the_interval_is_narrow() -> None:
-    result = dual_infer(SleepLane(0.002), SleepLane(0.002), torch.ones(2), budget=3)
+    # About a second here; the budget leaves room for a noisy minute of the VM (once 3.1 s of a 3 s one).
+    result = dual_infer(SleepLane(0.002), SleepLane(0.002), torch.ones(2), budget=6)
     assert result.stop == "precise"
-    assert result.measuring_seconds < 3
+    assert result.measuring_seconds < 6
     lo, hi = result.speedup_ci
     assert (hi - lo) / result.speedup <= 0.05
 
