@@ -26,7 +26,7 @@ class Metric:
     higher_is_better: bool
     margin: stats.Margin
     unit: str
-    #: What a bound on the metric may be, wherever it is given (``bounds=``, a marker, the gate).
+    #: What a bound on the metric may be, given to ``bounds=`` or to a marker.
     bound_rule: NumberRule
 
 
