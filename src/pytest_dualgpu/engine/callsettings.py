@@ -14,6 +14,7 @@ from pytest_dualgpu.specs import (
     DEFAULT_BUDGET,
     DEFAULT_LOCK_TIMEOUT,
     DEFAULT_WARMUP,
+    SETTING_RULES,
     SyncChecks,
     Tolerance,
     check_bool,
@@ -25,19 +26,6 @@ if TYPE_CHECKING:
     import torch
 
 MAX_BUDGET_FACTOR = 5.0
-
-
-NUMBERS = (
-    "budget",
-    "max_budget",
-    "warmup",
-    "min_rounds",
-    "timeout",
-    "lock_timeout",
-    "settle",
-    "race_trials",
-    "race_seed",
-)
 
 
 @dataclass(frozen=True)
@@ -66,7 +54,7 @@ class CallSettings:
 
     def __post_init__(self) -> None:
         checked_mode(self.mode)
-        for name in NUMBERS:
+        for name in SETTING_RULES:  # each rule is named after the field it checks
             check_setting(name, getattr(self, name))
         check_max_budget(self.budget, self.max_budget)
         object.__setattr__(self, "bounds", parse_bounds(self.bounds))

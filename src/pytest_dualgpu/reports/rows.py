@@ -217,7 +217,7 @@ def default_columns() -> list[Column]:
         Column("seq ms", lambda row: time_text(row.result.sequential.median, unit=False), priority=52),
         Column("conc ms", lambda row: time_text(row.result.concurrent.median, unit=False), priority=55),
         Column("speedup [95% CI]", _speedup, priority=ALWAYS),
-        Column("ideal", lambda row: f"{ratio_text(row.result.ideal_speedup)}", priority=30),
+        Column("ideal", lambda row: ratio_text(row.result.ideal_speedup), priority=30),
         Column("eff", _efficiency, priority=80),
         Column("overlap", lambda row: f"{row.result.overlap:.2f}", priority=60),
         Column("slowdown", _slowdown, optional=True, priority=50),
